@@ -1,0 +1,563 @@
+//! The C ABI between the gateway and its plugins: every `#[repr(C)]` type that crosses a `.so` boundary.
+//!
+//! # Versioning rule
+//!
+//! The ABI version is this crate's package version. abi_stable refuses a plugin whose major version
+//! differs from the host's, and compares the layout of every type reachable from [`PluginRoot`].
+//!
+//! * [`PluginRoot`] is **frozen**: it never gains a field, so any 1.x plugin loads on any 1.y host.
+//! * Capabilities (plugin → host) and services (host → plugin) are plain `#[repr(C)]` tables looked up
+//!   by `(id, version)` through a [`TableEntry`], which carries the table's `TypeLayout`; the side that
+//!   reads a table checks that layout before the first call. A table is frozen once released: a
+//!   change is a new version (or a new id), and a minor ABI release only ever adds ids or versions.
+//! * A host that does not know a capability id ignores it; a plugin that asks for a service the host
+//!   lacks gets `None`. So a 1.0 plugin runs on a 1.1 host and a 1.1 plugin runs on a 1.0 host.
+//!
+//! Everything a hook receives is borrowed for the duration of that one call; everything it returns is
+//! owned by abi_stable's `R*` types, which carry their own deallocator across the boundary.
+
+use std::ffi::c_void;
+
+use abi_stable::{
+    StableAbi, declare_root_module_statics,
+    library::RootModule,
+    package_version_strings,
+    sabi_types::VersionStrings,
+    std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
+    type_layout::TypeLayout,
+};
+
+/// Capability ids (plugin → host tables). Ids are never reused.
+pub mod cap {
+    pub const PRE_AUTH: u32 = 1;
+    pub const AUTH: u32 = 2;
+    pub const POST_AUTH: u32 = 3;
+    pub const REQUEST_INTERCEPTOR: u32 = 4;
+    pub const RESPONSE: u32 = 5;
+    pub const STREAM_CHUNK: u32 = 6;
+    pub const STREAM_COMPLETE: u32 = 7;
+    /// Added in ABI 1.1.
+    pub const DATA_COLLECTOR: u32 = 8;
+    /// Added in ABI 1.1.
+    pub const CONFIG_PROVIDER: u32 = 9;
+}
+
+/// Service ids (host → plugin tables). Ids are never reused.
+pub mod service {
+    pub const LOG: u32 = 1;
+}
+
+/// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
+pub mod code {
+    /// The plugin failed for a reason of its own.
+    pub const INTERNAL: u32 = 1;
+    /// A panic was caught at the boundary inside the plugin.
+    pub const PANIC: u32 = 2;
+    /// The plugin rejected its configuration.
+    pub const INVALID_CONFIG: u32 = 3;
+}
+
+/// Log levels for [`LogV1::log`], most to least severe.
+pub mod level {
+    pub const ERROR: u8 = 1;
+    pub const WARN: u8 = 2;
+    pub const INFO: u8 = 3;
+    pub const DEBUG: u8 = 4;
+    pub const TRACE: u8 = 5;
+}
+
+/// An opaque pointer to one initialised plugin instance, owned by the plugin.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct InstancePtr(pub *const c_void);
+
+// SAFETY: the pointee is the plugin's `Plugin` value, which the SDK requires to be `Send + Sync`.
+unsafe impl Send for InstancePtr {}
+// SAFETY: as above.
+unsafe impl Sync for InstancePtr {}
+
+/// A table looked up by id and version, with the layout it was compiled with.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct TableEntry {
+    pub id: u32,
+    pub version: u32,
+    pub layout: &'static TypeLayout,
+    /// Points to a `'static`, immutable table of the type `layout` describes.
+    pub table: *const c_void,
+}
+
+// SAFETY: `table` points to an immutable `'static` table of function pointers and plain data.
+unsafe impl Send for TableEntry {}
+// SAFETY: as above.
+unsafe impl Sync for TableEntry {}
+
+/// Static facts about a plugin, readable without initialising it.
+#[repr(C)]
+#[derive(StableAbi, Debug)]
+pub struct PluginMetadata {
+    pub name: RStr<'static>,
+    pub version: RStr<'static>,
+    pub author: RStr<'static>,
+    pub description: RStr<'static>,
+    pub repository: RStr<'static>,
+    pub capabilities: RSlice<'static, TableEntry>,
+}
+
+/// The root module every plugin exports. FROZEN: never add, remove or change a field.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PluginRootRef)))]
+#[sabi(missing_field(panic))]
+pub struct PluginRoot {
+    pub metadata: &'static PluginMetadata,
+    /// Creates an instance from the plugin's JSON config. The host keeps `host.ctx` alive until
+    /// `destroy` returns.
+    pub create:
+        extern "C" fn(config: RStr<'_>, host: HostHandle) -> RResult<InstancePtr, PluginError>,
+    /// Runs the plugin's shutdown and frees the instance. Called exactly once per instance.
+    #[sabi(last_prefix_field)]
+    pub destroy: extern "C" fn(instance: InstancePtr),
+}
+
+impl RootModule for PluginRootRef {
+    declare_root_module_statics! {PluginRootRef}
+    const BASE_NAME: &'static str = "llm_gateway_plugin";
+    const NAME: &'static str = "llm_gateway_plugin";
+    const VERSION_STRINGS: VersionStrings = package_version_strings!();
+}
+
+/// What the host hands a plugin at `create`: a way to look up host services.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HostHandle {
+    pub ctx: *const c_void,
+    pub service: extern "C" fn(ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry>,
+}
+
+// SAFETY: the host guarantees that `ctx` is usable from any thread for as long as the instance lives.
+unsafe impl Send for HostHandle {}
+// SAFETY: as above.
+unsafe impl Sync for HostHandle {}
+
+/// Service [`service::LOG`], version 1.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LogV1 {
+    pub log: extern "C" fn(ctx: *const c_void, level: u8, message: RStr<'_>),
+}
+
+/// An error that crosses the boundary: a code from [`code`] (or a plugin's own) and a message.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PluginError {
+    pub code: u32,
+    pub message: RString,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawHeader<'a> {
+    pub name: RStr<'a>,
+    pub value: RSlice<'a, u8>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawKeyValue<'a> {
+    pub key: RStr<'a>,
+    pub value: RStr<'a>,
+}
+
+/// Per-request context. Empty strings mean "not known yet" (for example `app_id` before auth).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawContext<'a> {
+    pub request_id: RStr<'a>,
+    pub app_id: RStr<'a>,
+    pub user_id: RStr<'a>,
+    pub model: RStr<'a>,
+    pub client_ip: RStr<'a>,
+    pub metadata: RSlice<'a, RawKeyValue<'a>>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawRequest<'a> {
+    pub method: RStr<'a>,
+    pub path: RStr<'a>,
+    pub query: RStr<'a>,
+    pub headers: RSlice<'a, RawHeader<'a>>,
+    pub body: RSlice<'a, u8>,
+    pub ctx: RawContext<'a>,
+}
+
+/// The upstream chosen for a request, seen by `after_selection`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawUpstream<'a> {
+    pub name: RStr<'a>,
+    pub kind: RStr<'a>,
+    pub base_url: RStr<'a>,
+    pub model: RStr<'a>,
+}
+
+/// An upstream response. `body` is empty in the headers phase and for streams.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawResponse<'a> {
+    pub status: u16,
+    pub headers: RSlice<'a, RawHeader<'a>>,
+    pub body: RSlice<'a, u8>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct OwnedHeader {
+    pub name: RString,
+    pub value: RString,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct OwnedKeyValue {
+    pub key: RString,
+    pub value: RString,
+}
+
+/// Only what a hook changed crosses back.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Default, PartialEq)]
+pub struct Mutations {
+    pub set_headers: RVec<OwnedHeader>,
+    pub remove_headers: RVec<RString>,
+    pub body: ROption<RVec<u8>>,
+    /// Response phases only; 0 leaves the status unchanged.
+    pub status: u16,
+    pub metadata: RVec<OwnedKeyValue>,
+}
+
+/// A response a plugin sends in place of the upstream's.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: RVec<OwnedHeader>,
+    pub body: RVec<u8>,
+}
+
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub enum HookOutcome {
+    Continue,
+    Modify(Mutations),
+    Respond(Reply),
+    Fail(PluginError),
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct Identity {
+    pub app_id: RString,
+    pub user_id: RString,
+}
+
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub enum AuthOutcome {
+    /// Not this plugin's kind of credential: the next auth plugin decides.
+    Pass,
+    Authenticated(Identity),
+    Denied(RString),
+    Fail(PluginError),
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct RecordInfo {
+    pub id: RString,
+    pub name: RString,
+}
+
+/// Capability [`cap::PRE_AUTH`], version 1: runs before authentication.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct PreAuthV1 {
+    pub on_pre_auth: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
+}
+
+/// Capability [`cap::AUTH`], version 1: credential → identity, and lookups by credential.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct AuthV1 {
+    pub authenticate:
+        extern "C" fn(InstancePtr, credential: RStr<'_>, &RawRequest<'_>) -> AuthOutcome,
+    pub app_by_credential: extern "C" fn(
+        InstancePtr,
+        credential: RStr<'_>,
+    ) -> RResult<ROption<RecordInfo>, PluginError>,
+    pub user_by_credential: extern "C" fn(
+        InstancePtr,
+        credential: RStr<'_>,
+    ) -> RResult<ROption<RecordInfo>, PluginError>,
+}
+
+/// Capability [`cap::POST_AUTH`], version 1: runs once the caller is known.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct PostAuthV1 {
+    pub on_post_auth: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
+}
+
+/// Capability [`cap::REQUEST_INTERCEPTOR`], version 1: before and after upstream selection.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RequestInterceptorV1 {
+    pub before_selection: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
+    pub after_selection:
+        extern "C" fn(InstancePtr, &RawRequest<'_>, &RawUpstream<'_>) -> HookOutcome,
+}
+
+/// Capability [`cap::RESPONSE`], version 1: response headers, then (non-streaming) the whole body.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ResponseV1 {
+    pub on_headers: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
+    pub on_body: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
+}
+
+/// How much of a stream's past a stream-chunk plugin wants to see. Zero means none.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistoryLimits {
+    pub max_chunks: u32,
+    pub max_bytes: u64,
+}
+
+/// Per-stream state owned by the plugin, from `on_stream_start` until `on_stream_end`.
+#[repr(transparent)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct StreamState(pub *mut c_void);
+
+// SAFETY: the SDK requires the state type to be `Send`; the host uses it from one task at a time.
+unsafe impl Send for StreamState {}
+
+#[repr(u8)]
+#[derive(StableAbi, Debug)]
+pub enum StreamStart {
+    /// The plugin does not want this stream's chunks.
+    Skip,
+    Observe(StreamState),
+    Fail(PluginError),
+}
+
+/// Earlier chunks of a stream (oldest first), read in place from the host's bounded buffer.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawHistory {
+    pub ctx: *const c_void,
+    pub len: u32,
+    pub bytes: u64,
+    /// Valid for `index < len`, for the duration of the `on_chunk` call.
+    pub get: extern "C" fn(ctx: *const c_void, index: u32) -> RSlice<'static, u8>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawChunk<'a> {
+    pub index: u64,
+    pub data: RSlice<'a, u8>,
+    pub history: RawHistory,
+}
+
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub enum ChunkOutcome {
+    Pass,
+    Replace(RVec<u8>),
+    Drop,
+    Fail(PluginError),
+}
+
+/// Capability [`cap::STREAM_CHUNK`], version 1: one header-only call, then one call per chunk.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct StreamChunkV1 {
+    pub history: HistoryLimits,
+    pub on_stream_start:
+        extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> StreamStart,
+    pub on_chunk: extern "C" fn(InstancePtr, StreamState, &RawChunk<'_>) -> ChunkOutcome,
+    /// Frees the state. Called exactly once for every `Observe`, also when the stream fails.
+    pub on_stream_end: extern "C" fn(InstancePtr, StreamState),
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct StreamSummary {
+    pub status: u16,
+    pub chunks: u64,
+    pub bytes: u64,
+    pub duration_us: u64,
+    /// False when the client went away or the upstream failed before the end.
+    pub completed: bool,
+}
+
+/// Capability [`cap::STREAM_COMPLETE`], version 1.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct StreamCompleteV1 {
+    pub on_stream_complete:
+        extern "C" fn(InstancePtr, &RawContext<'_>, &StreamSummary) -> RResult<(), PluginError>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawProxyLog<'a> {
+    pub request_id: RStr<'a>,
+    pub app_id: RStr<'a>,
+    pub user_id: RStr<'a>,
+    pub method: RStr<'a>,
+    pub path: RStr<'a>,
+    pub model: RStr<'a>,
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub latency_us: u64,
+    pub unix_ms: u64,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawAnalytics<'a> {
+    pub request_id: RStr<'a>,
+    pub app_id: RStr<'a>,
+    pub user_id: RStr<'a>,
+    pub model: RStr<'a>,
+    pub upstream: RStr<'a>,
+    pub status: u16,
+    pub streamed: bool,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    pub latency_us: u64,
+    /// Time to first token; equal to `latency_us` for non-streaming calls.
+    pub ttft_us: u64,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawBudget<'a> {
+    pub app_id: RStr<'a>,
+    pub user_id: RStr<'a>,
+    pub model: RStr<'a>,
+    pub total_tokens: u64,
+}
+
+/// Capability [`cap::DATA_COLLECTOR`], version 1. Called off the request path.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct DataCollectorV1 {
+    pub on_proxy_log: extern "C" fn(InstancePtr, &RawProxyLog<'_>) -> RResult<(), PluginError>,
+    pub on_analytics: extern "C" fn(InstancePtr, &RawAnalytics<'_>) -> RResult<(), PluginError>,
+    pub on_budget: extern "C" fn(InstancePtr, &RawBudget<'_>) -> RResult<(), PluginError>,
+}
+
+/// Capability [`cap::CONFIG_PROVIDER`], version 1: a JSON Schema the host validates the config
+/// against before `create`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ConfigProviderV1 {
+    pub schema: extern "C" fn() -> RStr<'static>,
+}
+
+/// A table type that can be looked up by id and version.
+pub trait Table: StableAbi + 'static {
+    const ID: u32;
+    const VERSION: u32;
+    /// Human name, used in errors and `check` output.
+    const NAME: &'static str;
+}
+
+macro_rules! tables {
+    ($($ty:ty => $id:expr, $version:expr, $name:expr;)*) => {$(
+        impl Table for $ty {
+            const ID: u32 = $id;
+            const VERSION: u32 = $version;
+            const NAME: &'static str = $name;
+        }
+    )*};
+}
+
+tables! {
+    PreAuthV1 => cap::PRE_AUTH, 1, "PreAuth";
+    AuthV1 => cap::AUTH, 1, "Auth";
+    PostAuthV1 => cap::POST_AUTH, 1, "PostAuth";
+    RequestInterceptorV1 => cap::REQUEST_INTERCEPTOR, 1, "RequestInterceptor";
+    ResponseV1 => cap::RESPONSE, 1, "Response";
+    StreamChunkV1 => cap::STREAM_CHUNK, 1, "StreamChunk";
+    StreamCompleteV1 => cap::STREAM_COMPLETE, 1, "StreamComplete";
+    DataCollectorV1 => cap::DATA_COLLECTOR, 1, "DataCollector";
+    ConfigProviderV1 => cap::CONFIG_PROVIDER, 1, "ConfigProvider";
+    LogV1 => service::LOG, 1, "Log";
+}
+
+impl TableEntry {
+    /// An entry for a `'static` table.
+    pub const fn new<T: Table>(table: &'static T) -> Self {
+        TableEntry {
+            id: T::ID,
+            version: T::VERSION,
+            layout: T::LAYOUT,
+            table: table as *const T as *const c_void,
+        }
+    }
+
+    /// The table, if this entry is `T` with a compatible layout.
+    pub fn get<T: Table>(&self) -> Result<&'static T, LayoutError> {
+        if self.id != T::ID || self.version != T::VERSION {
+            return Err(LayoutError {
+                table: T::NAME,
+                detail: format!(
+                    "expected table id {} version {}, found id {} version {}",
+                    T::ID,
+                    T::VERSION,
+                    self.id,
+                    self.version
+                ),
+            });
+        }
+        abi_stable::abi_stability::abi_checking::check_layout_compatibility(T::LAYOUT, self.layout)
+            .map_err(|errors| LayoutError {
+                table: T::NAME,
+                detail: errors.to_string(),
+            })?;
+        // SAFETY: id and version match and abi_stable found the layouts compatible, and `table`
+        // points to a `'static` table by construction (`TableEntry::new`).
+        Ok(unsafe { &*(self.table as *const T) })
+    }
+}
+
+/// A table whose layout differs from the one this side was compiled with.
+#[derive(Debug, Clone)]
+pub struct LayoutError {
+    pub table: &'static str,
+    pub detail: String,
+}
+
+impl std::fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "layout of the `{}` table does not match: {}",
+            self.table, self.detail
+        )
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+#[doc(hidden)]
+pub mod glue;
+mod mock;
+pub use mock::{ChunkHistory, NO_HISTORY};
+pub(crate) use mock::{MockServices, mock_handle};

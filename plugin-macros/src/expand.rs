@@ -1,0 +1,91 @@
+//! Turns a [`PluginSpec`] into the plugin's exports.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{quote, quote_spanned};
+use syn::{DeriveInput, Ident, LitStr};
+
+use crate::parse::{PluginSpec, parse};
+
+pub fn derive(input: DeriveInput) -> TokenStream {
+    match parse(&input) {
+        Ok(spec) => expand(&spec),
+        Err(e) => e.to_compile_error(),
+    }
+}
+
+fn lit_or(value: &Option<LitStr>, default: TokenStream) -> TokenStream {
+    match value {
+        Some(v) => quote!(#v),
+        None => default,
+    }
+}
+
+pub fn expand(spec: &PluginSpec) -> TokenStream {
+    let ident = &spec.ident;
+    let name = &spec.name;
+    let version = lit_or(&spec.version, quote!(::core::env!("CARGO_PKG_VERSION")));
+    let author = lit_or(&spec.author, quote!(::core::env!("CARGO_PKG_AUTHORS")));
+    let description = lit_or(
+        &spec.description,
+        quote!(::core::env!("CARGO_PKG_DESCRIPTION")),
+    );
+    let repository = lit_or(
+        &spec.repository,
+        quote!(::core::env!("CARGO_PKG_REPOSITORY")),
+    );
+    // Spanned on the capability as written, so "does not implement" points at it.
+    let entries = spec.capabilities.iter().map(|(cap, glue)| {
+        let glue = Ident::new(glue, cap.span());
+        quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ident>())
+    });
+    let export = Ident::new(
+        &abi_stable_shared::mangled_root_module_loader_name(),
+        Span::call_site(),
+    );
+    quote! {
+        const _: () = {
+            use ::plugin_abi::__private as __p;
+
+            impl __p::Exported for #ident {
+                const METADATA: &'static __p::PluginMetadata = &__p::PluginMetadata {
+                    name: __p::RStr::from_str(#name),
+                    version: __p::RStr::from_str(#version),
+                    author: __p::RStr::from_str(#author),
+                    description: __p::RStr::from_str(#description),
+                    repository: __p::RStr::from_str(#repository),
+                    capabilities: __p::RSlice::from_slice(&[#(#entries),*]),
+                };
+            }
+
+            #[unsafe(no_mangle)]
+            pub static #export: __p::LibHeader = __p::lib_header::<#ident>();
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exports_one_root_module_with_listed_capabilities() {
+        let input: DeriveInput = syn::parse_str(
+            r#"#[plugin(name = "x", capabilities(PostAuth, StreamChunk))] struct X;"#,
+        )
+        .unwrap();
+        let out = derive(input).to_string();
+        assert!(out.contains("entry :: post_auth :: < X >"), "{out}");
+        assert!(out.contains("entry :: stream_chunk :: < X >"), "{out}");
+        assert!(out.contains("no_mangle"), "{out}");
+        assert!(out.contains("CARGO_PKG_VERSION"), "{out}");
+        assert_eq!(out.matches("LibHeader").count(), 1);
+    }
+
+    #[test]
+    fn emits_only_errors_for_a_bad_spec() {
+        let input: DeriveInput = syn::parse_str("struct X;").unwrap();
+        let out = derive(input).to_string();
+        assert!(out.contains("compile_error"), "{out}");
+        assert!(!out.contains("LibHeader"), "{out}");
+    }
+}
