@@ -36,7 +36,9 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
     // Spanned on the capability as written, so "does not implement" points at it.
     let entries = spec.capabilities.iter().map(|(cap, glue)| {
         let glue = Ident::new(glue, cap.span());
-        quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ident>())
+        // The type carries the capability's span too: rustc reports an unmet bound on it.
+        let ty = Ident::new(&ident.to_string(), cap.span());
+        quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ty>())
     });
     let export = Ident::new(
         &abi_stable_shared::mangled_root_module_loader_name(),

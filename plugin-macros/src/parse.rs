@@ -105,15 +105,26 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                         let ident = cap.path.require_ident()?.clone();
                         match CAPABILITIES.iter().find(|(n, _)| ident == n) {
                             None => {
-                                let names: Vec<&str> =
-                                    CAPABILITIES.iter().map(|(n, _)| *n).collect();
-                                errors.push(
-                                    ident.span(),
-                                    format!(
-                                        "unknown capability `{ident}`; expected one of {}",
-                                        list(&names)
-                                    ),
-                                );
+                                let written = ident.to_string();
+                                let near = CAPABILITIES
+                                    .iter()
+                                    .find(|(n, _)| n.eq_ignore_ascii_case(&written));
+                                let message = match near {
+                                    Some((near, _)) => {
+                                        format!(
+                                            "unknown capability `{written}`; did you mean `{near}`?"
+                                        )
+                                    }
+                                    None => {
+                                        let names: Vec<&str> =
+                                            CAPABILITIES.iter().map(|(n, _)| *n).collect();
+                                        format!(
+                                            "unknown capability `{written}`; expected one of {}",
+                                            list(&names)
+                                        )
+                                    }
+                                };
+                                errors.push(ident.span(), message);
                             }
                             Some(_) if caps.iter().any(|(c, _)| *c == ident) => {
                                 errors.push(

@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 use std::ffi::c_void;
 use std::sync::Mutex;
 
-use abi_stable::std_types::{RNone, ROption, RSlice, RSome, RStr};
+use abi_stable::std_types::RSlice;
 
 use super::*;
 
@@ -14,30 +14,12 @@ pub(crate) struct MockServices {
     pub(crate) logs: Mutex<Vec<(u8, String)>>,
 }
 
-static MOCK_LOG: LogV1 = LogV1 { log: mock_log };
-
-extern "C" fn mock_log(ctx: *const c_void, level: u8, message: RStr<'_>) {
-    // SAFETY: `ctx` is the `MockServices` that `mock_handle` was given, kept alive by the `Host`.
-    let services = unsafe { &*(ctx as *const MockServices) };
-    services
-        .logs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((level, message.as_str().to_owned()));
-}
-
-extern "C" fn mock_service(_ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry> {
-    match (id, version) {
-        (service::LOG, 1) => RSome(TableEntry::new(&MOCK_LOG)),
-        _ => RNone,
-    }
-}
-
-/// The caller must keep `services` alive as long as the handle is used.
-pub(crate) fn mock_handle(services: &MockServices) -> HostHandle {
-    HostHandle {
-        ctx: services as *const MockServices as *const c_void,
-        service: mock_service,
+impl HostServices for MockServices {
+    fn log(&self, level: u8, message: &str) {
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((level, message.to_owned()));
     }
 }
 

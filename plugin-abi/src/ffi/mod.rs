@@ -529,11 +529,53 @@ impl TableEntry {
         abi_stable::abi_stability::abi_checking::check_layout_compatibility(T::LAYOUT, self.layout)
             .map_err(|errors| LayoutError {
                 table: T::NAME,
-                detail: errors.to_string(),
+                detail: summarize_layout_errors(&errors.to_string()),
             })?;
         // SAFETY: id and version match and abi_stable found the layouts compatible, and `table`
         // points to a `'static` table by construction (`TableEntry::new`).
         Ok(unsafe { &*(self.table as *const T) })
+    }
+}
+
+/// abi_stable's report prints both layouts in full (hundreds of lines). Keep what differs, with
+/// the expected and found values and the field it is in: "in field `on_headers`: too many fields
+/// (expected 4, found 3)".
+pub fn summarize_layout_errors(report: &str) -> String {
+    let lines: Vec<&str> = report.lines().map(str::trim).collect();
+    let value_after = |from: usize, label: &str| {
+        let at = lines[from..].iter().position(|l| *l == label)? + from;
+        lines.get(at + 1).copied()
+    };
+    let mut field = None;
+    let mut parts: Vec<String> = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.ends_with("inside:") {
+            field = lines[i..]
+                .iter()
+                .find_map(|l| l.strip_prefix("field_name:"));
+        }
+        let Some(error) = line.strip_prefix("Error:") else {
+            continue;
+        };
+        let mut part = String::new();
+        if let Some(field) = field {
+            part.push_str(&format!("in field `{field}`: "));
+        }
+        part.push_str(error.trim());
+        if let (Some(expected), Some(found)) =
+            (value_after(i, "Expected:"), value_after(i, "Found:"))
+        {
+            part.push_str(&format!(" (expected `{expected}`, found `{found}`)"));
+        }
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    const SHOWN: usize = 3;
+    match parts.len() {
+        0 => report.lines().next().unwrap_or_default().to_owned(),
+        n if n <= SHOWN => parts.join("; "),
+        n => format!("{}; and {} more", parts[..SHOWN].join("; "), n - SHOWN),
     }
 }
 
@@ -558,6 +600,10 @@ impl std::error::Error for LayoutError {}
 
 #[doc(hidden)]
 pub mod glue;
+mod host;
+mod loader;
 mod mock;
+pub use host::{HostServices, host_handle};
+pub use loader::{Library, OpenError, host_abi_version};
+pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};
-pub(crate) use mock::{MockServices, mock_handle};

@@ -27,7 +27,7 @@ impl Host {
     }
 
     pub(crate) fn mock(services: std::sync::Arc<ffi::MockServices>) -> Self {
-        let raw = ffi::mock_handle(&services);
+        let raw = ffi::host_handle(&services);
         Host {
             _mock: Some(services),
             ..Host::from_raw(raw)

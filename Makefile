@@ -1,0 +1,24 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run    build everything and run the gateway on its embedded defaults
+#   make test   build everything (workspace and ABI fixtures) and run the whole test suite
+# Everything shares one target directory.
+
+CARGO ?= cargo
+export CARGO_TARGET_DIR := $(CURDIR)/target
+# Plugins built against other plugin ABIs: separate workspaces (see tests/fixtures/README.md).
+ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-2.0 tests/fixtures/abi-skew
+
+.PHONY: build build-release run test
+
+build:
+	$(CARGO) build --workspace --all-targets
+	for f in $(ABI_FIXTURES); do $(CARGO) build --manifest-path $$f/Cargo.toml || exit 1; done
+
+build-release:
+	$(CARGO) build --workspace --release
+
+run: build-release
+	./target/release/gateway
+
+test: build
+	$(CARGO) test --workspace

@@ -1,0 +1,321 @@
+//! The gateway config (TOML), with an embedded default that needs no network.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The config used when none is given: the mock upstream and the example plugins, which are
+/// looked up next to the gateway executable (where `cargo build --workspace` puts them).
+pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Private plugin copies and (later) durable plugin state live here.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    #[serde(default)]
+    pub plugins: Vec<PluginConfig>,
+    /// Capacity of the queue that feeds data collectors; a full queue drops and counts.
+    #[serde(default = "default_collector_queue")]
+    pub collector_queue: usize,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("data")
+}
+
+fn default_collector_queue() -> usize {
+    4096
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Largest request head (request line and headers); larger ones get 431.
+    pub max_header_bytes: usize,
+    /// Time a client has to send its request head.
+    pub header_timeout_ms: u64,
+    /// Time a client has to send its request body.
+    pub body_timeout_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 1 << 20,
+            max_header_bytes: 16 << 10,
+            header_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
+pub enum UpstreamKind {
+    /// The embedded mock LLM: deterministic replies, no network.
+    Mock {
+        /// Content chunks in a streamed reply.
+        #[serde(default = "default_chunks")]
+        chunks: usize,
+        /// Delay between streamed chunks.
+        #[serde(default)]
+        chunk_delay_ms: u64,
+    },
+    /// Any OpenAI-compatible HTTP API.
+    Openai {
+        base_url: String,
+        /// Name of the environment variable that holds the API key.
+        #[serde(default)]
+        api_key_env: Option<String>,
+        #[serde(default = "default_connect_timeout")]
+        connect_timeout_ms: u64,
+        #[serde(default = "default_request_timeout")]
+        timeout_ms: u64,
+    },
+}
+
+fn default_chunks() -> usize {
+    8
+}
+
+fn default_connect_timeout() -> u64 {
+    5_000
+}
+
+fn default_request_timeout() -> u64 {
+    120_000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamConfig {
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: UpstreamKind,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model name clients ask for.
+    pub name: String,
+    pub upstream: String,
+    /// The name sent upstream; defaults to `name`.
+    #[serde(default)]
+    pub upstream_model: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailMode {
+    /// A plugin error or panic fails the request with a 5xx naming the plugin.
+    #[default]
+    FailClosed,
+    /// A plugin error or panic is logged and the plugin skipped for that request.
+    FailOpen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginConfig {
+    /// The plugin's `.so`; relative paths are resolved against the config file's directory
+    /// (for the embedded default, the gateway executable's directory).
+    pub path: PathBuf,
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Plugins run in ascending order; equal orders keep their listing order.
+    #[serde(default)]
+    pub order: i64,
+    #[serde(default)]
+    pub on_error: FailMode,
+    /// Panics after which the plugin is quarantined (skipped, as if disabled). 0 never quarantines.
+    #[serde(default = "default_quarantine")]
+    pub quarantine_after: u32,
+    /// The plugin's own config, validated against its JSON Schema and handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_quarantine() -> u32 {
+    3
+}
+
+/// A config file that could not be used.
+#[derive(Debug)]
+pub enum ConfigError {
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    Parse {
+        origin: String,
+        source: toml::de::Error,
+    },
+    Invalid {
+        origin: String,
+        message: String,
+    },
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read config {}: {source}", path.display())
+            }
+            ConfigError::Parse { origin, source } => write!(f, "invalid config {origin}: {source}"),
+            ConfigError::Invalid { origin, message } => {
+                write!(f, "invalid config {origin}: {message}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Parse { source, .. } => Some(source),
+            ConfigError::Invalid { .. } => None,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// Parses `text`; relative plugin paths and the data dir are resolved against `base_dir`.
+    pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let mut config: GatewayConfig =
+            toml::from_str(text).map_err(|source| ConfigError::Parse {
+                origin: origin.into(),
+                source,
+            })?;
+        for plugin in &mut config.plugins {
+            if plugin.path.is_relative() {
+                plugin.path = base_dir.join(&plugin.path);
+            }
+        }
+        config.validate().map_err(|message| ConfigError::Invalid {
+            origin: origin.into(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// The embedded default, with plugins next to the running executable.
+    pub fn embedded_default() -> Result<Self, ConfigError> {
+        let exe_dir = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| PathBuf::from("."));
+        Self::parse(DEFAULT_CONFIG, "(embedded default)", &exe_dir)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        for model in &self.models {
+            if !self.upstreams.iter().any(|u| u.name == model.upstream) {
+                let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+                return Err(format!(
+                    "model `{}` routes to upstream `{}`, expected one of {known:?}",
+                    model.name, model.upstream
+                ));
+            }
+        }
+        for (i, model) in self.models.iter().enumerate() {
+            if self.models[..i].iter().any(|m| m.name == model.name) {
+                return Err(format!("model `{}` is listed twice", model.name));
+            }
+        }
+        for (i, up) in self.upstreams.iter().enumerate() {
+            if self.upstreams[..i].iter().any(|u| u.name == up.name) {
+                return Err(format!("upstream `{}` is listed twice", up.name));
+            }
+        }
+        if self.limits.max_body_bytes == 0 {
+            return Err("limits.max_body_bytes must be at least 1".into());
+        }
+        if self.collector_queue == 0 {
+            return Err("collector_queue must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// Enabled plugins in run order.
+    pub fn enabled_plugins(&self) -> Vec<&PluginConfig> {
+        let mut plugins: Vec<&PluginConfig> = self.plugins.iter().filter(|p| p.enabled).collect();
+        plugins.sort_by_key(|p| p.order);
+        plugins
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_parses() {
+        let config = GatewayConfig::parse(DEFAULT_CONFIG, "default", Path::new("/x")).unwrap();
+        assert!(!config.plugins.is_empty());
+        assert!(config.plugins.iter().all(|p| p.path.starts_with("/x")));
+        assert!(config.models.iter().any(|m| m.upstream == "mock"));
+    }
+
+    #[test]
+    fn unknown_upstream_is_named() {
+        let err = GatewayConfig::parse(
+            "[[models]]\nname = \"m\"\nupstream = \"nope\"\n",
+            "t",
+            Path::new("."),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("routes to upstream `nope`"), "{err}");
+    }
+
+    #[test]
+    fn plugins_run_in_order_then_listing_order() {
+        let config = GatewayConfig::parse(
+            "[[plugins]]\npath = \"a\"\norder = 2\n[[plugins]]\npath = \"b\"\norder = 1\n[[plugins]]\npath = \"c\"\norder = 2\n[[plugins]]\npath = \"d\"\nenabled = false\n",
+            "t",
+            Path::new("/"),
+        )
+        .unwrap();
+        let names: Vec<_> = config
+            .enabled_plugins()
+            .iter()
+            .map(|p| p.path.display().to_string())
+            .collect();
+        assert_eq!(names, ["/b", "/a", "/c"]);
+    }
+}

@@ -1,0 +1,235 @@
+//! The plugin loader against real `.so` files: one test per failure mode, ABI evolution in both
+//! directions, private copies, and the `gateway check` subcommand.
+
+use std::process::Command;
+
+use gateway::plugin::{self, LoadError};
+use gateway_tests::{gateway_bin, plugin_config, plugin_so};
+use plugin_abi::ffi::{self, HookOutcome};
+
+const STAMP: &str = "[headers]\nx-test = \"yes\"\n";
+
+fn load(so: &str, config: &str) -> Result<plugin::LoadedPlugin, LoadError> {
+    let dir = tempfile::tempdir().unwrap();
+    plugin::load(&plugin_config(plugin_so(so), config), dir.path(), &[])
+}
+
+#[test]
+fn loads_an_example_plugin_with_its_metadata() {
+    let loaded = load("header-stamp", STAMP).unwrap();
+    assert_eq!(loaded.info.name, "header-stamp");
+    assert_eq!(loaded.info.version, "1.0.0");
+    assert_eq!(loaded.info.abi_version, plugin_abi::ABI_VERSION);
+    assert_eq!(loaded.info.capabilities, ["Response", "ConfigProvider"]);
+    assert!(loaded.info.config_schema.is_some());
+    assert!(loaded.capabilities().response.is_some());
+    assert!(loaded.capabilities().pre_auth.is_none());
+}
+
+#[test]
+fn loads_from_a_private_content_addressed_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plugin_config(plugin_so("header-stamp"), STAMP);
+    let first = plugin::load(&config, dir.path(), &[]).unwrap();
+    assert!(
+        first.private_path.starts_with(dir.path()),
+        "{}",
+        first.private_path.display()
+    );
+    assert_ne!(first.private_path, first.source_path);
+    assert!(
+        first
+            .private_path
+            .to_string_lossy()
+            .contains(&first.sha256[..16])
+    );
+    drop(first);
+    // Same content, same copy.
+    let second = plugin::load(&config, dir.path(), &[]).unwrap();
+    assert!(
+        second
+            .private_path
+            .to_string_lossy()
+            .contains(&second.sha256[..16])
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[test]
+fn missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = plugin_config(dir.path().join("nope.so"), "");
+    let err = plugin::load(&config, dir.path(), &[]).err().unwrap();
+    assert!(matches!(err, LoadError::FileMissing { .. }), "{err:?}");
+    assert!(err.to_string().contains("nope.so not found"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_a_shared_library_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = dir.path().join("libfake.so");
+    std::fs::write(&fake, "this is a text file, not an ELF object\n").unwrap();
+    let err = plugin::load(
+        &plugin_config(fake.clone(), ""),
+        &dir.path().join("copies"),
+        &[],
+    )
+    .err()
+    .unwrap();
+    assert!(matches!(err, LoadError::NotSharedLibrary { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("libfake.so is not a loadable shared library"),
+        "{msg}"
+    );
+    // The operator's path, not the private copy's.
+    assert!(
+        msg.contains(&fake.display().to_string()) && !msg.contains("copies"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_shared_library_without_a_root_module_is_not_a_plugin() {
+    let err = load("not-a-plugin", "").err().unwrap();
+    assert!(matches!(err, LoadError::NotAPlugin { .. }), "{err:?}");
+    assert!(err.to_string().contains("not a gateway plugin"), "{err}");
+}
+
+#[test]
+fn a_plugin_built_against_another_major_abi_is_refused_naming_both_versions() {
+    let err = load("next-major", "").err().unwrap();
+    let LoadError::IncompatibleAbi {
+        expected, found, ..
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!(expected, plugin_abi::ABI_VERSION);
+    assert_eq!(found, "2.0.0");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("plugin ABI 2.0.0") && msg.contains("plugin ABI 1.1.0"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_capability_table_with_another_layout_is_refused() {
+    let err = load("skewed-layout", "").err().unwrap();
+    assert!(matches!(err, LoadError::LayoutMismatch { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("`Response` table"), "{msg}");
+    assert!(msg.contains("in field `on_headers`"), "{msg}");
+}
+
+#[test]
+fn a_plugin_built_against_an_older_minor_abi_loads_and_works() {
+    let loaded = load("old-minor", "").unwrap();
+    assert_eq!(loaded.info.abi_version, "1.0.0");
+    assert_eq!(loaded.info.capabilities, ["Response"]);
+    let response = loaded.capabilities().response.expect("Response table");
+    let ctx = ffi::RawContext {
+        request_id: "r".into(),
+        app_id: "".into(),
+        user_id: "".into(),
+        model: "".into(),
+        client_ip: "".into(),
+        metadata: Default::default(),
+    };
+    let resp = ffi::RawResponse {
+        status: 200,
+        headers: Default::default(),
+        body: Default::default(),
+    };
+    let HookOutcome::Modify(m) = (response.on_headers)(loaded.instance(), &ctx, &resp) else {
+        panic!("expected Modify")
+    };
+    assert_eq!(m.set_headers[0].name.as_str(), "x-old-minor");
+}
+
+#[test]
+fn duplicate_plugin_names_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let so = plugin_so("header-stamp");
+    let configs = [plugin_config(so.clone(), STAMP), plugin_config(so, STAMP)];
+    let refs: Vec<_> = configs.iter().collect();
+    let err = plugin::load_all(&refs, dir.path()).err().unwrap();
+    assert!(
+        matches!(&err, LoadError::DuplicateName { name, .. } if name == "header-stamp"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("plugin name `header-stamp`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_initialize_error_is_reported_with_code_and_message() {
+    let err = load("faulty", "init = \"error\"").err().unwrap();
+    let LoadError::InitializeFailed {
+        name,
+        code,
+        message,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
+    assert_eq!((name.as_str(), *code), ("faulty", 1042));
+    assert_eq!(message, "faulty was told to fail at init");
+}
+
+#[test]
+fn a_panic_in_initialize_is_caught_in_the_plugin_and_reported() {
+    let err = load("faulty", "init = \"panic\"").err().unwrap();
+    let LoadError::InitializeFailed { code, message, .. } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(*code, ffi::code::PANIC);
+    assert!(
+        message.contains("faulty was told to panic at init"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_config_that_fails_the_plugins_schema_names_the_field() {
+    let err = load("header-stamp", "[headers]\nx-test = 7\n")
+        .err()
+        .unwrap();
+    let LoadError::ConfigRejected { name, field, rule } = &err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(name, "header-stamp");
+    assert_eq!(field, "headers.x-test");
+    assert!(rule.contains("is not of type \"string\""), "{rule}");
+    let err = load("header-stamp", "colour = \"red\"").err().unwrap();
+    assert!(err.to_string().contains("rejected at `(root)`"), "{err}");
+}
+
+#[test]
+fn check_prints_metadata_and_fails_on_a_bad_file() {
+    let out = Command::new(gateway_bin())
+        .arg("check")
+        .arg(plugin_so("header-stamp"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "name:         header-stamp",
+        "abi:          1.1.0",
+        "capabilities: Response, ConfigProvider",
+        "\"headers\"",
+    ] {
+        assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
+    }
+    let out = Command::new(gateway_bin())
+        .arg("check")
+        .arg(plugin_so("next-major"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("plugin ABI 2.0.0"));
+}
