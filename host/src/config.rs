@@ -144,6 +144,10 @@ pub struct PluginConfig {
     pub order: i64,
     #[serde(default)]
     pub on_error: FailMode,
+    /// Run this plugin's hooks under `block_in_place`, for plugins that may block (I/O, locks,
+    /// sleeps): the worker's other requests move to another thread meanwhile.
+    #[serde(default)]
+    pub isolate: bool,
     /// Panics after which the plugin is quarantined (skipped, as if disabled). 0 never quarantines.
     #[serde(default = "default_quarantine")]
     pub quarantine_after: u32,

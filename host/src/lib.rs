@@ -2,6 +2,13 @@
 //! `main.rs` only parses the command line and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod body;
+pub mod collector;
 pub mod config;
+pub mod error;
 pub mod logging;
+pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
+pub mod server;
+pub mod upstream;

@@ -78,19 +78,8 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let copies = config.data_dir.join("plugins");
-    match plugin::load_all(&config.enabled_plugins(), &copies) {
-        Ok(plugins) => {
-            for p in &plugins {
-                println!(
-                    "loaded {} {} ({})",
-                    p.info.name,
-                    p.info.version,
-                    p.info.capabilities.join(", ")
-                );
-            }
-            ExitCode::SUCCESS
-        }
+    match gateway::server::run(config) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

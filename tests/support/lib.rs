@@ -44,6 +44,7 @@ pub fn plugin_config(path: PathBuf, config_toml: &str) -> PluginConfig {
         enabled: true,
         order: 0,
         on_error: FailMode::FailClosed,
+        isolate: false,
         quarantine_after: 3,
         config: toml::from_str(config_toml).expect("test config is valid TOML"),
     }

@@ -1,0 +1,48 @@
+//! The gateway's response body: a whole buffer, or server-sent events fed by a channel.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::sync::mpsc;
+
+pub enum GatewayBody {
+    Full(Option<Bytes>),
+    /// Frames from the task that runs the stream through the chunk plugins.
+    Stream(mpsc::Receiver<Bytes>),
+}
+
+impl GatewayBody {
+    pub fn full(bytes: impl Into<Bytes>) -> Self {
+        GatewayBody::Full(Some(bytes.into()))
+    }
+}
+
+impl Body for GatewayBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            GatewayBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self, GatewayBody::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            GatewayBody::Full(None) => SizeHint::with_exact(0),
+            GatewayBody::Stream(_) => SizeHint::default(),
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Prometheus metrics: lock-free atomics on the hot path, rendered as text on `GET /metrics`.
+//!
+//! Hand-rolled rather than `prometheus-client`, whose histograms take a lock per observation:
+//! hooks are timed on every call, and a lock there would cost more than the hook itself.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+/// Histogram bucket upper bounds, in seconds: 1 µs to 10 s.
+const BUCKETS: [f64; 15] = [
+    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
+];
+
+#[derive(Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_ns: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            self.counts[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(d.as_nanos() as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            cumulative += count.load(Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{labels}}} {}",
+            self.sum_ns.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Per plugin and hook: calls, errors (including panics), panics, and latency.
+#[derive(Default)]
+pub struct HookMetrics {
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+    pub panics: AtomicU64,
+    pub latency: Histogram,
+}
+
+/// Everything the gateway counts. Per-hook entries are created when a pipeline is built, so the
+/// request path only touches atomics it already holds.
+pub struct Metrics {
+    /// Indexed by `status - 100`.
+    requests: Box<[AtomicU64]>,
+    pub request_latency: Histogram,
+    pub open_connections: AtomicU64,
+    pub inflight_requests: AtomicU64,
+    pub collector_dropped: AtomicU64,
+    pub collector_errors: AtomicU64,
+    pub quarantined: AtomicU64,
+    hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: (100..600).map(|_| AtomicU64::new(0)).collect(),
+            request_latency: Histogram::default(),
+            open_connections: AtomicU64::new(0),
+            inflight_requests: AtomicU64::new(0),
+            collector_dropped: AtomicU64::new(0),
+            collector_errors: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+            hooks: Mutex::default(),
+        }
+    }
+}
+
+impl Metrics {
+    /// The counter for one plugin's hook, created on first use.
+    pub fn hook(&self, plugin: &str, hook: &'static str) -> Arc<HookMetrics> {
+        let mut hooks = self.hooks.lock();
+        if let Some((_, _, m)) = hooks.iter().find(|(p, h, _)| p == plugin && *h == hook) {
+            return m.clone();
+        }
+        let m = Arc::new(HookMetrics::default());
+        hooks.push((plugin.to_owned(), hook, m.clone()));
+        m
+    }
+
+    pub fn count_request(&self, status: u16, took: Duration) {
+        self.request_latency.observe(took);
+        if let Some(counter) = self.requests.get(usize::from(status).wrapping_sub(100)) {
+            counter.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# TYPE gateway_requests_total counter\n");
+        for (i, counter) in self.requests.iter().enumerate() {
+            let n = counter.load(Relaxed);
+            if n > 0 {
+                let _ = writeln!(out, "gateway_requests_total{{status=\"{}\"}} {n}", i + 100);
+            }
+        }
+        out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
+        self.request_latency
+            .render(&mut out, "gateway_request_duration_seconds", "");
+        for (name, value) in [
+            ("gateway_open_connections", &self.open_connections),
+            ("gateway_inflight_requests", &self.inflight_requests),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", value.load(Relaxed));
+        }
+        for (name, value) in [
+            ("gateway_collector_dropped_total", &self.collector_dropped),
+            ("gateway_collector_errors_total", &self.collector_errors),
+            ("gateway_plugins_quarantined_total", &self.quarantined),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        }
+        let hooks = self.hooks.lock();
+        out.push_str("# TYPE gateway_plugin_hook_calls_total counter\n");
+        for (plugin, hook, m) in hooks.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_plugin_hook_calls_total{{plugin=\"{plugin}\",hook=\"{hook}\"}} {}",
+                m.calls.load(Relaxed)
+            );
+        }
+        out.push_str("# TYPE gateway_plugin_hook_errors_total counter\n");
+        for (plugin, hook, m) in hooks.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_plugin_hook_errors_total{{plugin=\"{plugin}\",hook=\"{hook}\"}} {}",
+                m.errors.load(Relaxed)
+            );
+        }
+        out.push_str("# TYPE gateway_plugin_hook_panics_total counter\n");
+        for (plugin, hook, m) in hooks.iter() {
+            let _ = writeln!(
+                out,
+                "gateway_plugin_hook_panics_total{{plugin=\"{plugin}\",hook=\"{hook}\"}} {}",
+                m.panics.load(Relaxed)
+            );
+        }
+        out.push_str("# TYPE gateway_plugin_hook_duration_seconds histogram\n");
+        for (plugin, hook, m) in hooks.iter() {
+            m.latency.render(
+                &mut out,
+                "gateway_plugin_hook_duration_seconds",
+                &format!("plugin=\"{plugin}\",hook=\"{hook}\""),
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let h = Histogram::default();
+        h.observe(Duration::from_nanos(500));
+        h.observe(Duration::from_micros(20));
+        h.observe(Duration::from_secs(60));
+        let mut out = String::new();
+        h.render(&mut out, "x", "a=\"b\"");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.000001\"} 1"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"0.00005\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2"), "{out}");
+        assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"), "{out}");
+        assert!(out.contains("x_count{a=\"b\"} 3"), "{out}");
+    }
+
+    #[test]
+    fn hook_metrics_are_shared_per_plugin_and_hook() {
+        let m = Metrics::default();
+        m.hook("p", "pre_auth").calls.fetch_add(2, Relaxed);
+        m.hook("p", "pre_auth").calls.fetch_add(1, Relaxed);
+        m.count_request(200, Duration::from_millis(1));
+        let text = m.render();
+        assert!(
+            text.contains("gateway_plugin_hook_calls_total{plugin=\"p\",hook=\"pre_auth\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gateway_requests_total{status=\"200\"} 1"),
+            "{text}"
+        );
+    }
+}

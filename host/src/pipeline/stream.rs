@@ -1,0 +1,127 @@
+//! Stream-chunk plugins over one stream: a header-only start, one call per chunk, and an end call
+//! that always happens (also when the client goes away), so plugin state is never leaked.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use plugin_abi::ffi::{self, ChunkHistory, ChunkOutcome, RawChunk, StreamStart, StreamState};
+
+use super::{ContextState, Pipeline, ResponseState};
+use crate::error::ApiError;
+
+struct Active {
+    /// Index into `Pipeline::stream_chunk`.
+    hook: usize,
+    state: StreamState,
+    /// Only for plugins that opted in; holds chunks as the client received them.
+    history: Option<ChunkHistory<Bytes>>,
+}
+
+/// The stream-chunk plugins observing one stream.
+pub struct StreamFilters {
+    pipeline: Arc<Pipeline>,
+    active: Vec<Active>,
+    index: u64,
+}
+
+impl StreamFilters {
+    pub(super) fn start(
+        pipeline: Arc<Pipeline>,
+        ctx: &ContextState,
+        head: &ResponseState,
+    ) -> Result<Self, ApiError> {
+        let mut filters = StreamFilters {
+            pipeline: pipeline.clone(),
+            active: Vec::new(),
+            index: 0,
+        };
+        if pipeline.stream_chunk.is_empty() {
+            return Ok(filters);
+        }
+        let metadata = ctx.raw_metadata();
+        let raw_ctx = ctx.raw(&metadata);
+        let headers = super::raw_headers(&head.headers, Vec::new());
+        let raw = head.raw(&headers, false);
+        for (i, hook) in pipeline.stream_chunk.iter().enumerate() {
+            if hook.quarantine_check()? {
+                continue;
+            }
+            match hook.invoke(0, |inst| (hook.table.on_stream_start)(inst, &raw_ctx, &raw)) {
+                StreamStart::Skip => {}
+                StreamStart::Observe(state) => {
+                    let limits = hook.table.history;
+                    let history = ChunkHistory::new(limits);
+                    let history = history.is_enabled().then_some(history);
+                    filters.active.push(Active {
+                        hook: i,
+                        state,
+                        history,
+                    });
+                }
+                StreamStart::Fail(e) => {
+                    // `filters` ends the streams already started when it drops.
+                    if let Some(err) = hook.fail(0, &e) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Ok(filters)
+    }
+
+    /// Whether any plugin observes this stream.
+    pub fn is_empty(&self) -> bool {
+        self.active.is_empty()
+    }
+
+    /// Runs one chunk through the observing plugins in order. `Ok(None)`: a plugin dropped it.
+    pub fn on_chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, ApiError> {
+        let index = self.index;
+        self.index += 1;
+        if self.active.is_empty() {
+            return Ok(Some(data));
+        }
+        let mut current = data;
+        for active in &self.active {
+            let hook = &self.pipeline.stream_chunk[active.hook];
+            if hook.slot.is_quarantined() {
+                hook.quarantine_check()?;
+                continue;
+            }
+            let history = active
+                .history
+                .as_ref()
+                .map_or(ffi::NO_HISTORY, ChunkHistory::raw);
+            let raw = RawChunk {
+                index,
+                data: current.as_ref().into(),
+                history,
+            };
+            match hook.invoke(1, |inst| (hook.table.on_chunk)(inst, active.state, &raw)) {
+                ChunkOutcome::Pass => {}
+                ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
+                ChunkOutcome::Drop => return Ok(None),
+                ChunkOutcome::Fail(e) => {
+                    if let Some(err) = hook.fail(1, &e) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        for active in &mut self.active {
+            if let Some(history) = &mut active.history {
+                history.push(current.clone());
+            }
+        }
+        Ok(Some(current))
+    }
+}
+
+impl Drop for StreamFilters {
+    fn drop(&mut self) {
+        for active in self.active.drain(..) {
+            let hook = &self.pipeline.stream_chunk[active.hook];
+            (hook.table.on_stream_end)(hook.slot.plugin.instance(), active.state);
+        }
+    }
+}

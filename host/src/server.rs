@@ -1,0 +1,702 @@
+//! The HTTP server: routes, input limits, and one request's way through the pipeline.
+//!
+//! ```text
+//! read + validate ─▶ pre_auth ─▶ auth ─▶ post_auth ─▶ before_selection ─▶ select upstream
+//!   ─▶ after_selection ─▶ upstream ─▶ response headers ─▶ response body      (non-streaming)
+//!                                                     └▶ stream chunks, per chunk (streaming)
+//!                                                        ─▶ stream complete
+//!   ─▶ data collectors (queued, off the request path)
+//! ```
+
+use std::borrow::Cow;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use plugin_abi::ffi::{RawUpstream, StreamSummary};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::body::GatewayBody;
+use crate::collector::{Collector, Record};
+use crate::config::GatewayConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::pipeline::{ContextState, Pipeline, RequestState, ResponseState, Slot, Stop};
+use crate::plugin::{self, LoadError};
+use crate::upstream::{Route, UpstreamReply, Upstreams, usage_of};
+
+/// Why the gateway could not start.
+#[derive(Debug)]
+pub enum GatewayError {
+    Load(LoadError),
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    Runtime(std::io::Error),
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GatewayError::Load(e) => write!(f, "{e}"),
+            GatewayError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
+            GatewayError::Runtime(e) => write!(f, "cannot start the async runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for GatewayError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            GatewayError::Load(e) => Some(e),
+            GatewayError::Bind { source, .. } | GatewayError::Runtime(source) => Some(source),
+        }
+    }
+}
+
+/// Everything a request needs, shared by all connections.
+pub struct App {
+    pub config: GatewayConfig,
+    pub pipeline: ArcSwap<Pipeline>,
+    pub upstreams: Upstreams,
+    pub metrics: Arc<Metrics>,
+    pub collector: Collector,
+    boot: u32,
+    next_request: AtomicU64,
+}
+
+impl App {
+    /// Loads the configured plugins and builds the first pipeline.
+    pub fn new(config: GatewayConfig) -> Result<Arc<App>, GatewayError> {
+        let metrics = Arc::new(Metrics::default());
+        let configs = config.enabled_plugins();
+        let loaded = plugin::load_all(&configs, &config.data_dir.join("plugins"))
+            .map_err(GatewayError::Load)?;
+        let slots = loaded
+            .into_iter()
+            .zip(&configs)
+            .map(|(p, c)| Arc::new(Slot::new(p, c.isolate, metrics.clone())))
+            .collect();
+        let pipeline = Pipeline::new(slots);
+        let collector = Collector::start(config.collector_queue, metrics.clone());
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+        Ok(Arc::new(App {
+            upstreams: Upstreams::from_config(&config),
+            pipeline: ArcSwap::from_pointee(pipeline),
+            metrics,
+            collector,
+            config,
+            boot,
+            next_request: AtomicU64::new(1),
+        }))
+    }
+
+    fn request_id(&self) -> String {
+        format!(
+            "req-{:08x}-{:x}",
+            self.boot,
+            self.next_request.fetch_add(1, Relaxed)
+        )
+    }
+}
+
+/// Counts a value up while alive.
+struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    fn new(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Serves `listener` until `shutdown` resolves, then lets open connections finish (up to 10 s).
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let limits = &app.config.limits;
+    // hyper refuses heads beyond its buffer outright; our own, friendlier check runs below that.
+    let max_buf = (limits.max_header_bytes * 4).max(8192);
+    let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let svc_app = app.clone();
+        let service = service_fn(move |req| {
+            let app = svc_app.clone();
+            async move { Ok::<_, Infallible>(handle(&app, req, peer).await) }
+        });
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .max_buf_size(max_buf)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            let _open = Gauge::new(&app.metrics.open_connections);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after 10 s; stopping anyway");
+    }
+}
+
+/// Builds the runtime, loads plugins, serves until SIGINT or SIGTERM, then shuts plugins down.
+pub fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(GatewayError::Runtime)?;
+    let app = App::new(config)?;
+    runtime.block_on(async {
+        let addr = app.config.listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| GatewayError::Bind { addr, source })?;
+        tracing::info!(%local, plugins = app.pipeline.load().slots.len(), "gateway listening");
+        // Tests and scripts read this line to find the port.
+        println!("listening on http://{local}");
+        serve(app.clone(), listener, shutdown_signal()).await;
+        Ok::<(), GatewayError>(())
+    })?;
+    drop(runtime);
+    tracing::info!("gateway stopped");
+    // The last reference: plugins shut down (exactly once) when the pipeline drops.
+    drop(app);
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return ctrl_c.await.unwrap_or(()),
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down");
+}
+
+fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
+    let mut resp = Response::new(GatewayBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+fn error_response(e: &ApiError) -> Response<GatewayBody> {
+    json_response(e.status, e.body())
+}
+
+async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    let started = Instant::now();
+    let _inflight = Gauge::new(&app.metrics.inflight_requests);
+    let path = req.uri().path();
+    let resp = match (req.method(), path) {
+        (&Method::POST, "/v1/chat/completions") => chat(app, req, peer, started).await,
+        (&Method::GET, "/v1/models") => models(app),
+        (&Method::GET, "/healthz") => {
+            json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
+        }
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(GatewayBody::full(app.metrics.render()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        (m, "/v1/chat/completions") => {
+            error_response(&ApiError::method_not_allowed(m, path, "POST"))
+        }
+        (m, "/v1/models" | "/healthz" | "/metrics") => {
+            error_response(&ApiError::method_not_allowed(m, path, "GET"))
+        }
+        _ => error_response(&ApiError::not_found(path)),
+    };
+    app.metrics
+        .count_request(resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn models(app: &App) -> Response<GatewayBody> {
+    let data: Vec<serde_json::Value> = app
+        .upstreams
+        .models
+        .iter()
+        .map(|m| {
+            let owner = app
+                .upstreams
+                .routes
+                .get(m)
+                .map_or("", |r| app.upstreams.upstreams[r.upstream].name());
+            serde_json::json!({ "id": m, "object": "model", "created": 0, "owned_by": owner })
+        })
+        .collect();
+    json_response(
+        StatusCode::OK,
+        Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string()),
+    )
+}
+
+/// The fields of a chat request the gateway itself needs; the rest passes through untouched.
+#[derive(Deserialize)]
+struct ChatPeek<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(default)]
+    stream: bool,
+    messages: Vec<IgnoredAny>,
+}
+
+fn peek(body: &[u8]) -> Result<(String, bool), ApiError> {
+    let p: ChatPeek<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::invalid_request("invalid_request", format!("invalid chat request: {e}"))
+        }
+        _ => ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not valid JSON: {e}"),
+        ),
+    })?;
+    if p.messages.is_empty() {
+        return Err(ApiError::invalid_request(
+            "invalid_request",
+            "`messages` must not be empty",
+        ));
+    }
+    Ok((p.model.into_owned(), p.stream))
+}
+
+/// Reads and checks the request; what fails here never reaches a plugin.
+async fn read_request(
+    app: &App,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: String,
+) -> Result<RequestState, ApiError> {
+    let limits = &app.config.limits;
+    let (parts, body) = req.into_parts();
+    let head_bytes: usize = parts
+        .headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if head_bytes > limits.max_header_bytes {
+        return Err(ApiError::headers_too_large(
+            limits.max_header_bytes,
+            head_bytes,
+        ));
+    }
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match content_type.as_deref() {
+        Some(ct)
+            if ct
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => {}
+        other => return Err(ApiError::unsupported_media_type(other.unwrap_or("(none)"))),
+    }
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > limits.max_body_bytes as u64) {
+        return Err(ApiError::too_large(limits.max_body_bytes, Some(len)));
+    }
+    let read = tokio::time::timeout(
+        Duration::from_millis(limits.body_timeout_ms),
+        Limited::new(body, limits.max_body_bytes).collect(),
+    );
+    let body = match read.await {
+        Err(_) => return Err(ApiError::timeout("request body")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(limits.max_body_bytes, None));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::invalid_request(
+                "invalid_body",
+                format!("could not read the request body: {e}"),
+            ));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let (model, _) = peek(&body)?;
+    Ok(RequestState {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        ctx: ContextState {
+            request_id,
+            model,
+            client_ip: peer.ip().to_string(),
+            ..ContextState::default()
+        },
+    })
+}
+
+fn credential(headers: &HeaderMap) -> &str {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        if let Some(token) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return token.trim();
+        }
+    }
+    headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .trim()
+}
+
+/// The request phases up to the upstream. Returns the route and whether to stream.
+fn request_phases<'u>(
+    app: &'u App,
+    pipeline: &Pipeline,
+    req: &mut RequestState,
+) -> Result<(&'u Route, bool), Stop> {
+    pipeline.pre_auth(req)?;
+    if pipeline.requires_auth() {
+        let cred = credential(&req.headers).to_owned();
+        pipeline.auth(req, &cred)?;
+    }
+    pipeline.post_auth(req)?;
+    pipeline.before_selection(req)?;
+    // Hooks may have rewritten the body: the model and stream flag are read from what they left.
+    let (model, _) = peek(&req.body)?;
+    req.ctx.model = model;
+    let route = app.upstreams.route(&req.ctx.model)?;
+    let upstream = &app.upstreams.upstreams[route.upstream];
+    let raw = RawUpstream {
+        name: upstream.name().into(),
+        kind: upstream.kind().into(),
+        base_url: upstream.base_url().into(),
+        model: route.upstream_model.as_str().into(),
+    };
+    pipeline.after_selection(req, &raw)?;
+    let (_, stream) = peek(&req.body)?;
+    Ok((route, stream))
+}
+
+fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody> {
+    let mut out = Response::new(GatewayBody::full(resp.body));
+    *out.status_mut() = resp.status;
+    *out.headers_mut() = resp.headers;
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        out.headers_mut().insert("x-request-id", v);
+    }
+    out
+}
+
+fn error_state(e: &ApiError) -> ResponseState {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    ResponseState {
+        status: e.status,
+        headers,
+        body: e.body(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+async fn chat(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let pipeline = app.pipeline.load_full();
+    let request_id = app.request_id();
+    let mut record = Record {
+        request_id: request_id.clone(),
+        method: "POST".into(),
+        path: req.uri().path().to_owned(),
+        unix_ms: unix_ms(),
+        ..Record::default()
+    };
+    let mut req = match read_request(app, req, peer, request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let ctx = ContextState {
+                request_id: record.request_id.clone(),
+                ..ContextState::default()
+            };
+            return finish(app, &pipeline, record, error_state(&e), &ctx, started);
+        }
+    };
+    record.request_bytes = req.body.len() as u64;
+    let phases = request_phases(app, &pipeline, &mut req);
+    record.app_id.clone_from(&req.ctx.app_id);
+    record.user_id.clone_from(&req.ctx.user_id);
+    record.model.clone_from(&req.ctx.model);
+    let (route, stream) = match phases {
+        Ok(ok) => ok,
+        Err(stop) => {
+            // Short-circuit: later request hooks are skipped; the response headers phase still
+            // runs (so headers are stamped on every response); the body phase, which is for
+            // upstream bodies, does not.
+            let mut resp = match stop {
+                Stop::Respond(resp) => resp,
+                Stop::Error(e) => error_state(&e),
+            };
+            if let Err(e) = pipeline.response_headers(&req.ctx, &mut resp) {
+                resp = error_state(&e);
+            }
+            return finish(app, &pipeline, record, resp, &req.ctx, started);
+        }
+    };
+    let upstream = &app.upstreams.upstreams[route.upstream];
+    record.upstream = upstream.name().to_owned();
+    let reply = match upstream.call(req.body.clone(), route, stream).await {
+        Ok(r) => r,
+        Err(e) => return finish(app, &pipeline, record, error_state(&e), &req.ctx, started),
+    };
+    match reply {
+        UpstreamReply::Full {
+            status,
+            headers,
+            body,
+        } => {
+            record.usage = usage_of(&body);
+            let mut resp = ResponseState {
+                status,
+                headers,
+                body,
+            };
+            let phases = pipeline
+                .response_headers(&req.ctx, &mut resp)
+                .and_then(|()| pipeline.response_body(&req.ctx, &mut resp));
+            if let Err(e) = phases {
+                resp = error_state(&e);
+            }
+            record.ttft_us = started.elapsed().as_micros() as u64;
+            finish(app, &pipeline, record, resp, &req.ctx, started)
+        }
+        UpstreamReply::Stream {
+            status,
+            headers,
+            events,
+        } => {
+            record.streamed = true;
+            let mut head = ResponseState {
+                status,
+                headers,
+                body: Bytes::new(),
+            };
+            if let Err(e) = pipeline.response_headers(&req.ctx, &mut head) {
+                return finish(app, &pipeline, record, error_state(&e), &req.ctx, started);
+            }
+            let filters = match pipeline.stream_start(&req.ctx, &head) {
+                Ok(f) => f,
+                Err(e) => {
+                    return finish(app, &pipeline, record, error_state(&e), &req.ctx, started);
+                }
+            };
+            let (tx, rx) = mpsc::channel::<Bytes>(16);
+            let request_id = req.ctx.request_id.clone();
+            let task = StreamTask {
+                app: app.clone(),
+                pipeline,
+                filters,
+                events,
+                tx,
+                ctx: req.ctx,
+                record,
+                started,
+                status,
+            };
+            tokio::spawn(task.run());
+            let mut out = Response::new(GatewayBody::Stream(rx));
+            *out.status_mut() = head.status;
+            *out.headers_mut() = head.headers;
+            out.headers_mut()
+                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                out.headers_mut().insert("x-request-id", v);
+            }
+            out
+        }
+    }
+}
+
+/// Sends a whole response and queues its record.
+fn finish(
+    app: &App,
+    pipeline: &Arc<Pipeline>,
+    mut record: Record,
+    resp: ResponseState,
+    ctx: &ContextState,
+    started: Instant,
+) -> Response<GatewayBody> {
+    record.status = resp.status.as_u16();
+    record.response_bytes = resp.body.len() as u64;
+    record.latency_us = started.elapsed().as_micros() as u64;
+    app.collector.submit(pipeline, record);
+    into_response(resp, &ctx.request_id)
+}
+
+/// Runs one stream: upstream events through the chunk plugins to the client, then the
+/// stream-complete hooks and the record.
+struct StreamTask {
+    app: Arc<App>,
+    pipeline: Arc<Pipeline>,
+    filters: crate::pipeline::StreamFilters,
+    events: crate::upstream::Events,
+    tx: mpsc::Sender<Bytes>,
+    ctx: ContextState,
+    record: Record,
+    started: Instant,
+    status: StatusCode,
+}
+
+fn sse_frame(payload: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(payload.len() + 8);
+    frame.extend_from_slice(b"data: ");
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(b"\n\n");
+    frame.freeze()
+}
+
+impl StreamTask {
+    async fn run(mut self) {
+        let (mut chunks, mut bytes, mut completed) = (0u64, 0u64, false);
+        loop {
+            let next = tokio::select! {
+                next = self.events.next() => next,
+                () = self.tx.closed() => break,
+            };
+            let data = match next {
+                None => {
+                    completed = true;
+                    break;
+                }
+                Some(Ok(data)) => data,
+                Some(Err(message)) => {
+                    tracing::warn!(request_id = %self.ctx.request_id, "{message}");
+                    let _ = self
+                        .tx
+                        .send(sse_frame(&ApiError::upstream(message).body()))
+                        .await;
+                    break;
+                }
+            };
+            if let Some(usage) = usage_of(&data) {
+                self.record.usage = Some(usage);
+            }
+            let out = match self.filters.on_chunk(data) {
+                Ok(Some(out)) => out,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = self.tx.send(sse_frame(&e.body())).await;
+                    break;
+                }
+            };
+            if chunks == 0 {
+                self.record.ttft_us = self.started.elapsed().as_micros() as u64;
+            }
+            chunks += 1;
+            bytes += out.len() as u64;
+            if self.tx.send(sse_frame(&out)).await.is_err() {
+                break;
+            }
+        }
+        if completed {
+            completed = self
+                .tx
+                .send(Bytes::from_static(b"data: [DONE]\n\n"))
+                .await
+                .is_ok();
+        }
+        // Plugin stream state ends before stream-complete hooks run.
+        drop(self.filters);
+        let duration = self.started.elapsed();
+        let summary = StreamSummary {
+            status: self.status.as_u16(),
+            chunks,
+            bytes,
+            duration_us: duration.as_micros() as u64,
+            completed,
+        };
+        self.pipeline.stream_complete(&self.ctx, &summary);
+        self.record.status = self.status.as_u16();
+        self.record.response_bytes = bytes;
+        self.record.latency_us = duration.as_micros() as u64;
+        self.app.collector.submit(&self.pipeline, self.record);
+    }
+}

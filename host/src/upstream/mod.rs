@@ -1,0 +1,301 @@
+//! Upstreams that models route to: the embedded mock, or an OpenAI-compatible HTTP API.
+
+mod mock;
+mod openai;
+mod sse;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde::Deserialize;
+
+use crate::collector::Usage;
+use crate::config::{GatewayConfig, UpstreamKind};
+use crate::error::ApiError;
+use mock::MockUpstream;
+use openai::{OpenAiUpstream, SseEvents};
+
+pub enum Upstream {
+    Mock { name: String, mock: MockUpstream },
+    OpenAi(OpenAiUpstream),
+}
+
+/// What a model resolves to.
+pub struct Route {
+    pub model: String,
+    pub upstream_model: String,
+    pub upstream: usize,
+}
+
+/// Every upstream and model route from the config.
+pub struct Upstreams {
+    pub upstreams: Vec<Upstream>,
+    pub routes: HashMap<String, Route>,
+    /// Model names in config order, for `/v1/models` and error messages.
+    pub models: Vec<String>,
+}
+
+impl Upstreams {
+    pub fn from_config(config: &GatewayConfig) -> Self {
+        let upstreams: Vec<Upstream> = config
+            .upstreams
+            .iter()
+            .map(|u| match &u.kind {
+                UpstreamKind::Mock {
+                    chunks,
+                    chunk_delay_ms,
+                } => Upstream::Mock {
+                    name: u.name.clone(),
+                    mock: MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms)),
+                },
+                UpstreamKind::Openai {
+                    base_url,
+                    api_key_env,
+                    connect_timeout_ms,
+                    timeout_ms,
+                } => Upstream::OpenAi(OpenAiUpstream::new(
+                    &u.name,
+                    base_url,
+                    api_key_env.as_deref(),
+                    Duration::from_millis(*connect_timeout_ms),
+                    Duration::from_millis(*timeout_ms),
+                )),
+            })
+            .collect();
+        let mut routes = HashMap::new();
+        for m in &config.models {
+            let upstream = config
+                .upstreams
+                .iter()
+                .position(|u| u.name == m.upstream)
+                .expect("validated by config");
+            let upstream_model = m.upstream_model.clone().unwrap_or_else(|| m.name.clone());
+            routes.insert(
+                m.name.clone(),
+                Route {
+                    model: m.name.clone(),
+                    upstream_model,
+                    upstream,
+                },
+            );
+        }
+        Upstreams {
+            upstreams,
+            routes,
+            models: config.models.iter().map(|m| m.name.clone()).collect(),
+        }
+    }
+
+    pub fn route(&self, model: &str) -> Result<&Route, ApiError> {
+        self.routes.get(model).ok_or_else(|| {
+            let known: Vec<&str> = self.models.iter().map(String::as_str).collect();
+            ApiError::model_not_found(model, &known)
+        })
+    }
+}
+
+impl Upstream {
+    pub fn name(&self) -> &str {
+        match self {
+            Upstream::Mock { name, .. } => name,
+            Upstream::OpenAi(o) => &o.name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Upstream::Mock { .. } => "mock",
+            Upstream::OpenAi(_) => "openai",
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        match self {
+            Upstream::Mock { .. } => "",
+            Upstream::OpenAi(o) => &o.base_url,
+        }
+    }
+
+    /// Sends the chat request. `body` is what the request hooks left; the model is rewritten
+    /// to the route's upstream model if that differs.
+    pub async fn call(
+        &self,
+        body: Bytes,
+        route: &Route,
+        stream: bool,
+    ) -> Result<UpstreamReply, ApiError> {
+        match self {
+            Upstream::Mock { mock, .. } => {
+                let reply = mock.reply(&body, &route.model)?;
+                let mut headers = HeaderMap::new();
+                if stream {
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    );
+                    let events = Events::Mock {
+                        chunks: reply.chunks(),
+                        delay: mock.chunk_delay,
+                        first: true,
+                    };
+                    Ok(UpstreamReply::Stream {
+                        status: StatusCode::OK,
+                        headers,
+                        events,
+                    })
+                } else {
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
+                    Ok(UpstreamReply::Full {
+                        status: StatusCode::OK,
+                        headers,
+                        body: reply.completion(),
+                    })
+                }
+            }
+            Upstream::OpenAi(client) => {
+                let body = if route.upstream_model != route.model {
+                    rewrite_model(&body, &route.upstream_model)?
+                } else {
+                    body
+                };
+                let (status, headers, incoming) = client.send(body).await?;
+                let is_sse = headers
+                    .get(http::header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("text/event-stream"));
+                let headers = forwardable(headers);
+                if stream && status.is_success() && is_sse {
+                    Ok(UpstreamReply::Stream {
+                        status,
+                        headers,
+                        events: Events::Sse(SseEvents::new(incoming, client)),
+                    })
+                } else {
+                    let body = client.collect(incoming).await?;
+                    Ok(UpstreamReply::Full {
+                        status,
+                        headers,
+                        body,
+                    })
+                }
+            }
+        }
+    }
+}
+
+fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, ApiError> {
+    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::invalid_request("invalid_json", format!("invalid JSON body: {e}"))
+    })?;
+    value["model"] = serde_json::Value::String(model.to_owned());
+    Ok(Bytes::from(value.to_string()))
+}
+
+/// Drops hop-by-hop and framing headers; the gateway frames its own response.
+fn forwardable(mut headers: HeaderMap) -> HeaderMap {
+    for name in [
+        http::header::CONNECTION,
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+        http::header::HeaderName::from_static("keep-alive"),
+    ] {
+        headers.remove(name);
+    }
+    headers
+}
+
+pub enum UpstreamReply {
+    Full {
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    },
+    Stream {
+        status: StatusCode,
+        headers: HeaderMap,
+        events: Events,
+    },
+}
+
+/// The event payloads of a streamed reply, without SSE framing.
+pub enum Events {
+    Mock {
+        chunks: VecDeque<Bytes>,
+        delay: Duration,
+        first: bool,
+    },
+    Sse(SseEvents),
+}
+
+impl Events {
+    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        match self {
+            Events::Mock {
+                chunks,
+                delay,
+                first,
+            } => {
+                let chunk = chunks.pop_front()?;
+                if !*first && !delay.is_zero() {
+                    tokio::time::sleep(*delay).await;
+                }
+                *first = false;
+                Some(Ok(chunk))
+            }
+            Events::Sse(sse) => sse.next().await,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct UsageJson {
+    #[serde(default)]
+    prompt_tokens: u64,
+    #[serde(default)]
+    completion_tokens: u64,
+    #[serde(default)]
+    total_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    usage: Option<UsageJson>,
+}
+
+/// The `usage` object of a completion or of a stream's usage chunk, if any. Cheap for chunks
+/// without one: they are not parsed.
+pub fn usage_of(json: &[u8]) -> Option<Usage> {
+    if !json.windows(7).any(|w| w == b"\"usage\"") {
+        return None;
+    }
+    let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
+    Some(Usage {
+        prompt_tokens: u.prompt_tokens,
+        completion_tokens: u.completion_tokens,
+        total_tokens: u.total_tokens,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_is_read_only_where_present() {
+        assert_eq!(usage_of(br#"{"choices":[]}"#), None);
+        assert_eq!(
+            usage_of(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#),
+            Some(Usage {
+                prompt_tokens: 1,
+                completion_tokens: 2,
+                total_tokens: 3
+            })
+        );
+        assert_eq!(usage_of(br#"{"usage":null}"#), None);
+    }
+}
