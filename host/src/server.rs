@@ -511,12 +511,17 @@ async fn chat(
             // Short-circuit: later request hooks are skipped; the response headers phase still
             // runs (so headers are stamped on every response); the body phase, which is for
             // upstream bodies, does not.
-            let mut resp = match stop {
-                Stop::Respond(resp) => resp,
-                Stop::Error(e) => error_state(&e),
+            let (mut resp, failed) = match stop {
+                Stop::Respond(resp) => (resp, false),
+                Stop::Error(e) => (error_state(&e), true),
             };
             if let Err(e) = pipeline.response_headers(&req.ctx, &mut resp) {
-                resp = error_state(&e);
+                // The first failure is the one worth reporting.
+                if failed {
+                    tracing::warn!(request_id = %req.ctx.request_id, "response headers phase failed too: {e}");
+                } else {
+                    resp = error_state(&e);
+                }
             }
             return finish(app, &pipeline, record, resp, &req.ctx, started);
         }

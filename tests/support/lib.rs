@@ -49,3 +49,246 @@ pub fn plugin_config(path: PathBuf, config_toml: &str) -> PluginConfig {
         config: toml::from_str(config_toml).expect("test config is valid TOML"),
     }
 }
+
+/// A gateway process started from a config written for the test; stopped (SIGTERM, then
+/// waited for) when dropped.
+pub struct Gateway {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    pub dir: tempfile::TempDir,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Gateway {
+    /// Starts the gateway with `config` (TOML). `{dir}` in it is replaced by the test's temp
+    /// dir and `{target}` by the directory holding the built plugins; `listen` and `data_dir`
+    /// are added.
+    pub fn start(config: &str) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, config)
+    }
+
+    /// Like [`Gateway::start`], with extra environment variables for the gateway process.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(tempfile::tempdir().unwrap(), config, env)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
+        Self::spawn(dir, config, &[])
+    }
+
+    fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        use std::io::{BufRead, BufReader, Read};
+        let text = format!(
+            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+            dir.path().join("data").display(),
+            config
+                .replace("{dir}", &dir.path().display().to_string())
+                .replace("{target}", &target_dir().display().to_string())
+        );
+        let path = dir.path().join("gateway.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut child = std::process::Command::new(gateway_bin())
+            .arg("--config")
+            .arg(&path)
+            .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let mut err_pipe = child.stderr.take().unwrap();
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = err_pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on http://") {
+                        break addr.parse().unwrap();
+                    }
+                }
+                _ => {
+                    let status = child.wait().unwrap();
+                    panic!(
+                        "gateway exited ({status}) before listening:\n{}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Gateway {
+            child,
+            addr,
+            dir,
+            stderr,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything the gateway logged so far.
+    pub fn logs(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// POSTs a chat request; returns status, headers (lowercase names) and body.
+    pub fn chat(&self, key: Option<&str>, body: &serde_json::Value) -> Reply {
+        let mut req = agent()
+            .post(&self.url("/v1/chat/completions"))
+            .set("content-type", "application/json");
+        if let Some(key) = key {
+            req = req.set("authorization", &format!("Bearer {key}"));
+        }
+        Reply::from(req.send_string(&body.to_string()))
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        Reply::from(agent().get(&self.url(path)).call())
+    }
+
+    /// The value of a metric line starting with `prefix` (name and labels), if present.
+    pub fn metric(&self, prefix: &str) -> Option<f64> {
+        let text = self.get("/metrics").body;
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// Sends SIGTERM and waits: returns the exit status, the full log, and the temp dir (which
+    /// lives on for the caller to inspect).
+    pub fn stop(mut self) -> (std::process::ExitStatus, String, tempfile::TempDir) {
+        let status = self.terminate();
+        // The stderr reader thread gets the last lines once the pipe closes.
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        (status, self.logs(), dir)
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status;
+        }
+        sigterm(self.child.id());
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn sigterm(pid: u32) {
+    // The `kill` command rather than libc: keeps this crate free of unsafe code.
+    let _ = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status();
+}
+
+/// An HTTP client that keeps no idle connections, so that connection counts are exact.
+pub fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new()
+        .max_idle_connections(0)
+        .timeout(std::time::Duration::from_secs(30))
+        .build()
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    /// The `error` object of an OpenAI-style error body.
+    pub fn error(&self) -> serde_json::Value {
+        let v = self.json();
+        assert!(
+            v["error"]["message"].is_string() && v["error"]["type"].is_string(),
+            "not an OpenAI error: {}",
+            self.body
+        );
+        v["error"].clone()
+    }
+
+    /// The `data:` payloads of an SSE body, `[DONE]` included.
+    pub fn events(&self) -> Vec<String> {
+        self.body
+            .split("\n\n")
+            .filter_map(|e| e.strip_prefix("data: "))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The concatenated `delta.content` of a streamed chat reply.
+    pub fn streamed_text(&self) -> String {
+        self.events()
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .filter_map(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+}
+
+impl From<Result<ureq::Response, ureq::Error>> for Reply {
+    fn from(r: Result<ureq::Response, ureq::Error>) -> Self {
+        let resp = match r {
+            Ok(resp) | Err(ureq::Error::Status(_, resp)) => resp,
+            Err(e) => panic!("request failed: {e}"),
+        };
+        let status = resp.status();
+        let headers = resp
+            .headers_names()
+            .into_iter()
+            .map(|n| {
+                let v = resp.header(&n).unwrap_or("").to_owned();
+                (n, v)
+            })
+            .collect();
+        Reply {
+            status,
+            headers,
+            body: resp.into_string().unwrap(),
+        }
+    }
+}
+
+/// A chat request body.
+pub fn chat_body(model: &str, content: &str, stream: bool) -> serde_json::Value {
+    serde_json::json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": content }] })
+}

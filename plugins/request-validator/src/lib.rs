@@ -1,0 +1,151 @@
+//! PostAuth: rejects chat requests with too many messages or too long a prompt, before they
+//! cost an upstream call.
+#![forbid(unsafe_code)]
+
+use plugin_abi::{
+    Config, ConfigProvider, Decision, Host, Plugin, PluginError, PostAuth, Reply, Request,
+};
+use serde::Deserialize;
+
+#[derive(plugin_abi::Plugin)]
+#[plugin(name = "request-validator", capabilities(PostAuth, ConfigProvider))]
+pub struct RequestValidator {
+    max_messages: usize,
+    max_prompt_chars: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Settings {
+    max_messages: usize,
+    max_prompt_chars: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_messages: 64,
+            max_prompt_chars: 32_000,
+        }
+    }
+}
+
+impl Plugin for RequestValidator {
+    fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
+        let s: Settings = config.parse()?;
+        Ok(RequestValidator {
+            max_messages: s.max_messages,
+            max_prompt_chars: s.max_prompt_chars,
+        })
+    }
+}
+
+impl ConfigProvider for RequestValidator {
+    const SCHEMA: &'static str = r#"{
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "max_messages": { "type": "integer", "minimum": 1 },
+            "max_prompt_chars": { "type": "integer", "minimum": 1 }
+        }
+    }"#;
+}
+
+#[derive(Deserialize)]
+struct Chat {
+    #[serde(default)]
+    messages: Vec<Message>,
+}
+
+#[derive(Deserialize)]
+struct Message {
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+fn chars(content: &serde_json::Value) -> usize {
+    match content {
+        serde_json::Value::String(s) => s.chars().count(),
+        serde_json::Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
+            .map(|t| t.chars().count())
+            .sum(),
+        _ => 0,
+    }
+}
+
+fn reject(message: String) -> Decision {
+    Decision::Respond(Reply::error(
+        400,
+        "invalid_request_error",
+        "request_rejected",
+        &message,
+    ))
+}
+
+impl PostAuth for RequestValidator {
+    fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
+        // The gateway has already checked that the body is a JSON chat request.
+        let Ok(chat) = serde_json::from_slice::<Chat>(req.body()) else {
+            return Ok(Decision::Continue);
+        };
+        if chat.messages.len() > self.max_messages {
+            return Ok(reject(format!(
+                "too many messages: expected at most {}, found {}",
+                self.max_messages,
+                chat.messages.len()
+            )));
+        }
+        let prompt: usize = chat.messages.iter().map(|m| chars(&m.content)).sum();
+        if prompt > self.max_prompt_chars {
+            return Ok(reject(format!(
+                "prompt too long: expected at most {} characters, found {prompt}",
+                self.max_prompt_chars
+            )));
+        }
+        Ok(Decision::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_abi::testing::{MockHost, TestRequest};
+
+    #[test]
+    fn rejects_too_many_messages_and_too_long_prompts() {
+        let p: RequestValidator = MockHost::new()
+            .init(r#"{"max_messages": 2, "max_prompt_chars": 10}"#)
+            .unwrap();
+        let run = |body: &str| {
+            TestRequest::post("/")
+                .body(body)
+                .with(|r| p.on_post_auth(r))
+                .unwrap()
+        };
+        assert_eq!(
+            run(r#"{"messages":[{"role":"user","content":"hi"}]}"#),
+            Decision::Continue
+        );
+        let Decision::Respond(r) =
+            run(r#"{"messages":[{"content":"a"},{"content":"b"},{"content":"c"}]}"#)
+        else {
+            panic!()
+        };
+        assert_eq!(r.status(), 400);
+        assert!(
+            String::from_utf8_lossy(r.body_bytes())
+                .contains("too many messages: expected at most 2, found 3")
+        );
+        let Decision::Respond(r) =
+            run(r#"{"messages":[{"content":[{"type":"text","text":"01234567890"}]}]}"#)
+        else {
+            panic!()
+        };
+        assert!(
+            String::from_utf8_lossy(r.body_bytes())
+                .contains("prompt too long: expected at most 10 characters, found 11")
+        );
+    }
+}

@@ -1,0 +1,127 @@
+//! DataCollector: appends proxy logs, analytics and budget records to a file as JSON lines.
+//! Runs on the gateway's collector thread, so file I/O never touches the request path.
+#![forbid(unsafe_code)]
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::sync::Mutex;
+
+use plugin_abi::{
+    Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Plugin, PluginError, ProxyLog,
+};
+use serde_json::json;
+
+#[derive(plugin_abi::Plugin)]
+#[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider))]
+pub struct UsageLogger {
+    out: Mutex<BufWriter<File>>,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    path: String,
+}
+
+impl Plugin for UsageLogger {
+    fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
+        let s: Settings = config.parse()?;
+        if let Some(dir) = std::path::Path::new(&s.path)
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                PluginError::config(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&s.path)
+            .map_err(|e| PluginError::config(format!("cannot open {}: {e}", s.path)))?;
+        Ok(UsageLogger {
+            out: Mutex::new(BufWriter::new(file)),
+        })
+    }
+
+    fn shutdown(&mut self) {
+        let out = self.out.get_mut().unwrap_or_else(|e| e.into_inner());
+        let _ = out.flush();
+    }
+}
+
+impl ConfigProvider for UsageLogger {
+    const SCHEMA: &'static str = r#"{
+        "type": "object",
+        "required": ["path"],
+        "additionalProperties": false,
+        "properties": { "path": { "type": "string", "minLength": 1 } }
+    }"#;
+}
+
+impl UsageLogger {
+    fn write(&self, line: serde_json::Value) -> Result<(), PluginError> {
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        // One line per record, flushed, so a reader never sees half a record.
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
+    }
+}
+
+impl DataCollector for UsageLogger {
+    fn on_proxy_log(&self, l: &ProxyLog<'_>) -> Result<(), PluginError> {
+        self.write(json!({
+            "type": "proxy_log", "request_id": l.request_id, "app_id": l.app_id, "user_id": l.user_id,
+            "method": l.method, "path": l.path, "model": l.model, "status": l.status,
+            "request_bytes": l.request_bytes, "response_bytes": l.response_bytes,
+            "latency_us": l.latency_us, "unix_ms": l.unix_ms,
+        }))
+    }
+
+    fn on_analytics(&self, a: &Analytics<'_>) -> Result<(), PluginError> {
+        self.write(json!({
+            "type": "analytics", "request_id": a.request_id, "app_id": a.app_id, "user_id": a.user_id,
+            "model": a.model, "upstream": a.upstream, "status": a.status, "streamed": a.streamed,
+            "prompt_tokens": a.prompt_tokens, "completion_tokens": a.completion_tokens,
+            "total_tokens": a.total_tokens, "latency_us": a.latency_us, "ttft_us": a.ttft_us,
+        }))
+    }
+
+    fn on_budget(&self, b: &Budget<'_>) -> Result<(), PluginError> {
+        self.write(json!({
+            "type": "budget", "app_id": b.app_id, "user_id": b.user_id, "model": b.model, "total_tokens": b.total_tokens,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugin_abi::testing::MockHost;
+
+    #[test]
+    fn writes_one_json_line_per_record() {
+        let dir = std::env::temp_dir().join(format!("usage-logger-test-{}", std::process::id()));
+        let path = dir.join("usage.jsonl");
+        let config = json!({ "path": path }).to_string();
+        let logger: UsageLogger = MockHost::new().init(&config).unwrap();
+        let budget = Budget {
+            app_id: "app",
+            user_id: "u",
+            model: "m",
+            total_tokens: 7,
+        };
+        logger.on_budget(&budget).unwrap();
+        logger.on_budget(&budget).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0]["type"], "budget");
+        assert_eq!(lines[1]["total_tokens"], 7);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
