@@ -12,7 +12,7 @@ ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-2.0 tests/fixtures/abi
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
 
-.PHONY: build build-release run test
+.PHONY: build build-release run test bench
 
 build: $(VENV)/.openai-$(OPENAI_VERSION)
 	$(CARGO) build --workspace --all-targets
@@ -29,5 +29,12 @@ build-release:
 run: build-release
 	./target/release/gateway
 
+# Doc tests first, then every other test under nextest, whose summary closes the run.
 test: build
-	$(CARGO) test --workspace
+	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+# Criterion benches (hook dispatch four ways, pipeline, streaming); see BENCHMARKS.md.
+bench:
+	$(CARGO) build --release --workspace --bins --lib
+	$(CARGO) bench -p gateway-benches

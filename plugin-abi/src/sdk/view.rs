@@ -95,6 +95,12 @@ impl<'a> Request<'a> {
         Request(raw)
     }
 
+    /// Wraps a raw view, as the generated glue does; for hosts and benchmarks that call SDK code
+    /// directly.
+    pub fn from_raw(raw: &'a ffi::RawRequest<'a>) -> Self {
+        Request(raw)
+    }
+
     pub fn method(&self) -> &'a str {
         str_of(&self.0.method)
     }

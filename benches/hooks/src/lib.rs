@@ -1,0 +1,138 @@
+//! Benchmark plugin: read-only hooks in every phase, a stream filter without history, and
+//! `bench_json_call`, the same PostAuth check behind one JSON-encoded C call with a base64 body,
+//! the way CLIProxyAPI calls its plugins.
+
+#[path = "common.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+use base64::Engine as _;
+use plugin_abi::{
+    Chunk, ChunkDecision, Config, Context, Decision, Host, Plugin, PluginError, PostAuth, PreAuth,
+    Reply, Request, RequestInterceptor, Response, StreamChunk, UpstreamResponse,
+};
+
+/// The body pointer the last PostAuth call saw: equal to the host's buffer if nothing was copied.
+static LAST_BODY_PTR: AtomicUsize = AtomicUsize::new(0);
+
+/// The hook's logic: look up a header, bound the body. Continues for every bench payload.
+fn check(has_auth: bool, body_len: usize) -> bool {
+    std::hint::black_box(has_auth);
+    body_len <= 1 << 20
+}
+
+#[derive(plugin_abi::Plugin)]
+#[plugin(
+    name = "bench-hooks",
+    capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk)
+)]
+pub struct BenchHooks;
+
+impl Plugin for BenchHooks {
+    fn init(_config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
+        Ok(BenchHooks)
+    }
+}
+
+impl PreAuth for BenchHooks {
+    fn on_pre_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
+        std::hint::black_box(req.headers().get("user-agent"));
+        Ok(Decision::Continue)
+    }
+}
+
+impl PostAuth for BenchHooks {
+    fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
+        LAST_BODY_PTR.store(req.body().as_ptr() as usize, Relaxed);
+        if check(
+            req.headers().get("authorization").is_some(),
+            req.body().len(),
+        ) {
+            Ok(Decision::Continue)
+        } else {
+            Ok(Decision::Respond(Reply::new(400)))
+        }
+    }
+}
+
+impl RequestInterceptor for BenchHooks {}
+
+impl Response for BenchHooks {
+    fn on_response_headers(
+        &self,
+        _ctx: &Context<'_>,
+        resp: &UpstreamResponse<'_>,
+    ) -> Result<Decision, PluginError> {
+        std::hint::black_box(resp.status());
+        Ok(Decision::Continue)
+    }
+}
+
+impl StreamChunk for BenchHooks {
+    type State = ();
+    fn on_stream_start(
+        &self,
+        _ctx: &Context<'_>,
+        head: &UpstreamResponse<'_>,
+    ) -> Result<Option<()>, PluginError> {
+        Ok(common::start(head))
+    }
+    fn on_chunk(&self, _state: &mut (), chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
+        Ok(common::chunk(chunk))
+    }
+}
+
+/// The body pointer the last PostAuth call saw.
+#[unsafe(no_mangle)]
+pub extern "C" fn bench_last_body_ptr() -> usize {
+    LAST_BODY_PTR.load(Relaxed)
+}
+
+#[derive(serde::Deserialize)]
+struct JsonRequest {
+    #[allow(dead_code)]
+    method: String,
+    #[allow(dead_code)]
+    path: String,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+/// One JSON-encoded call: parses the request, decodes the base64 body, runs the same check, and
+/// writes `{"decision": ...}` into `out`. Returns the output length (0 if it does not fit).
+///
+/// # Safety
+/// `input` must point to `len` readable bytes and `out` to `cap` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bench_json_call(
+    input: *const u8,
+    len: usize,
+    out: *mut u8,
+    cap: usize,
+) -> usize {
+    // SAFETY: per the function contract.
+    let input = unsafe { std::slice::from_raw_parts(input, len) };
+    let Ok(req) = serde_json::from_slice::<JsonRequest>(input) else {
+        return 0;
+    };
+    let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&req.body) else {
+        return 0;
+    };
+    let has_auth = req
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    let decision = if check(has_auth, body.len()) {
+        "continue"
+    } else {
+        "respond"
+    };
+    let reply = serde_json::json!({ "decision": decision }).to_string();
+    if reply.len() > cap {
+        return 0;
+    }
+    // SAFETY: `out` has room for `cap >= reply.len()` bytes, per the function contract.
+    unsafe { std::ptr::copy_nonoverlapping(reply.as_ptr(), out, reply.len()) };
+    reply.len()
+}
