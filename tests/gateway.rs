@@ -73,12 +73,7 @@ fn usage_records(gw: &Gateway, request_id: &str, expected: usize) -> Vec<serde_j
             .lines()
             .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
             .collect();
-        if records
-            .iter()
-            .filter(|r| r["request_id"] == request_id)
-            .count()
-            >= expected
-        {
+        if records.iter().filter(|r| r["request_id"] == request_id).count() >= expected {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -89,23 +84,14 @@ fn usage_records(gw: &Gateway, request_id: &str, expected: usize) -> Vec<serde_j
 #[test]
 fn a_non_streaming_call_runs_through_every_phase() {
     let gw = Gateway::start(&examples(""));
-    let r = gw.chat(
-        Some(KEY),
-        &chat_body("mock-gpt", "mail me at jane.doe@example.com", false),
-    );
+    let r = gw.chat(Some(KEY), &chat_body("mock-gpt", "mail me at jane.doe@example.com", false));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-gateway"), Some("llm-gateway"));
-    let content = r.json()["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let content = r.json()["choices"][0]["message"]["content"].as_str().unwrap().to_owned();
     assert_eq!(content, "Mock reply to: mail me at [REDACTED]");
     let request_id = r.header("x-request-id").unwrap().to_owned();
     let records = usage_records(&gw, &request_id, 2);
-    let kinds: Vec<&str> = records
-        .iter()
-        .map(|r| r["type"].as_str().unwrap())
-        .collect();
+    let kinds: Vec<&str> = records.iter().map(|r| r["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["proxy_log", "analytics", "budget"], "{records:?}");
     assert_eq!(records[2]["total_tokens"], 11);
     assert_eq!(records[2]["app_id"], "app-1");
@@ -124,31 +110,18 @@ fn a_non_streaming_call_runs_through_every_phase() {
 #[test]
 fn a_streaming_call_is_redacted_chunk_by_chunk_and_ends_with_done() {
     let gw = Gateway::start(&examples(""));
-    let r = gw.chat(
-        Some(KEY),
-        &chat_body(
-            "mock-gpt",
-            "card 4111 1111 1111 1111 and bob@example.org ok",
-            true,
-        ),
-    );
+    let r = gw.chat(Some(KEY), &chat_body("mock-gpt", "card 4111 1111 1111 1111 and bob@example.org ok", true));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("content-type"), Some("text/event-stream"));
     assert_eq!(r.header("x-gateway"), Some("llm-gateway"));
     let events = r.events();
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     assert!(events.len() > 4, "{events:?}");
-    assert_eq!(
-        r.streamed_text(),
-        "Mock reply to: card [REDACTED] and [REDACTED] ok"
-    );
+    assert_eq!(r.streamed_text(), "Mock reply to: card [REDACTED] and [REDACTED] ok");
     assert!(!r.body.contains("bob@"), "{}", r.body);
     let request_id = r.header("x-request-id").unwrap().to_owned();
     let records = usage_records(&gw, &request_id, 2);
-    let analytics = records
-        .iter()
-        .find(|r| r["type"] == "analytics")
-        .expect("analytics record");
+    let analytics = records.iter().find(|r| r["type"] == "analytics").expect("analytics record");
     assert_eq!(analytics["streamed"], true);
     assert!(analytics["total_tokens"].as_u64().unwrap() > 0);
     assert!(analytics["ttft_us"].as_u64().unwrap() <= analytics["latency_us"].as_u64().unwrap());
@@ -159,14 +132,7 @@ fn auth_refuses_missing_and_invalid_keys() {
     let gw = Gateway::start(&examples(""));
     let r = gw.chat(None, &chat_body("mock-gpt", "hi", false));
     assert_eq!(r.status, 401);
-    assert!(
-        r.error()["message"]
-            .as_str()
-            .unwrap()
-            .contains("missing credential"),
-        "{}",
-        r.body
-    );
+    assert!(r.error()["message"].as_str().unwrap().contains("missing credential"), "{}", r.body);
     let r = gw.chat(Some("sk-wrong-key"), &chat_body("mock-gpt", "hi", false));
     assert_eq!(r.status, 401);
     assert_eq!(r.error()["message"], "invalid API key");
@@ -181,12 +147,7 @@ fn a_short_circuit_skips_later_request_hooks_but_not_response_headers() {
     let body = json!({"model": "mock-gpt", "messages": [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}, {"role": "user", "content": "c"}, {"role": "user", "content": "d"}]});
     let r = gw.chat(Some(KEY), &body);
     assert_eq!(r.status, 400);
-    assert!(
-        r.error()["message"]
-            .as_str()
-            .unwrap()
-            .contains("too many messages: expected at most 3, found 4")
-    );
+    assert!(r.error()["message"].as_str().unwrap().contains("too many messages: expected at most 3, found 4"));
     assert_eq!(r.header("x-gateway"), Some("llm-gateway"));
     let request_id = r.header("x-request-id").unwrap().to_owned();
     let records = usage_records(&gw, &request_id, 1);
@@ -218,9 +179,7 @@ echo_header = "x-gateway"
 
 #[test]
 fn ip_filter_blocks_before_auth() {
-    let gw = Gateway::start(
-        &examples("").replace("allow = [\"127.0.0.0/8\"]", "allow = [\"10.0.0.0/8\"]"),
-    );
+    let gw = Gateway::start(&examples("").replace("allow = [\"127.0.0.0/8\"]", "allow = [\"10.0.0.0/8\"]"));
     let r = gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false));
     assert_eq!(r.status, 403);
     assert_eq!(r.error()["code"], "ip_denied");
@@ -233,21 +192,14 @@ fn models_health_and_unknown_routes() {
     assert_eq!(models["data"][0]["id"], "mock-gpt");
     assert_eq!(gw.get("/healthz").json()["status"], "ok");
     let r = gw.get("/v2/nothing");
-    assert_eq!(
-        (r.status, r.error()["code"].as_str()),
-        (404, Some("unknown_url"))
-    );
+    assert_eq!((r.status, r.error()["code"].as_str()), (404, Some("unknown_url")));
     let r = gw.get("/v1/chat/completions");
-    assert_eq!(
-        (r.status, r.error()["code"].as_str()),
-        (405, Some("method_not_allowed"))
-    );
+    assert_eq!((r.status, r.error()["code"].as_str()), (405, Some("method_not_allowed")));
 }
 
 fn post_raw(gw: &Gateway, content_type: Option<&str>, body: &[u8]) -> gateway_tests::Reply {
-    let mut req = gateway_tests::agent()
-        .post(&gw.url("/v1/chat/completions"))
-        .set("authorization", &format!("Bearer {KEY}"));
+    let mut req =
+        gateway_tests::agent().post(&gw.url("/v1/chat/completions")).set("authorization", &format!("Bearer {KEY}"));
     if let Some(ct) = content_type {
         req = req.set("content-type", ct);
     }
@@ -256,10 +208,7 @@ fn post_raw(gw: &Gateway, content_type: Option<&str>, body: &[u8]) -> gateway_te
 
 #[test]
 fn bad_input_gets_clear_openai_errors_and_the_gateway_keeps_serving() {
-    let gw = Gateway::start(&format!(
-        "[limits]\nmax_body_bytes = 4096\n{}",
-        examples("")
-    ));
+    let gw = Gateway::start(&format!("[limits]\nmax_body_bytes = 4096\n{}", examples("")));
     let cases: Vec<(Option<&str>, Vec<u8>, u16, &str, &str)> = vec![
         (
             Some("application/json"),
@@ -282,20 +231,8 @@ fn bad_input_gets_clear_openai_errors_and_the_gateway_keeps_serving() {
             "invalid_request",
             "must not be empty",
         ),
-        (
-            Some("text/plain"),
-            b"{}".to_vec(),
-            415,
-            "unsupported_media_type",
-            "expected content-type application/json",
-        ),
-        (
-            None,
-            b"{}".to_vec(),
-            415,
-            "unsupported_media_type",
-            "found \"(none)\"",
-        ),
+        (Some("text/plain"), b"{}".to_vec(), 415, "unsupported_media_type", "expected content-type application/json"),
+        (None, b"{}".to_vec(), 415, "unsupported_media_type", "found \"(none)\""),
         (
             Some("application/json"),
             vec![b' '; 5000],
@@ -316,17 +253,9 @@ fn bad_input_gets_clear_openai_errors_and_the_gateway_keeps_serving() {
         assert_eq!(r.status, status, "{}", r.body);
         let err = r.error();
         assert_eq!(err["code"], code, "{}", r.body);
-        assert!(
-            err["message"].as_str().unwrap().contains(message),
-            "{message:?} not in {}",
-            r.body
-        );
+        assert!(err["message"].as_str().unwrap().contains(message), "{message:?} not in {}", r.body);
     }
-    assert_eq!(
-        gw.chat(Some(KEY), &chat_body("mock-gpt", "still here?", false))
-            .status,
-        200
-    );
+    assert_eq!(gw.chat(Some(KEY), &chat_body("mock-gpt", "still here?", false)).status, 200);
 }
 
 /// Sends `request` on a raw connection and returns what comes back before the server closes.
@@ -370,35 +299,21 @@ fn oversized_headers_undeclared_large_bodies_and_slow_clients_are_refused() {
     assert!(out.starts_with("HTTP/1.1 408"), "{out}");
     assert!(out.contains("timed out reading the request body"), "{out}");
     // A client that never finishes its headers: the connection is closed.
-    let out = raw_exchange(
-        &gw,
-        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n",
-        None,
-    );
+    let out = raw_exchange(&gw, b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n", None);
     assert!(!out.starts_with("HTTP/1.1 2"), "{out}");
     // None of it leaked a connection or a request.
     let mut settled = false;
     for _ in 0..200 {
         // The /metrics request itself is the one open connection and request in flight.
         let metrics = gw.get("/metrics").body;
-        if metrics.contains("\ngateway_open_connections 1\n")
-            && metrics.contains("\ngateway_inflight_requests 1\n")
-        {
+        if metrics.contains("\ngateway_open_connections 1\n") && metrics.contains("\ngateway_inflight_requests 1\n") {
             settled = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    assert!(
-        settled,
-        "connections or requests left open:\n{}",
-        gw.get("/metrics").body
-    );
-    assert_eq!(
-        gw.chat(Some(KEY), &chat_body("mock-gpt", "still here?", false))
-            .status,
-        200
-    );
+    assert!(settled, "connections or requests left open:\n{}", gw.get("/metrics").body);
+    assert_eq!(gw.chat(Some(KEY), &chat_body("mock-gpt", "still here?", false)).status, 200);
 }
 
 fn faulty(config: &str, on_error: &str) -> String {
@@ -434,28 +349,15 @@ fn a_failing_plugin_fails_closed_by_default_and_names_itself() {
     assert_eq!(r.status, 500);
     let err = r.error();
     assert_eq!(err["code"], "plugin_failed");
-    assert!(
-        err["message"]
-            .as_str()
-            .unwrap()
-            .contains("plugin `faulty` failed in post_auth"),
-        "{}",
-        r.body
-    );
+    assert!(err["message"].as_str().unwrap().contains("plugin `faulty` failed in post_auth"), "{}", r.body);
     assert_eq!(gw.chat(None, &chat_body("other", "hi", false)).status, 200);
-    assert_eq!(
-        gw.metric("gateway_plugin_hook_errors_total{plugin=\"faulty\",hook=\"post_auth\"}"),
-        Some(1.0)
-    );
+    assert_eq!(gw.metric("gateway_plugin_hook_errors_total{plugin=\"faulty\",hook=\"post_auth\"}"), Some(1.0));
 }
 
 #[test]
 fn a_failing_fail_open_plugin_is_skipped() {
     let gw = Gateway::start(&faulty("hook = \"error\"", "fail-open"));
-    assert_eq!(
-        gw.chat(None, &chat_body("mock-gpt", "hi", false)).status,
-        200
-    );
+    assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
     assert!(gw.logs().contains("skipped (fail-open)"));
 }
 
@@ -466,10 +368,7 @@ fn a_panicking_plugin_is_caught_then_quarantined_and_the_gateway_keeps_serving()
         let r = gw.chat(None, &chat_body("mock-gpt", "hi", false));
         assert_eq!(r.status, 500);
         assert!(
-            r.error()["message"]
-                .as_str()
-                .unwrap()
-                .contains("plugin panicked: faulty was told to panic"),
+            r.error()["message"].as_str().unwrap().contains("plugin panicked: faulty was told to panic"),
             "{}",
             r.body
         );
@@ -478,15 +377,9 @@ fn a_panicking_plugin_is_caught_then_quarantined_and_the_gateway_keeps_serving()
     let r = gw.chat(None, &chat_body("mock-gpt", "hi", false));
     assert_eq!(r.status, 503);
     assert_eq!(r.error()["code"], "plugin_quarantined");
-    assert_eq!(
-        gw.metric("gateway_plugin_hook_panics_total{plugin=\"faulty\",hook=\"post_auth\"}"),
-        Some(2.0)
-    );
+    assert_eq!(gw.metric("gateway_plugin_hook_panics_total{plugin=\"faulty\",hook=\"post_auth\"}"), Some(2.0));
     assert_eq!(gw.metric("gateway_plugins_quarantined_total"), Some(1.0));
-    assert!(
-        gw.logs()
-            .contains("plugin quarantined after repeated panics")
-    );
+    assert!(gw.logs().contains("plugin quarantined after repeated panics"));
     assert_eq!(gw.get("/healthz").status, 200);
 }
 
@@ -494,21 +387,15 @@ fn a_panicking_plugin_is_caught_then_quarantined_and_the_gateway_keeps_serving()
 fn a_quarantined_fail_open_plugin_is_skipped() {
     let gw = Gateway::start(&faulty("hook = \"panic\"", "fail-open"));
     for _ in 0..4 {
-        assert_eq!(
-            gw.chat(None, &chat_body("mock-gpt", "hi", false)).status,
-            200
-        );
+        assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
     }
-    assert_eq!(
-        gw.metric("gateway_plugin_hook_panics_total{plugin=\"faulty\",hook=\"post_auth\"}"),
-        Some(2.0)
-    );
+    assert_eq!(gw.metric("gateway_plugin_hook_panics_total{plugin=\"faulty\",hook=\"post_auth\"}"), Some(2.0));
 }
 
 #[test]
 fn a_slow_isolated_plugin_does_not_stall_other_requests() {
-    let config = faulty("hook = \"sleep\"\nsleep_ms = 1500", "fail-closed")
-        .replace("on_error", "isolate = true\non_error");
+    let config =
+        faulty("hook = \"sleep\"\nsleep_ms = 1500", "fail-closed").replace("on_error", "isolate = true\non_error");
     let gw = std::sync::Arc::new(Gateway::start(&config));
     let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     // More slow requests than the runtime has workers (2 on CI).
@@ -516,29 +403,20 @@ fn a_slow_isolated_plugin_does_not_stall_other_requests() {
         .map(|i| {
             let (gw, done) = (gw.clone(), done.clone());
             std::thread::spawn(move || {
-                assert_eq!(
-                    gw.chat(None, &chat_body("mock-gpt", "slow", false)).status,
-                    200
-                );
+                assert_eq!(gw.chat(None, &chat_body("mock-gpt", "slow", false)).status, 200);
                 done.lock().unwrap().push(format!("slow-{i}"));
             })
         })
         .collect();
     std::thread::sleep(Duration::from_millis(200));
     for i in 0..20 {
-        assert_eq!(
-            gw.chat(None, &chat_body("other", "fast", false)).status,
-            200
-        );
+        assert_eq!(gw.chat(None, &chat_body("other", "fast", false)).status, 200);
         done.lock().unwrap().push(format!("fast-{i}"));
     }
     slow.into_iter().for_each(|t| t.join().unwrap());
     let order = done.lock().unwrap().clone();
     let first_slow = order.iter().position(|s| s.starts_with("slow")).unwrap();
-    assert_eq!(
-        first_slow, 20,
-        "fast requests waited for slow ones: {order:?}"
-    );
+    assert_eq!(first_slow, 20, "fast requests waited for slow ones: {order:?}");
 }
 
 #[test]
@@ -573,10 +451,7 @@ upstream_model = "mock-gpt"
     );
     let r = front.chat(None, &chat_body("front-gpt", "hello from the front", false));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(
-        r.json()["choices"][0]["message"]["content"],
-        "Mock reply to: hello from the front"
-    );
+    assert_eq!(r.json()["choices"][0]["message"]["content"], "Mock reply to: hello from the front");
     let r = front.chat(None, &chat_body("front-gpt", "stream me, a@b.io", true));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.streamed_text(), "Mock reply to: stream me, [REDACTED]");
@@ -597,23 +472,12 @@ fn a_plugin_built_against_abi_1_0_serves_through_the_gateway() {
 fn plugin_logs_reach_the_gateway_log_and_shutdown_flushes_collectors() {
     let gw = Gateway::start(&examples(""));
     for _ in 0..5 {
-        assert_eq!(
-            gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false))
-                .status,
-            200
-        );
+        assert_eq!(gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false)).status, 200);
     }
     let (status, logs, dir) = gw.stop();
     assert!(status.success(), "{status}\n{logs}");
-    assert!(
-        logs.contains("1 API keys configured") && logs.contains("plugin=\"api-key-auth\""),
-        "{logs}"
-    );
+    assert!(logs.contains("1 API keys configured") && logs.contains("plugin=\"api-key-auth\""), "{logs}");
     assert!(logs.contains("gateway stopped"), "{logs}");
     let text = std::fs::read_to_string(dir.path().join("usage.jsonl")).unwrap();
-    assert_eq!(
-        text.lines().filter(|l| l.contains("\"proxy_log\"")).count(),
-        5,
-        "{text}"
-    );
+    assert_eq!(text.lines().filter(|l| l.contains("\"proxy_log\"")).count(), 5, "{text}");
 }

@@ -4,14 +4,19 @@
 use std::process::Command;
 
 use gateway::plugin::{self, LoadError};
+use gateway::services::Services;
 use gateway_tests::{gateway_bin, plugin_config, plugin_so};
 use plugin_abi::ffi::{self, HookOutcome};
 
 const STAMP: &str = "[headers]\nx-test = \"yes\"\n";
 
+fn services(dir: &std::path::Path) -> std::sync::Arc<Services> {
+    Services::standalone(dir).unwrap()
+}
+
 fn load(so: &str, config: &str) -> Result<plugin::LoadedPlugin, LoadError> {
     let dir = tempfile::tempdir().unwrap();
-    plugin::load(&plugin_config(plugin_so(so), config), dir.path(), &[])
+    plugin::load(&plugin_config(plugin_so(so), config), dir.path(), &[], &services(dir.path()))
 }
 
 #[test]
@@ -28,30 +33,17 @@ fn loads_an_example_plugin_with_its_metadata() {
 
 #[test]
 fn loads_from_a_private_content_addressed_copy() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let services = services(state.path());
     let config = plugin_config(plugin_so("header-stamp"), STAMP);
-    let first = plugin::load(&config, dir.path(), &[]).unwrap();
-    assert!(
-        first.private_path.starts_with(dir.path()),
-        "{}",
-        first.private_path.display()
-    );
+    let first = plugin::load(&config, dir.path(), &[], &services).unwrap();
+    assert!(first.private_path.starts_with(dir.path()), "{}", first.private_path.display());
     assert_ne!(first.private_path, first.source_path);
-    assert!(
-        first
-            .private_path
-            .to_string_lossy()
-            .contains(&first.sha256[..16])
-    );
+    assert!(first.private_path.to_string_lossy().contains(&first.sha256[..16]));
     drop(first);
     // Same content, same copy.
-    let second = plugin::load(&config, dir.path(), &[]).unwrap();
-    assert!(
-        second
-            .private_path
-            .to_string_lossy()
-            .contains(&second.sha256[..16])
-    );
+    let second = plugin::load(&config, dir.path(), &[], &services).unwrap();
+    assert!(second.private_path.to_string_lossy().contains(&second.sha256[..16]));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
 }
 
@@ -59,7 +51,7 @@ fn loads_from_a_private_content_addressed_copy() {
 fn missing_file_is_named() {
     let dir = tempfile::tempdir().unwrap();
     let config = plugin_config(dir.path().join("nope.so"), "");
-    let err = plugin::load(&config, dir.path(), &[]).err().unwrap();
+    let err = plugin::load(&config, dir.path(), &[], &services(dir.path())).err().unwrap();
     assert!(matches!(err, LoadError::FileMissing { .. }), "{err:?}");
     assert!(err.to_string().contains("nope.so not found"), "{err}");
 }
@@ -69,24 +61,14 @@ fn a_file_that_is_not_a_shared_library_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let fake = dir.path().join("libfake.so");
     std::fs::write(&fake, "this is a text file, not an ELF object\n").unwrap();
-    let err = plugin::load(
-        &plugin_config(fake.clone(), ""),
-        &dir.path().join("copies"),
-        &[],
-    )
-    .err()
-    .unwrap();
+    let err = plugin::load(&plugin_config(fake.clone(), ""), &dir.path().join("copies"), &[], &services(dir.path()))
+        .err()
+        .unwrap();
     assert!(matches!(err, LoadError::NotSharedLibrary { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("libfake.so is not a loadable shared library"),
-        "{msg}"
-    );
+    assert!(msg.contains("libfake.so is not a loadable shared library"), "{msg}");
     // The operator's path, not the private copy's.
-    assert!(
-        msg.contains(&fake.display().to_string()) && !msg.contains("copies"),
-        "{msg}"
-    );
+    assert!(msg.contains(&fake.display().to_string()) && !msg.contains("copies"), "{msg}");
 }
 
 #[test]
@@ -99,17 +81,12 @@ fn a_shared_library_without_a_root_module_is_not_a_plugin() {
 #[test]
 fn a_plugin_built_against_another_major_abi_is_refused_naming_both_versions() {
     let err = load("next-major", "").err().unwrap();
-    let LoadError::IncompatibleAbi {
-        expected, found, ..
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let LoadError::IncompatibleAbi { expected, found, .. } = &err else { panic!("{err:?}") };
     assert_eq!(expected, plugin_abi::ABI_VERSION);
     assert_eq!(found, "2.0.0");
     let msg = err.to_string();
     assert!(
-        msg.contains("plugin ABI 2.0.0") && msg.contains("plugin ABI 1.1.0"),
+        msg.contains("plugin ABI 2.0.0") && msg.contains(&format!("plugin ABI {}", plugin_abi::ABI_VERSION)),
         "{msg}"
     );
 }
@@ -137,11 +114,7 @@ fn a_plugin_built_against_an_older_minor_abi_loads_and_works() {
         client_ip: "".into(),
         metadata: Default::default(),
     };
-    let resp = ffi::RawResponse {
-        status: 200,
-        headers: Default::default(),
-        body: Default::default(),
-    };
+    let resp = ffi::RawResponse { status: 200, headers: Default::default(), body: Default::default() };
     let HookOutcome::Modify(m) = (response.on_headers)(loaded.instance(), &ctx, &resp) else {
         panic!("expected Modify")
     };
@@ -154,28 +127,15 @@ fn duplicate_plugin_names_are_refused() {
     let so = plugin_so("header-stamp");
     let configs = [plugin_config(so.clone(), STAMP), plugin_config(so, STAMP)];
     let refs: Vec<_> = configs.iter().collect();
-    let err = plugin::load_all(&refs, dir.path()).err().unwrap();
-    assert!(
-        matches!(&err, LoadError::DuplicateName { name, .. } if name == "header-stamp"),
-        "{err:?}"
-    );
-    assert!(
-        err.to_string().contains("plugin name `header-stamp`"),
-        "{err}"
-    );
+    let err = plugin::load_all(&refs, dir.path(), &services(dir.path())).err().unwrap();
+    assert!(matches!(&err, LoadError::DuplicateName { name, .. } if name == "header-stamp"), "{err:?}");
+    assert!(err.to_string().contains("plugin name `header-stamp`"), "{err}");
 }
 
 #[test]
 fn an_initialize_error_is_reported_with_code_and_message() {
     let err = load("faulty", "init = \"error\"").err().unwrap();
-    let LoadError::InitializeFailed {
-        name,
-        code,
-        message,
-    } = &err
-    else {
-        panic!("{err:?}")
-    };
+    let LoadError::InitializeFailed { name, code, message } = &err else { panic!("{err:?}") };
     assert_eq!((name.as_str(), *code), ("faulty", 1042));
     assert_eq!(message, "faulty was told to fail at init");
 }
@@ -183,24 +143,15 @@ fn an_initialize_error_is_reported_with_code_and_message() {
 #[test]
 fn a_panic_in_initialize_is_caught_in_the_plugin_and_reported() {
     let err = load("faulty", "init = \"panic\"").err().unwrap();
-    let LoadError::InitializeFailed { code, message, .. } = &err else {
-        panic!("{err:?}")
-    };
+    let LoadError::InitializeFailed { code, message, .. } = &err else { panic!("{err:?}") };
     assert_eq!(*code, ffi::code::PANIC);
-    assert!(
-        message.contains("faulty was told to panic at init"),
-        "{message}"
-    );
+    assert!(message.contains("faulty was told to panic at init"), "{message}");
 }
 
 #[test]
 fn a_config_that_fails_the_plugins_schema_names_the_field() {
-    let err = load("header-stamp", "[headers]\nx-test = 7\n")
-        .err()
-        .unwrap();
-    let LoadError::ConfigRejected { name, field, rule } = &err else {
-        panic!("{err:?}")
-    };
+    let err = load("header-stamp", "[headers]\nx-test = 7\n").err().unwrap();
+    let LoadError::ConfigRejected { name, field, rule } = &err else { panic!("{err:?}") };
     assert_eq!(name, "header-stamp");
     assert_eq!(field, "headers.x-test");
     assert!(rule.contains("is not of type \"string\""), "{rule}");
@@ -210,26 +161,15 @@ fn a_config_that_fails_the_plugins_schema_names_the_field() {
 
 #[test]
 fn check_prints_metadata_and_fails_on_a_bad_file() {
-    let out = Command::new(gateway_bin())
-        .arg("check")
-        .arg(plugin_so("header-stamp"))
-        .output()
-        .unwrap();
+    let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("header-stamp")).output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for want in [
-        "name:         header-stamp",
-        "abi:          1.1.0",
-        "capabilities: Response, ConfigProvider",
-        "\"headers\"",
-    ] {
+    for want in
+        ["name:         header-stamp", "abi:          1.2.0", "capabilities: Response, ConfigProvider", "\"headers\""]
+    {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
-    let out = Command::new(gateway_bin())
-        .arg("check")
-        .arg(plugin_so("next-major"))
-        .output()
-        .unwrap();
+    let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("next-major")).output().unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("plugin ABI 2.0.0"));
 }

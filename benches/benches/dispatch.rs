@@ -43,10 +43,7 @@ struct JsonReply {
 fn dispatch(c: &mut Criterion) {
     let copies = tempfile::tempdir().unwrap();
     let plugin = &load_instances("libbench_hooks.so", 1, copies.path())[0];
-    let post_auth = plugin
-        .capabilities()
-        .post_auth
-        .expect("bench-hooks has PostAuth");
+    let post_auth = plugin.capabilities().post_auth.expect("bench-hooks has PostAuth");
     let instance = plugin.instance();
     let native: Box<dyn NativePostAuth> = Box::new(Native);
 
@@ -54,40 +51,26 @@ fn dispatch(c: &mut Criterion) {
     // the library stays loaded (it is `plugin`'s) for as long as they are used.
     let lib = unsafe { libloading::Library::new(&plugin.private_path) }.unwrap();
     // SAFETY: as above.
-    let json_call = unsafe {
-        lib.get::<unsafe extern "C" fn(*const u8, usize, *mut u8, usize) -> usize>(
-            b"bench_json_call",
-        )
-    }
-    .unwrap();
+    let json_call =
+        unsafe { lib.get::<unsafe extern "C" fn(*const u8, usize, *mut u8, usize) -> usize>(b"bench_json_call") }
+            .unwrap();
     // SAFETY: as above.
-    let last_body_ptr =
-        unsafe { lib.get::<extern "C" fn() -> usize>(b"bench_last_body_ptr") }.unwrap();
+    let last_body_ptr = unsafe { lib.get::<extern "C" fn() -> usize>(b"bench_last_body_ptr") }.unwrap();
 
     let socket = copies.path().join("hook.sock");
-    let mut server = Command::new(artifact("hook-server"))
-        .arg(&socket)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut server = Command::new(artifact("hook-server")).arg(&socket).stdout(Stdio::piped()).spawn().unwrap();
     let mut ready = [0u8; 6];
     std::io::Read::read_exact(server.stdout.as_mut().unwrap(), &mut ready).unwrap();
     let mut conn = UnixStream::connect(&socket).unwrap();
 
     let mut group = c.benchmark_group("dispatch");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for payload in Payload::all() {
         payload.with_raw(|raw| {
             // Zero copy, checked: the plugin sees the host's own body buffer.
             (post_auth.on_post_auth)(instance, raw);
             if !payload.body.is_empty() {
-                assert_eq!(
-                    last_body_ptr(),
-                    payload.body.as_ptr() as usize,
-                    "the plugin saw a copy of the body"
-                );
+                assert_eq!(last_body_ptr(), payload.body.as_ptr() as usize, "the plugin saw a copy of the body");
             }
             group.bench_function(BenchmarkId::new("a_native_dyn", payload.name), |b| {
                 b.iter(|| black_box(native.on_post_auth(&Request::from_raw(black_box(raw)))))
@@ -101,8 +84,7 @@ fn dispatch(c: &mut Criterion) {
             b.iter(|| {
                 payload.to_json(&mut input);
                 // SAFETY: input and out are valid for their lengths.
-                let n =
-                    unsafe { json_call(input.as_ptr(), input.len(), out.as_mut_ptr(), out.len()) };
+                let n = unsafe { json_call(input.as_ptr(), input.len(), out.as_mut_ptr(), out.len()) };
                 let reply: JsonReply = serde_json::from_slice(&out[..n]).unwrap();
                 black_box(reply.decision)
             })

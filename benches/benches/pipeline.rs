@@ -14,10 +14,7 @@ use plugin_abi::ffi::RawUpstream;
 fn request(payload: &Payload) -> RequestState {
     let mut headers = HeaderMap::new();
     for (n, v) in &payload.headers {
-        headers.insert(
-            HeaderName::from_bytes(n.as_bytes()).unwrap(),
-            HeaderValue::from_bytes(v).unwrap(),
-        );
+        headers.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_bytes(v).unwrap());
     }
     RequestState {
         method: http::Method::POST,
@@ -37,26 +34,16 @@ fn pipelines(c: &mut Criterion) {
     let copies = tempfile::tempdir().unwrap();
     let plugins = load_instances("libbench_hooks.so", 8, copies.path());
     let payload = Payload::all().remove(1);
-    let upstream = RawUpstream {
-        name: "mock".into(),
-        kind: "mock".into(),
-        base_url: "".into(),
-        model: "mock-gpt".into(),
-    };
+    let upstream =
+        RawUpstream { name: "mock".into(), kind: "mock".into(), base_url: "".into(), model: "mock-gpt".into() };
     let mut group = c.benchmark_group("pipeline");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(2));
+    group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
     for n in [0usize, 1, 4, 8] {
         let pipeline = pipeline(&plugins[..n]);
         let mut req = request(&payload);
-        let mut resp = ResponseState {
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{}"),
-        };
-        resp.headers
-            .insert("content-type", HeaderValue::from_static("application/json"));
+        let mut resp =
+            ResponseState { status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from_static(b"{}") };
+        resp.headers.insert("content-type", HeaderValue::from_static("application/json"));
         group.bench_function(BenchmarkId::new("request_and_response_phases", n), |b| {
             b.iter(|| {
                 let p = &pipeline;

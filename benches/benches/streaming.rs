@@ -20,23 +20,14 @@ fn streams(c: &mut Criterion) {
         ("interceptor", pipeline(&plain)),
         ("interceptor_with_history", pipeline(&history)),
     ];
-    let ctx = ContextState {
-        request_id: "req-bench".into(),
-        ..ContextState::default()
-    };
-    let head = ResponseState {
-        status: StatusCode::OK,
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
-    };
+    let ctx = ContextState { request_id: "req-bench".into(), ..ContextState::default() };
+    let head = ResponseState { status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::new() };
     // An OpenAI chunk of typical size.
     let chunk = Bytes::from_static(
         br#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"word "},"finish_reason":null}]}"#,
     );
     let mut group = c.benchmark_group("stream");
-    group
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(3));
+    group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
     for len in [1_000u64, 10_000] {
         group.throughput(Throughput::Elements(len));
         for (name, pipeline) in &variants {

@@ -16,19 +16,12 @@ use plugin_abi::ffi::{RawContext, RawHeader, RawRequest};
 /// `target/<profile>`, where the bench plugins are built.
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
 pub fn artifact(name: &str) -> PathBuf {
     let path = target_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `make bench`, which builds it",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `make bench`, which builds it", path.display());
     path
 }
 
@@ -43,33 +36,13 @@ impl Payload {
     /// The three payloads of the dispatch bench.
     pub fn all() -> Vec<Payload> {
         let headers: Vec<(String, Vec<u8>)> = (0..15)
-            .map(|i| {
-                (
-                    format!("x-header-{i:02}"),
-                    format!("value-{i:02}-abcdefgh").into_bytes(),
-                )
-            })
-            .chain([(
-                "authorization".to_owned(),
-                b"Bearer sk-bench-key-000001".to_vec(),
-            )])
+            .map(|i| (format!("x-header-{i:02}"), format!("value-{i:02}-abcdefgh").into_bytes()))
+            .chain([("authorization".to_owned(), b"Bearer sk-bench-key-000001".to_vec())])
             .collect();
         vec![
-            Payload {
-                name: "empty",
-                headers: Vec::new(),
-                body: Vec::new(),
-            },
-            Payload {
-                name: "1KiB+16h",
-                headers: headers.clone(),
-                body: vec![b'a'; 1024],
-            },
-            Payload {
-                name: "64KiB+16h",
-                headers,
-                body: vec![b'a'; 64 * 1024],
-            },
+            Payload { name: "empty", headers: Vec::new(), body: Vec::new() },
+            Payload { name: "1KiB+16h", headers: headers.clone(), body: vec![b'a'; 1024] },
+            Payload { name: "64KiB+16h", headers, body: vec![b'a'; 64 * 1024] },
         ]
     }
 
@@ -78,10 +51,7 @@ impl Payload {
         let headers: Vec<RawHeader<'_>> = self
             .headers
             .iter()
-            .map(|(n, v)| RawHeader {
-                name: RStr::from_str(n),
-                value: RSlice::from_slice(v),
-            })
+            .map(|(n, v)| RawHeader { name: RStr::from_str(n), value: RSlice::from_slice(v) })
             .collect();
         let raw = RawRequest {
             method: "POST".into(),
@@ -104,11 +74,8 @@ impl Payload {
     /// The JSON a CLIProxyAPI-style host sends per call: every field, the body base64-encoded.
     pub fn to_json(&self, out: &mut Vec<u8>) {
         out.clear();
-        let headers: Vec<(&str, String)> = self
-            .headers
-            .iter()
-            .map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v).into_owned()))
-            .collect();
+        let headers: Vec<(&str, String)> =
+            self.headers.iter().map(|(n, v)| (n.as_str(), String::from_utf8_lossy(v).into_owned())).collect();
         let body = base64::engine::general_purpose::STANDARD.encode(&self.body);
         serde_json::to_writer(
             &mut *out,
@@ -168,12 +135,7 @@ impl FrameRequest {
             headers.push((name, take(&mut buf)?.to_vec()));
         }
         let body = take(&mut buf)?.to_vec();
-        Some(FrameRequest {
-            method,
-            path,
-            headers,
-            body,
-        })
+        Some(FrameRequest { method, path, headers, body })
     }
 }
 
@@ -206,18 +168,14 @@ pub fn load_instances(lib: &str, count: usize, copies: &Path) -> Vec<Arc<LoadedP
         quarantine_after: 0,
         config: toml::Table::new(),
     };
+    let services = gateway::services::Services::standalone(copies).expect("opening bench services");
     (0..count)
-        .map(|_| Arc::new(plugin::load(&config, copies, &[]).expect("loading a bench plugin")))
+        .map(|_| Arc::new(plugin::load(&config, copies, &[], &services).expect("loading a bench plugin")))
         .collect()
 }
 
 /// A pipeline over `plugins`, as the gateway builds it.
 pub fn pipeline(plugins: &[Arc<LoadedPlugin>]) -> Arc<Pipeline> {
     let metrics = Arc::new(Metrics::default());
-    Arc::new(Pipeline::new(
-        plugins
-            .iter()
-            .map(|p| Arc::new(Slot::new(p.clone(), false, metrics.clone())))
-            .collect(),
-    ))
+    Arc::new(Pipeline::new(plugins.iter().map(|p| Arc::new(Slot::new(p.clone(), false, metrics.clone()))).collect()))
 }

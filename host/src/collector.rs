@@ -96,8 +96,8 @@ impl Record {
 /// The queue and its worker. Records carry the pipeline that served them, so a collector always
 /// sees the plugin version that handled the request.
 pub struct Collector {
-    tx: Option<Sender<(Arc<Pipeline>, Record)>>,
-    worker: Option<JoinHandle<()>>,
+    tx: parking_lot::Mutex<Option<Sender<(Arc<Pipeline>, Record)>>>,
+    worker: parking_lot::Mutex<Option<JoinHandle<()>>>,
     metrics: Arc<Metrics>,
 }
 
@@ -112,11 +112,7 @@ impl Collector {
                 }
             })
             .expect("spawning the collector thread");
-        Collector {
-            tx: Some(tx),
-            worker: Some(worker),
-            metrics,
-        }
+        Collector { tx: parking_lot::Mutex::new(Some(tx)), worker: parking_lot::Mutex::new(Some(worker)), metrics }
     }
 
     /// Queues `record` for `pipeline`'s collectors, or drops and counts it if the queue is full.
@@ -124,7 +120,8 @@ impl Collector {
         if !pipeline.has_collectors() {
             return;
         }
-        let Some(tx) = &self.tx else { return };
+        let tx = self.tx.lock();
+        let Some(tx) = tx.as_ref() else { return };
         match tx.try_send((pipeline.clone(), record)) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
@@ -138,9 +135,9 @@ impl Collector {
     }
 
     /// Delivers what is queued, then stops the worker.
-    pub fn shutdown(&mut self) {
-        self.tx.take();
-        if let Some(worker) = self.worker.take() {
+    pub fn shutdown(&self) {
+        self.tx.lock().take();
+        if let Some(worker) = self.worker.lock().take() {
             let _ = worker.join();
         }
     }

@@ -28,6 +28,84 @@ pub struct GatewayConfig {
     /// Capacity of the queue that feeds data collectors; a full queue drops and counts.
     #[serde(default = "default_collector_queue")]
     pub collector_queue: usize,
+    #[serde(default)]
+    pub logging: LoggingConfig,
+    #[serde(default)]
+    pub kv: KvConfig,
+    /// Capacity of the plugin event queue; a full queue refuses the publish.
+    #[serde(default = "default_event_queue")]
+    pub event_queue: usize,
+    /// Apps plugins can look up (`Host::app`).
+    #[serde(default)]
+    pub apps: Vec<AppConfig>,
+    /// API keys plugins can validate (`Host::validate_credential`).
+    #[serde(default)]
+    pub api_keys: Vec<ApiKeyConfig>,
+}
+
+fn default_event_queue() -> usize {
+    1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoggingConfig {
+    /// The most verbose level plugin lines may have: error, warn, info, debug or trace.
+    pub plugin_level: String,
+    /// Per plugin: sustained lines per second, and the burst above it; the rest is dropped and
+    /// counted in `gateway_plugin_log_dropped_total`.
+    pub plugin_lines_per_sec: u32,
+    pub plugin_burst: u32,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig { plugin_level: "info".into(), plugin_lines_per_sec: 50, plugin_burst: 200 }
+    }
+}
+
+impl LoggingConfig {
+    pub fn plugin_max_level(&self) -> u8 {
+        use plugin_abi::ffi::level;
+        match self.plugin_level.as_str() {
+            "error" => level::ERROR,
+            "warn" => level::WARN,
+            "debug" => level::DEBUG,
+            "trace" => level::TRACE,
+            _ => level::INFO,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvConfig {
+    pub max_key_bytes: usize,
+    pub max_value_bytes: usize,
+}
+
+impl Default for KvConfig {
+    fn default() -> Self {
+        KvConfig { max_key_bytes: 512, max_value_bytes: 64 << 10 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    pub id: String,
+    pub name: String,
+    /// Models the app may use; empty means all.
+    #[serde(default)]
+    pub models: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    pub key: String,
+    pub app: String,
+    pub user: String,
 }
 
 fn default_listen() -> SocketAddr {
@@ -167,18 +245,9 @@ fn default_quarantine() -> u32 {
 /// A config file that could not be used.
 #[derive(Debug)]
 pub enum ConfigError {
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    Parse {
-        origin: String,
-        source: toml::de::Error,
-    },
-    Invalid {
-        origin: String,
-        message: String,
-    },
+    Read { path: PathBuf, source: std::io::Error },
+    Parse { origin: String, source: toml::de::Error },
+    Invalid { origin: String, message: String },
 }
 
 impl std::fmt::Display for ConfigError {
@@ -209,31 +278,19 @@ impl GatewayConfig {
     /// Parses `text`; relative plugin paths and the data dir are resolved against `base_dir`.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let mut config: GatewayConfig =
-            toml::from_str(text).map_err(|source| ConfigError::Parse {
-                origin: origin.into(),
-                source,
-            })?;
+            toml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.into(), source })?;
         for plugin in &mut config.plugins {
             if plugin.path.is_relative() {
                 plugin.path = base_dir.join(&plugin.path);
             }
         }
-        config.validate().map_err(|message| ConfigError::Invalid {
-            origin: origin.into(),
-            message,
-        })?;
+        config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
         Ok(config)
     }
 
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        let base = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         Self::parse(&text, &path.display().to_string(), base)
     }
 
@@ -269,8 +326,19 @@ impl GatewayConfig {
         if self.limits.max_body_bytes == 0 {
             return Err("limits.max_body_bytes must be at least 1".into());
         }
-        if self.collector_queue == 0 {
-            return Err("collector_queue must be at least 1".into());
+        if self.collector_queue == 0 || self.event_queue == 0 {
+            return Err("collector_queue and event_queue must be at least 1".into());
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.logging.plugin_level.as_str()) {
+            return Err(format!(
+                "logging.plugin_level: expected one of error, warn, info, debug, trace, found {:?}",
+                self.logging.plugin_level
+            ));
+        }
+        for key in &self.api_keys {
+            if !self.apps.iter().any(|a| a.id == key.app) {
+                return Err(format!("api key for app `{}`: expected an app listed in [[apps]], found none", key.app));
+            }
         }
         Ok(())
     }
@@ -297,13 +365,9 @@ mod tests {
 
     #[test]
     fn unknown_upstream_is_named() {
-        let err = GatewayConfig::parse(
-            "[[models]]\nname = \"m\"\nupstream = \"nope\"\n",
-            "t",
-            Path::new("."),
-        )
-        .unwrap_err()
-        .to_string();
+        let err = GatewayConfig::parse("[[models]]\nname = \"m\"\nupstream = \"nope\"\n", "t", Path::new("."))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("routes to upstream `nope`"), "{err}");
     }
 
@@ -315,11 +379,7 @@ mod tests {
             Path::new("/"),
         )
         .unwrap();
-        let names: Vec<_> = config
-            .enabled_plugins()
-            .iter()
-            .map(|p| p.path.display().to_string())
-            .collect();
+        let names: Vec<_> = config.enabled_plugins().iter().map(|p| p.path.display().to_string()).collect();
         assert_eq!(names, ["/b", "/a", "/c"]);
     }
 }

@@ -13,36 +13,16 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    pub fn new(
-        status: StatusCode,
-        kind: &'static str,
-        code: &'static str,
-        message: impl Into<String>,
-    ) -> Self {
-        ApiError {
-            status,
-            kind,
-            code,
-            message: message.into(),
-        }
+    pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, kind, code, message: message.into() }
     }
 
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            code,
-            message,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request_error", code, message)
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "invalid_api_key",
-            message,
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", "invalid_api_key", message)
     }
 
     pub fn model_not_found(model: &str, known: &[&str]) -> Self {
@@ -50,19 +30,12 @@ impl ApiError {
             StatusCode::NOT_FOUND,
             "invalid_request_error",
             "model_not_found",
-            format!(
-                "the model `{model}` does not exist on this gateway; expected one of {known:?}"
-            ),
+            format!("the model `{model}` does not exist on this gateway; expected one of {known:?}"),
         )
     }
 
     pub fn not_found(path: &str) -> Self {
-        Self::new(
-            StatusCode::NOT_FOUND,
-            "invalid_request_error",
-            "unknown_url",
-            format!("unknown path {path}"),
-        )
+        Self::new(StatusCode::NOT_FOUND, "invalid_request_error", "unknown_url", format!("unknown path {path}"))
     }
 
     pub fn method_not_allowed(method: &http::Method, path: &str, allowed: &str) -> Self {
@@ -125,19 +98,12 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE,
             "plugin_error",
             "plugin_quarantined",
-            format!(
-                "plugin `{plugin}` is quarantined after repeated panics and the request cannot run without it"
-            ),
+            format!("plugin `{plugin}` is quarantined after repeated panics and the request cannot run without it"),
         )
     }
 
     pub fn upstream(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_GATEWAY,
-            "upstream_error",
-            "upstream_failed",
-            message,
-        )
+        Self::new(StatusCode::BAD_GATEWAY, "upstream_error", "upstream_failed", message)
     }
 
     pub fn upstream_timeout(upstream: &str) -> Self {
@@ -159,13 +125,7 @@ impl ApiError {
 
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} {}: {}",
-            self.status.as_u16(),
-            self.code,
-            self.message
-        )
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.message)
     }
 }
 

@@ -11,4 +11,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
 pub mod server;
+pub mod services;
 pub mod upstream;

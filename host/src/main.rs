@@ -43,11 +43,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("author:       {}", info.author);
             println!("description:  {}", info.description);
             println!("repository:   {}", info.repository);
-            println!(
-                "abi:          {} (gateway speaks {})",
-                info.abi_version,
-                plugin_abi::ffi::host_abi_version()
-            );
+            println!("abi:          {} (gateway speaks {})", info.abi_version, plugin_abi::ffi::host_abi_version());
             println!("capabilities: {}", info.capabilities.join(", "));
             match &info.config_schema {
                 Some(schema) => println!(

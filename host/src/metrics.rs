@@ -11,9 +11,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 /// Histogram bucket upper bounds, in seconds: 1 µs to 10 s.
-const BUCKETS: [f64; 15] = [
-    1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0,
-];
+const BUCKETS: [f64; 15] = [1e-6, 5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0];
 
 #[derive(Default)]
 pub struct Histogram {
@@ -41,18 +39,11 @@ impl Histogram {
         let mut cumulative = 0;
         for (bound, count) in BUCKETS.iter().zip(&self.counts) {
             cumulative += count.load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}"
-            );
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{bound}\"}} {cumulative}");
         }
         let count = self.count.load(Relaxed);
         let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{{labels}}} {}",
-            self.sum_ns.load(Relaxed) as f64 / 1e9
-        );
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {}", self.sum_ns.load(Relaxed) as f64 / 1e9);
         let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
     }
 }
@@ -78,6 +69,8 @@ pub struct Metrics {
     pub collector_errors: AtomicU64,
     pub quarantined: AtomicU64,
     hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
+    /// Counters by (metric name, plugin).
+    plugin_counters: Mutex<Vec<(&'static str, String, Arc<AtomicU64>)>>,
 }
 
 impl Default for Metrics {
@@ -91,6 +84,7 @@ impl Default for Metrics {
             collector_errors: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
             hooks: Mutex::default(),
+            plugin_counters: Mutex::default(),
         }
     }
 }
@@ -105,6 +99,17 @@ impl Metrics {
         let m = Arc::new(HookMetrics::default());
         hooks.push((plugin.to_owned(), hook, m.clone()));
         m
+    }
+
+    /// A per-plugin counter, rendered as `name{plugin="..."}`; created on first use.
+    pub fn plugin_counter(&self, name: &'static str, plugin: &str) -> Arc<AtomicU64> {
+        let mut counters = self.plugin_counters.lock();
+        if let Some((_, _, c)) = counters.iter().find(|(n, p, _)| *n == name && p == plugin) {
+            return c.clone();
+        }
+        let c = Arc::new(AtomicU64::new(0));
+        counters.push((name, plugin.to_owned(), c.clone()));
+        c
     }
 
     pub fn count_request(&self, status: u16, took: Duration) {
@@ -124,8 +129,7 @@ impl Metrics {
             }
         }
         out.push_str("# TYPE gateway_request_duration_seconds histogram\n");
-        self.request_latency
-            .render(&mut out, "gateway_request_duration_seconds", "");
+        self.request_latency.render(&mut out, "gateway_request_duration_seconds", "");
         for (name, value) in [
             ("gateway_open_connections", &self.open_connections),
             ("gateway_inflight_requests", &self.inflight_requests),
@@ -138,6 +142,14 @@ impl Metrics {
             ("gateway_plugins_quarantined_total", &self.quarantined),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
+        }
+        let mut names: Vec<&'static str> = self.plugin_counters.lock().iter().map(|(n, _, _)| *n).collect();
+        names.dedup();
+        for name in names {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (_, plugin, c) in self.plugin_counters.lock().iter().filter(|(n, _, _)| *n == name) {
+                let _ = writeln!(out, "{name}{{plugin=\"{plugin}\"}} {}", c.load(Relaxed));
+            }
         }
         let hooks = self.hooks.lock();
         out.push_str("# TYPE gateway_plugin_hook_calls_total counter\n");
@@ -202,13 +214,7 @@ mod tests {
         m.hook("p", "pre_auth").calls.fetch_add(1, Relaxed);
         m.count_request(200, Duration::from_millis(1));
         let text = m.render();
-        assert!(
-            text.contains("gateway_plugin_hook_calls_total{plugin=\"p\",hook=\"pre_auth\"} 3"),
-            "{text}"
-        );
-        assert!(
-            text.contains("gateway_requests_total{status=\"200\"} 1"),
-            "{text}"
-        );
+        assert!(text.contains("gateway_plugin_hook_calls_total{plugin=\"p\",hook=\"pre_auth\"} 3"), "{text}");
+        assert!(text.contains("gateway_requests_total{status=\"200\"} 1"), "{text}");
     }
 }

@@ -37,16 +37,18 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pipeline::{ContextState, Pipeline, RequestState, ResponseState, Slot, Stop};
 use crate::plugin::{self, LoadError};
+use crate::services::Services;
+use crate::services::events::EventBus;
+use crate::services::kv::{EmbeddedKv, KvLimits};
+use crate::services::lookup::Lookup;
 use crate::upstream::{Route, UpstreamReply, Upstreams, usage_of};
 
 /// Why the gateway could not start.
 #[derive(Debug)]
 pub enum GatewayError {
     Load(LoadError),
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Kv(crate::services::kv::KvError),
+    Bind { addr: SocketAddr, source: std::io::Error },
     Runtime(std::io::Error),
 }
 
@@ -54,6 +56,7 @@ impl std::fmt::Display for GatewayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             GatewayError::Load(e) => write!(f, "{e}"),
+            GatewayError::Kv(e) => write!(f, "{e}"),
             GatewayError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             GatewayError::Runtime(e) => write!(f, "cannot start the async runtime: {e}"),
         }
@@ -64,6 +67,7 @@ impl std::error::Error for GatewayError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             GatewayError::Load(e) => Some(e),
+            GatewayError::Kv(e) => Some(e),
             GatewayError::Bind { source, .. } | GatewayError::Runtime(source) => Some(source),
         }
     }
@@ -76,44 +80,60 @@ pub struct App {
     pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
     pub collector: Collector,
+    pub services: Arc<Services>,
     boot: u32,
     next_request: AtomicU64,
 }
 
 impl App {
-    /// Loads the configured plugins and builds the first pipeline.
+    /// Opens host services, loads the configured plugins, builds the first pipeline, and tells
+    /// the plugins they are ready.
     pub fn new(config: GatewayConfig) -> Result<Arc<App>, GatewayError> {
         let metrics = Arc::new(Metrics::default());
+        let upstreams = Upstreams::from_config(&config);
+        let limits = KvLimits { max_key_bytes: config.kv.max_key_bytes, max_value_bytes: config.kv.max_value_bytes };
+        let kv = EmbeddedKv::open(&config.data_dir.join("kv.redb"), limits).map_err(GatewayError::Kv)?;
+        let services = Services::new(
+            kv,
+            EventBus::start(config.event_queue),
+            Lookup::from_config(&config, &upstreams),
+            config.logging.clone(),
+            metrics.clone(),
+        );
         let configs = config.enabled_plugins();
-        let loaded = plugin::load_all(&configs, &config.data_dir.join("plugins"))
-            .map_err(GatewayError::Load)?;
-        let slots = loaded
-            .into_iter()
-            .zip(&configs)
-            .map(|(p, c)| Arc::new(Slot::new(p, c.isolate, metrics.clone())))
-            .collect();
+        let loaded =
+            plugin::load_all(&configs, &config.data_dir.join("plugins"), &services).map_err(GatewayError::Load)?;
+        let slots =
+            loaded.into_iter().zip(&configs).map(|(p, c)| Arc::new(Slot::new(p, c.isolate, metrics.clone()))).collect();
         let pipeline = Pipeline::new(slots);
+        for slot in &pipeline.slots {
+            slot.plugin.ready();
+        }
         let collector = Collector::start(config.collector_queue, metrics.clone());
-        let boot = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
+        let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
         Ok(Arc::new(App {
-            upstreams: Upstreams::from_config(&config),
+            upstreams,
             pipeline: ArcSwap::from_pointee(pipeline),
             metrics,
             collector,
+            services,
             config,
             boot,
             next_request: AtomicU64::new(1),
         }))
     }
 
+    /// Stops in dependency order: queued records reach the collectors, plugins shut down (each
+    /// exactly once, ending their subscriptions), then events are delivered and KV commits.
+    pub fn shutdown(&self) {
+        self.collector.shutdown();
+        self.pipeline.store(Arc::new(Pipeline::default()));
+        self.services.events.shutdown();
+        self.services.kv.shutdown();
+    }
+
     fn request_id(&self) -> String {
-        format!(
-            "req-{:08x}-{:x}",
-            self.boot,
-            self.next_request.fetch_add(1, Relaxed)
-        )
+        format!("req-{:08x}-{:x}", self.boot, self.next_request.fetch_add(1, Relaxed))
     }
 }
 
@@ -134,11 +154,7 @@ impl Drop for Gauge<'_> {
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open connections finish (up to 10 s).
-pub async fn serve(
-    app: Arc<App>,
-    listener: TcpListener,
-    shutdown: impl std::future::Future<Output = ()>,
-) {
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let limits = &app.config.limits;
     // hyper refuses heads beyond its buffer outright; our own, friendlier check runs below that.
@@ -178,29 +194,19 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 10 s; stopping anyway");
     }
 }
 
 /// Builds the runtime, loads plugins, serves until SIGINT or SIGTERM, then shuts plugins down.
 pub fn run(config: GatewayConfig) -> Result<(), GatewayError> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(GatewayError::Runtime)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(GatewayError::Runtime)?;
     let app = App::new(config)?;
     runtime.block_on(async {
         let addr = app.config.listen;
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| GatewayError::Bind { addr, source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| GatewayError::Bind { addr, source })?;
+        let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
+        let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?;
         tracing::info!(%local, plugins = app.pipeline.load().slots.len(), "gateway listening");
         // Tests and scripts read this line to find the port.
         println!("listening on http://{local}");
@@ -208,9 +214,8 @@ pub fn run(config: GatewayConfig) -> Result<(), GatewayError> {
         Ok::<(), GatewayError>(())
     })?;
     drop(runtime);
+    app.shutdown();
     tracing::info!("gateway stopped");
-    // The last reference: plugins shut down (exactly once) when the pipeline drops.
-    drop(app);
     Ok(())
 }
 
@@ -218,11 +223,10 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return ctrl_c.await.unwrap_or(()),
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return ctrl_c.await.unwrap_or(()),
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -236,10 +240,7 @@ async fn shutdown_signal() {
 fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
     let mut resp = Response::new(GatewayBody::full(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -254,27 +255,17 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
     let resp = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat(app, req, peer, started).await,
         (&Method::GET, "/v1/models") => models(app),
-        (&Method::GET, "/healthz") => {
-            json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
-        }
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         (&Method::GET, "/metrics") => {
             let mut resp = Response::new(GatewayBody::full(app.metrics.render()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
-        (m, "/v1/chat/completions") => {
-            error_response(&ApiError::method_not_allowed(m, path, "POST"))
-        }
-        (m, "/v1/models" | "/healthz" | "/metrics") => {
-            error_response(&ApiError::method_not_allowed(m, path, "GET"))
-        }
+        (m, "/v1/chat/completions") => error_response(&ApiError::method_not_allowed(m, path, "POST")),
+        (m, "/v1/models" | "/healthz" | "/metrics") => error_response(&ApiError::method_not_allowed(m, path, "GET")),
         _ => error_response(&ApiError::not_found(path)),
     };
-    app.metrics
-        .count_request(resp.status().as_u16(), started.elapsed());
+    app.metrics.count_request(resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -284,18 +275,11 @@ fn models(app: &App) -> Response<GatewayBody> {
         .models
         .iter()
         .map(|m| {
-            let owner = app
-                .upstreams
-                .routes
-                .get(m)
-                .map_or("", |r| app.upstreams.upstreams[r.upstream].name());
+            let owner = app.upstreams.routes.get(m).map_or("", |r| app.upstreams.upstreams[r.upstream].name());
             serde_json::json!({ "id": m, "object": "model", "created": 0, "owned_by": owner })
         })
         .collect();
-    json_response(
-        StatusCode::OK,
-        Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string()),
-    )
+    json_response(StatusCode::OK, Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string()))
 }
 
 /// The fields of a chat request the gateway itself needs; the rest passes through untouched.
@@ -313,16 +297,10 @@ fn peek(body: &[u8]) -> Result<(String, bool), ApiError> {
         serde_json::error::Category::Data => {
             ApiError::invalid_request("invalid_request", format!("invalid chat request: {e}"))
         }
-        _ => ApiError::invalid_request(
-            "invalid_json",
-            format!("request body is not valid JSON: {e}"),
-        ),
+        _ => ApiError::invalid_request("invalid_json", format!("request body is not valid JSON: {e}")),
     })?;
     if p.messages.is_empty() {
-        return Err(ApiError::invalid_request(
-            "invalid_request",
-            "`messages` must not be empty",
-        ));
+        return Err(ApiError::invalid_request("invalid_request", "`messages` must not be empty"));
     }
     Ok((p.model.into_owned(), p.stream))
 }
@@ -336,33 +314,17 @@ async fn read_request(
 ) -> Result<RequestState, ApiError> {
     let limits = &app.config.limits;
     let (parts, body) = req.into_parts();
-    let head_bytes: usize = parts
-        .headers
-        .iter()
-        .map(|(n, v)| n.as_str().len() + v.len() + 4)
-        .sum();
+    let head_bytes: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     if head_bytes > limits.max_header_bytes {
-        return Err(ApiError::headers_too_large(
-            limits.max_header_bytes,
-            head_bytes,
-        ));
+        return Err(ApiError::headers_too_large(limits.max_header_bytes, head_bytes));
     }
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     match content_type.as_deref() {
-        Some(ct)
-            if ct
-                .split(';')
-                .next()
-                .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => {}
+        Some(ct) if ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => {}
         other => return Err(ApiError::unsupported_media_type(other.unwrap_or("(none)"))),
     }
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if let Some(len) = declared.filter(|len| *len > limits.max_body_bytes as u64) {
         return Err(ApiError::too_large(limits.max_body_bytes, Some(len)));
     }
@@ -376,10 +338,7 @@ async fn read_request(
             return Err(ApiError::too_large(limits.max_body_bytes, None));
         }
         Ok(Err(e)) => {
-            return Err(ApiError::invalid_request(
-                "invalid_body",
-                format!("could not read the request body: {e}"),
-            ));
+            return Err(ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}")));
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
@@ -389,40 +348,21 @@ async fn read_request(
         uri: parts.uri,
         headers: parts.headers,
         body,
-        ctx: ContextState {
-            request_id,
-            model,
-            client_ip: peer.ip().to_string(),
-            ..ContextState::default()
-        },
+        ctx: ContextState { request_id, model, client_ip: peer.ip().to_string(), ..ContextState::default() },
     })
 }
 
 fn credential(headers: &HeaderMap) -> &str {
-    if let Some(v) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        if let Some(token) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(token) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
             return token.trim();
         }
     }
-    headers
-        .get("x-api-key")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .trim()
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim()
 }
 
 /// The request phases up to the upstream. Returns the route and whether to stream.
-fn request_phases<'u>(
-    app: &'u App,
-    pipeline: &Pipeline,
-    req: &mut RequestState,
-) -> Result<(&'u Route, bool), Stop> {
+fn request_phases<'u>(app: &'u App, pipeline: &Pipeline, req: &mut RequestState) -> Result<(&'u Route, bool), Stop> {
     pipeline.pre_auth(req)?;
     if pipeline.requires_auth() {
         let cred = credential(&req.headers).to_owned();
@@ -458,29 +398,15 @@ fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody>
 
 fn error_state(e: &ApiError) -> ResponseState {
     let mut headers = HeaderMap::new();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    ResponseState {
-        status: e.status,
-        headers,
-        body: e.body(),
-    }
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    ResponseState { status: e.status, headers, body: e.body() }
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-async fn chat(
-    app: &Arc<App>,
-    req: Request<Incoming>,
-    peer: SocketAddr,
-    started: Instant,
-) -> Response<GatewayBody> {
+async fn chat(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr, started: Instant) -> Response<GatewayBody> {
     let pipeline = app.pipeline.load_full();
     let request_id = app.request_id();
     let mut record = Record {
@@ -493,10 +419,7 @@ async fn chat(
     let mut req = match read_request(app, req, peer, request_id).await {
         Ok(r) => r,
         Err(e) => {
-            let ctx = ContextState {
-                request_id: record.request_id.clone(),
-                ..ContextState::default()
-            };
+            let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
             return finish(app, &pipeline, record, error_state(&e), &ctx, started);
         }
     };
@@ -533,17 +456,9 @@ async fn chat(
         Err(e) => return finish(app, &pipeline, record, error_state(&e), &req.ctx, started),
     };
     match reply {
-        UpstreamReply::Full {
-            status,
-            headers,
-            body,
-        } => {
+        UpstreamReply::Full { status, headers, body } => {
             record.usage = usage_of(&body);
-            let mut resp = ResponseState {
-                status,
-                headers,
-                body,
-            };
+            let mut resp = ResponseState { status, headers, body };
             let phases = pipeline
                 .response_headers(&req.ctx, &mut resp)
                 .and_then(|()| pipeline.response_body(&req.ctx, &mut resp));
@@ -553,17 +468,9 @@ async fn chat(
             record.ttft_us = started.elapsed().as_micros() as u64;
             finish(app, &pipeline, record, resp, &req.ctx, started)
         }
-        UpstreamReply::Stream {
-            status,
-            headers,
-            events,
-        } => {
+        UpstreamReply::Stream { status, headers, events } => {
             record.streamed = true;
-            let mut head = ResponseState {
-                status,
-                headers,
-                body: Bytes::new(),
-            };
+            let mut head = ResponseState { status, headers, body: Bytes::new() };
             if let Err(e) = pipeline.response_headers(&req.ctx, &mut head) {
                 return finish(app, &pipeline, record, error_state(&e), &req.ctx, started);
             }
@@ -575,23 +482,13 @@ async fn chat(
             };
             let (tx, rx) = mpsc::channel::<Bytes>(16);
             let request_id = req.ctx.request_id.clone();
-            let task = StreamTask {
-                app: app.clone(),
-                pipeline,
-                filters,
-                events,
-                tx,
-                ctx: req.ctx,
-                record,
-                started,
-                status,
-            };
+            let task =
+                StreamTask { app: app.clone(), pipeline, filters, events, tx, ctx: req.ctx, record, started, status };
             tokio::spawn(task.run());
             let mut out = Response::new(GatewayBody::Stream(rx));
             *out.status_mut() = head.status;
             *out.headers_mut() = head.headers;
-            out.headers_mut()
-                .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             if let Ok(v) = HeaderValue::from_str(&request_id) {
                 out.headers_mut().insert("x-request-id", v);
             }
@@ -654,10 +551,7 @@ impl StreamTask {
                 Some(Ok(data)) => data,
                 Some(Err(message)) => {
                     tracing::warn!(request_id = %self.ctx.request_id, "{message}");
-                    let _ = self
-                        .tx
-                        .send(sse_frame(&ApiError::upstream(message).body()))
-                        .await;
+                    let _ = self.tx.send(sse_frame(&ApiError::upstream(message).body())).await;
                     break;
                 }
             };
@@ -682,11 +576,7 @@ impl StreamTask {
             }
         }
         if completed {
-            completed = self
-                .tx
-                .send(Bytes::from_static(b"data: [DONE]\n\n"))
-                .await
-                .is_ok();
+            completed = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_ok();
         }
         // Plugin stream state ends before stream-complete hooks run.
         drop(self.filters);

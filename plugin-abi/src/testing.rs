@@ -16,8 +16,8 @@ use abi_stable::std_types::{RSlice, RStr};
 
 use crate::ffi::{self, ChunkHistory, MockServices};
 use crate::sdk::{
-    Chunk, ChunkDecision, Config, Context, Host, Level, Plugin, PluginError, Request, StreamChunk,
-    Upstream, UpstreamResponse,
+    Chunk, ChunkDecision, Config, Context, Host, Level, Plugin, PluginError, Request, StreamChunk, Upstream,
+    UpstreamResponse,
 };
 
 /// A host whose services record what plugins do with them.
@@ -41,12 +41,36 @@ impl MockHost {
         P::init(Config::new(config_json), self.host())
     }
 
+    /// Adds an app the lookup service returns.
+    pub fn with_app(self, id: &str, name: &str, models: &[&str]) -> Self {
+        self.services.apps.lock().unwrap_or_else(|e| e.into_inner()).push(ffi::AppInfo {
+            id: id.into(),
+            name: name.into(),
+            models: models.iter().map(|m| (*m).into()).collect(),
+        });
+        self
+    }
+
+    /// Adds an API key that `Host::validate_credential` accepts.
+    pub fn with_api_key(self, key: &str, app: &str, user: &str) -> Self {
+        self.services.keys.lock().unwrap_or_else(|e| e.into_inner()).push((key.into(), app.into(), user.into()));
+        self
+    }
+
+    /// Every event published so far: (topic, payload, direction).
+    pub fn published(&self) -> Vec<(String, Vec<u8>, u8)> {
+        self.services.published.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Every live KV key.
+    pub fn kv_keys(&self) -> Vec<String> {
+        self.services.kv.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect()
+    }
+
     /// Every line logged so far.
     pub fn logs(&self) -> Vec<(Level, String)> {
         let logs = self.services.logs.lock().unwrap_or_else(|e| e.into_inner());
-        logs.iter()
-            .map(|(l, m)| (Level::from_u8(*l).unwrap_or(Level::Trace), m.clone()))
-            .collect()
+        logs.iter().map(|(l, m)| (Level::from_u8(*l).unwrap_or(Level::Trace), m.clone())).collect()
     }
 }
 
@@ -55,13 +79,7 @@ fn rstr(s: &str) -> RStr<'_> {
 }
 
 fn raw_headers(headers: &[(String, Vec<u8>)]) -> Vec<ffi::RawHeader<'_>> {
-    headers
-        .iter()
-        .map(|(n, v)| ffi::RawHeader {
-            name: rstr(n),
-            value: RSlice::from_slice(v),
-        })
-        .collect()
+    headers.iter().map(|(n, v)| ffi::RawHeader { name: rstr(n), value: RSlice::from_slice(v) }).collect()
 }
 
 /// An owned request and context.
@@ -96,8 +114,7 @@ impl TestRequest {
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        self.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         self
     }
 
@@ -129,14 +146,8 @@ impl TestRequest {
 
     fn with_raw<R>(&self, f: impl FnOnce(&ffi::RawRequest<'_>) -> R) -> R {
         let headers = raw_headers(&self.headers);
-        let metadata: Vec<_> = self
-            .metadata
-            .iter()
-            .map(|(k, v)| ffi::RawKeyValue {
-                key: rstr(k),
-                value: rstr(v),
-            })
-            .collect();
+        let metadata: Vec<_> =
+            self.metadata.iter().map(|(k, v)| ffi::RawKeyValue { key: rstr(k), value: rstr(v) }).collect();
         let raw = ffi::RawRequest {
             method: rstr(&self.method),
             path: rstr(&self.path),
@@ -173,12 +184,7 @@ impl TestRequest {
         model: &str,
         f: impl FnOnce(&Request<'_>, &Upstream<'_>) -> R,
     ) -> R {
-        let up = ffi::RawUpstream {
-            name: rstr(name),
-            kind: rstr(kind),
-            base_url: rstr(""),
-            model: rstr(model),
-        };
+        let up = ffi::RawUpstream { name: rstr(name), kind: rstr(kind), base_url: rstr(""), model: rstr(model) };
         self.with_raw(|raw| f(&Request::new(raw), &Upstream::new(&up)))
     }
 }
@@ -193,15 +199,11 @@ pub struct TestResponse {
 
 impl TestResponse {
     pub fn new(status: u16) -> Self {
-        TestResponse {
-            status,
-            ..Self::default()
-        }
+        TestResponse { status, ..Self::default() }
     }
 
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers
-            .push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
+        self.headers.push((name.to_ascii_lowercase(), value.as_bytes().to_vec()));
         self
     }
 
@@ -238,11 +240,7 @@ pub fn run_stream<P: StreamChunk>(
     let mut out = Vec::new();
     let mut result = Ok(());
     for (index, data) in chunks.iter().enumerate() {
-        let raw = ffi::RawChunk {
-            index: index as u64,
-            data: RSlice::from_slice(data),
-            history: history.raw(),
-        };
+        let raw = ffi::RawChunk { index: index as u64, data: RSlice::from_slice(data), history: history.raw() };
         let sent = match plugin.on_chunk(&mut state, &Chunk::new(&raw)) {
             Ok(ChunkDecision::Pass) => Some(data.to_vec()),
             Ok(ChunkDecision::Replace(new)) => Some(new),

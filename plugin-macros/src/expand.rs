@@ -25,14 +25,8 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
     let name = &spec.name;
     let version = lit_or(&spec.version, quote!(::core::env!("CARGO_PKG_VERSION")));
     let author = lit_or(&spec.author, quote!(::core::env!("CARGO_PKG_AUTHORS")));
-    let description = lit_or(
-        &spec.description,
-        quote!(::core::env!("CARGO_PKG_DESCRIPTION")),
-    );
-    let repository = lit_or(
-        &spec.repository,
-        quote!(::core::env!("CARGO_PKG_REPOSITORY")),
-    );
+    let description = lit_or(&spec.description, quote!(::core::env!("CARGO_PKG_DESCRIPTION")));
+    let repository = lit_or(&spec.repository, quote!(::core::env!("CARGO_PKG_REPOSITORY")));
     // Spanned on the capability as written, so "does not implement" points at it.
     let entries = spec.capabilities.iter().map(|(cap, glue)| {
         let glue = Ident::new(glue, cap.span());
@@ -40,10 +34,7 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
         let ty = Ident::new(&ident.to_string(), cap.span());
         quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ty>())
     });
-    let export = Ident::new(
-        &abi_stable_shared::mangled_root_module_loader_name(),
-        Span::call_site(),
-    );
+    let export = Ident::new(&abi_stable_shared::mangled_root_module_loader_name(), Span::call_site());
     quote! {
         const _: () = {
             use ::plugin_abi::__private as __p;
@@ -71,10 +62,8 @@ mod tests {
 
     #[test]
     fn exports_one_root_module_with_listed_capabilities() {
-        let input: DeriveInput = syn::parse_str(
-            r#"#[plugin(name = "x", capabilities(PostAuth, StreamChunk))] struct X;"#,
-        )
-        .unwrap();
+        let input: DeriveInput =
+            syn::parse_str(r#"#[plugin(name = "x", capabilities(PostAuth, StreamChunk))] struct X;"#).unwrap();
         let out = derive(input).to_string();
         assert!(out.contains("entry :: post_auth :: < X >"), "{out}");
         assert!(out.contains("entry :: stream_chunk :: < X >"), "{out}");

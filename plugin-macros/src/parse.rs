@@ -15,16 +15,10 @@ pub const CAPABILITIES: &[(&str, &str)] = &[
     ("StreamComplete", "stream_complete"),
     ("DataCollector", "data_collector"),
     ("ConfigProvider", "config_provider"),
+    ("Lifecycle", "lifecycle"),
 ];
 
-const KEYS: &[&str] = &[
-    "name",
-    "version",
-    "author",
-    "description",
-    "repository",
-    "capabilities",
-];
+const KEYS: &[&str] = &["name", "version", "author", "description", "repository", "capabilities"];
 
 pub struct PluginSpec {
     pub ident: Ident,
@@ -52,25 +46,19 @@ impl Errors {
 }
 
 fn list(items: &[&str]) -> String {
-    items
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
 pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
     let mut errors = Errors::default();
     match &input.data {
         syn::Data::Struct(_) => {}
-        syn::Data::Enum(e) => errors.push(
-            e.enum_token.span,
-            "`#[derive(Plugin)]` only works on structs, found an enum",
-        ),
-        syn::Data::Union(u) => errors.push(
-            u.union_token.span,
-            "`#[derive(Plugin)]` only works on structs, found a union",
-        ),
+        syn::Data::Enum(e) => {
+            errors.push(e.enum_token.span, "`#[derive(Plugin)]` only works on structs, found an enum")
+        }
+        syn::Data::Union(u) => {
+            errors.push(u.union_token.span, "`#[derive(Plugin)]` only works on structs, found a union")
+        }
     }
     if let Some(param) = input.generics.params.first() {
         errors.push(
@@ -106,31 +94,20 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                         match CAPABILITIES.iter().find(|(n, _)| ident == n) {
                             None => {
                                 let written = ident.to_string();
-                                let near = CAPABILITIES
-                                    .iter()
-                                    .find(|(n, _)| n.eq_ignore_ascii_case(&written));
+                                let near = CAPABILITIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(&written));
                                 let message = match near {
                                     Some((near, _)) => {
-                                        format!(
-                                            "unknown capability `{written}`; did you mean `{near}`?"
-                                        )
+                                        format!("unknown capability `{written}`; did you mean `{near}`?")
                                     }
                                     None => {
-                                        let names: Vec<&str> =
-                                            CAPABILITIES.iter().map(|(n, _)| *n).collect();
-                                        format!(
-                                            "unknown capability `{written}`; expected one of {}",
-                                            list(&names)
-                                        )
+                                        let names: Vec<&str> = CAPABILITIES.iter().map(|(n, _)| *n).collect();
+                                        format!("unknown capability `{written}`; expected one of {}", list(&names))
                                     }
                                 };
                                 errors.push(ident.span(), message);
                             }
                             Some(_) if caps.iter().any(|(c, _)| *c == ident) => {
-                                errors.push(
-                                    ident.span(),
-                                    format!("capability `{ident}` is listed twice"),
-                                );
+                                errors.push(ident.span(), format!("capability `{ident}` is listed twice"));
                             }
                             Some((_, glue)) => caps.push((ident, glue)),
                         }
@@ -140,10 +117,7 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                     return Ok(());
                 }
                 _ => {
-                    errors.push(
-                        key.span(),
-                        format!("unknown key `{key}`; expected one of {}", list(KEYS)),
-                    );
+                    errors.push(key.span(), format!("unknown key `{key}`; expected one of {}", list(KEYS)));
                     // Skip the value so that parsing goes on with the next key.
                     if meta.input.peek(syn::Token![=]) {
                         meta.value()?.parse::<syn::Expr>()?;
@@ -174,7 +148,10 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
         Some(n) => {
             let v = n.value();
             if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                errors.push(n.span(), format!("invalid plugin name {v:?}: expected ASCII letters, digits, `-`, `_` or `.`"));
+                errors.push(
+                    n.span(),
+                    format!("invalid plugin name {v:?}: expected ASCII letters, digits, `-`, `_` or `.`"),
+                );
             }
         }
     }
@@ -227,23 +204,15 @@ mod tests {
         assert_eq!(errs.len(), 5, "{errs:?}");
         assert!(errs[0].contains("generic"));
         assert!(errs.iter().any(|e| e == "duplicate key `name`"));
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("unknown capability `Foo`; expected one of `PreAuth`"))
-        );
-        assert!(
-            errs.iter()
-                .any(|e| e == "capability `PreAuth` is listed twice")
-        );
+        assert!(errs.iter().any(|e| e.starts_with("unknown capability `Foo`; expected one of `PreAuth`")));
+        assert!(errs.iter().any(|e| e == "capability `PreAuth` is listed twice"));
         assert!(errs.iter().any(|e| e.starts_with("unknown key `colour`")));
     }
 
     #[test]
     fn requires_a_valid_name_and_a_struct() {
         assert!(errors("struct A;")[0].starts_with("missing plugin name"));
-        assert!(
-            errors(r#"#[plugin(name = "a b")] struct A;"#)[0].starts_with("invalid plugin name")
-        );
+        assert!(errors(r#"#[plugin(name = "a b")] struct A;"#)[0].starts_with("invalid plugin name"));
         assert!(errors(r#"#[plugin(name = "a")] enum A {}"#)[0].contains("found an enum"));
     }
 }

@@ -9,31 +9,20 @@ use gateway::config::{FailMode, PluginConfig};
 pub fn target_dir() -> PathBuf {
     // Test binaries live in target/<profile>/deps.
     let exe = std::env::current_exe().expect("test binary path");
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_path_buf()
+    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
 }
 
 /// The built library of crate `crate_name` (`-` becomes `_`), which must exist.
 pub fn plugin_so(crate_name: &str) -> PathBuf {
     let path = target_dir().join(format!("lib{}.so", crate_name.replace('-', "_")));
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace and the fixtures first (`make build`)",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: build the workspace and the fixtures first (`make build`)", path.display());
     path
 }
 
 /// The gateway executable.
 pub fn gateway_bin() -> PathBuf {
     let path = target_dir().join("gateway");
-    assert!(
-        path.is_file(),
-        "{} is missing: run `make build` first",
-        path.display()
-    );
+    assert!(path.is_file(), "{} is missing: run `make build` first", path.display());
     path
 }
 
@@ -106,9 +95,7 @@ impl Gateway {
                 if n == 0 {
                     break;
                 }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
@@ -121,20 +108,12 @@ impl Gateway {
                 }
                 _ => {
                     let status = child.wait().unwrap();
-                    panic!(
-                        "gateway exited ({status}) before listening:\n{}",
-                        stderr.lock().unwrap()
-                    );
+                    panic!("gateway exited ({status}) before listening:\n{}", stderr.lock().unwrap());
                 }
             }
         };
         std::thread::spawn(move || lines.for_each(drop));
-        Gateway {
-            child,
-            addr,
-            dir,
-            stderr,
-        }
+        Gateway { child, addr, dir, stderr }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -148,9 +127,7 @@ impl Gateway {
 
     /// POSTs a chat request; returns status, headers (lowercase names) and body.
     pub fn chat(&self, key: Option<&str>, body: &serde_json::Value) -> Reply {
-        let mut req = agent()
-            .post(&self.url("/v1/chat/completions"))
-            .set("content-type", "application/json");
+        let mut req = agent().post(&self.url("/v1/chat/completions")).set("content-type", "application/json");
         if let Some(key) = key {
             req = req.set("authorization", &format!("Bearer {key}"));
         }
@@ -164,9 +141,7 @@ impl Gateway {
     /// The value of a metric line starting with `prefix` (name and labels), if present.
     pub fn metric(&self, prefix: &str) -> Option<f64> {
         let text = self.get("/metrics").body;
-        text.lines()
-            .find(|l| l.starts_with(prefix))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        text.lines().find(|l| l.starts_with(prefix)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
     }
 
     /// Sends SIGTERM and waits: returns the exit status, the full log, and the temp dir (which
@@ -196,18 +171,12 @@ impl Drop for Gateway {
 
 fn sigterm(pid: u32) {
     // The `kill` command rather than libc: keeps this crate free of unsafe code.
-    let _ = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status();
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(pid.to_string()).status();
 }
 
 /// An HTTP client that keeps no idle connections, so that connection counts are exact.
 pub fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .max_idle_connections(0)
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
+    ureq::AgentBuilder::new().max_idle_connections(0).timeout(std::time::Duration::from_secs(30)).build()
 }
 
 /// A response as the tests look at it.
@@ -220,10 +189,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> serde_json::Value {
@@ -243,11 +209,7 @@ impl Reply {
 
     /// The `data:` payloads of an SSE body, `[DONE]` included.
     pub fn events(&self) -> Vec<String> {
-        self.body
-            .split("\n\n")
-            .filter_map(|e| e.strip_prefix("data: "))
-            .map(str::to_owned)
-            .collect()
+        self.body.split("\n\n").filter_map(|e| e.strip_prefix("data: ")).map(str::to_owned).collect()
     }
 
     /// The concatenated `delta.content` of a streamed chat reply.
@@ -256,11 +218,7 @@ impl Reply {
             .iter()
             .filter(|e| *e != "[DONE]")
             .filter_map(|e| serde_json::from_str::<serde_json::Value>(e).ok())
-            .filter_map(|v| {
-                v["choices"][0]["delta"]["content"]
-                    .as_str()
-                    .map(str::to_owned)
-            })
+            .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
             .collect()
     }
 }
@@ -280,11 +238,7 @@ impl From<Result<ureq::Response, ureq::Error>> for Reply {
                 (n, v)
             })
             .collect();
-        Reply {
-            status,
-            headers,
-            body: resp.into_string().unwrap(),
-        }
+        Reply { status, headers, body: resp.into_string().unwrap() }
     }
 }
 

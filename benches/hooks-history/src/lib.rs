@@ -3,9 +3,7 @@
 #[path = "../../hooks/src/common.rs"]
 mod common;
 
-use plugin_abi::{
-    Chunk, ChunkDecision, Context, HistoryLimits, PluginError, StreamChunk, UpstreamResponse,
-};
+use plugin_abi::{Chunk, ChunkDecision, Context, HistoryLimits, PluginError, StreamChunk, UpstreamResponse};
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "bench-hooks-history", capabilities(StreamChunk))]
@@ -18,16 +16,9 @@ impl plugin_abi::Plugin for BenchHistory {
 }
 
 impl StreamChunk for BenchHistory {
-    const HISTORY: HistoryLimits = HistoryLimits {
-        max_chunks: 64,
-        max_bytes: 1 << 20,
-    };
+    const HISTORY: HistoryLimits = HistoryLimits { max_chunks: 64, max_bytes: 1 << 20 };
     type State = ();
-    fn on_stream_start(
-        &self,
-        _ctx: &Context<'_>,
-        head: &UpstreamResponse<'_>,
-    ) -> Result<Option<()>, PluginError> {
+    fn on_stream_start(&self, _ctx: &Context<'_>, head: &UpstreamResponse<'_>) -> Result<Option<()>, PluginError> {
         Ok(common::start(head))
     }
     fn on_chunk(&self, _state: &mut (), chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use base64::Engine as _;
 use plugin_abi::{
-    Chunk, ChunkDecision, Config, Context, Decision, Host, Plugin, PluginError, PostAuth, PreAuth,
-    Reply, Request, RequestInterceptor, Response, StreamChunk, UpstreamResponse,
+    Chunk, ChunkDecision, Config, Context, Decision, Host, Plugin, PluginError, PostAuth, PreAuth, Reply, Request,
+    RequestInterceptor, Response, StreamChunk, UpstreamResponse,
 };
 
 /// The body pointer the last PostAuth call saw: equal to the host's buffer if nothing was copied.
@@ -23,10 +23,7 @@ fn check(has_auth: bool, body_len: usize) -> bool {
 }
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(
-    name = "bench-hooks",
-    capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk)
-)]
+#[plugin(name = "bench-hooks", capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk))]
 pub struct BenchHooks;
 
 impl Plugin for BenchHooks {
@@ -45,10 +42,7 @@ impl PreAuth for BenchHooks {
 impl PostAuth for BenchHooks {
     fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
         LAST_BODY_PTR.store(req.body().as_ptr() as usize, Relaxed);
-        if check(
-            req.headers().get("authorization").is_some(),
-            req.body().len(),
-        ) {
+        if check(req.headers().get("authorization").is_some(), req.body().len()) {
             Ok(Decision::Continue)
         } else {
             Ok(Decision::Respond(Reply::new(400)))
@@ -59,11 +53,7 @@ impl PostAuth for BenchHooks {
 impl RequestInterceptor for BenchHooks {}
 
 impl Response for BenchHooks {
-    fn on_response_headers(
-        &self,
-        _ctx: &Context<'_>,
-        resp: &UpstreamResponse<'_>,
-    ) -> Result<Decision, PluginError> {
+    fn on_response_headers(&self, _ctx: &Context<'_>, resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
         std::hint::black_box(resp.status());
         Ok(Decision::Continue)
     }
@@ -71,11 +61,7 @@ impl Response for BenchHooks {
 
 impl StreamChunk for BenchHooks {
     type State = ();
-    fn on_stream_start(
-        &self,
-        _ctx: &Context<'_>,
-        head: &UpstreamResponse<'_>,
-    ) -> Result<Option<()>, PluginError> {
+    fn on_stream_start(&self, _ctx: &Context<'_>, head: &UpstreamResponse<'_>) -> Result<Option<()>, PluginError> {
         Ok(common::start(head))
     }
     fn on_chunk(&self, _state: &mut (), chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
@@ -105,12 +91,7 @@ struct JsonRequest {
 /// # Safety
 /// `input` must point to `len` readable bytes and `out` to `cap` writable bytes.
 #[unsafe(no_mangle)]
-pub unsafe extern "C" fn bench_json_call(
-    input: *const u8,
-    len: usize,
-    out: *mut u8,
-    cap: usize,
-) -> usize {
+pub unsafe extern "C" fn bench_json_call(input: *const u8, len: usize, out: *mut u8, cap: usize) -> usize {
     // SAFETY: per the function contract.
     let input = unsafe { std::slice::from_raw_parts(input, len) };
     let Ok(req) = serde_json::from_slice::<JsonRequest>(input) else {
@@ -119,15 +100,8 @@ pub unsafe extern "C" fn bench_json_call(
     let Ok(body) = base64::engine::general_purpose::STANDARD.decode(&req.body) else {
         return 0;
     };
-    let has_auth = req
-        .headers
-        .iter()
-        .any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
-    let decision = if check(has_auth, body.len()) {
-        "continue"
-    } else {
-        "respond"
-    };
+    let has_auth = req.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("authorization"));
+    let decision = if check(has_auth, body.len()) { "continue" } else { "respond" };
     let reply = serde_json::json!({ "decision": decision }).to_string();
     if reply.len() > cap {
         return 0;

@@ -18,10 +18,7 @@ fn main() -> std::io::Result<()> {
                 Some(req) => {
                     // The same check as the plugin: look up a header, bound the body; continue (0)
                     // or respond (1).
-                    let has_auth = req
-                        .headers
-                        .iter()
-                        .any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
+                    let has_auth = req.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("authorization"));
                     std::hint::black_box((has_auth, &req.method, &req.path));
                     u8::from(req.body.len() > 1 << 20)
                 }

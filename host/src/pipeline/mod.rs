@@ -15,9 +15,7 @@ use std::time::Instant;
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use plugin_abi::ffi::{
-    self, AuthOutcome, HookOutcome, InstancePtr, PluginError, RawHeader, RawResponse, RawUpstream,
-};
+use plugin_abi::ffi::{self, AuthOutcome, HookOutcome, InstancePtr, PluginError, RawHeader, RawResponse, RawUpstream};
 
 use crate::config::FailMode;
 use crate::error::ApiError;
@@ -61,10 +59,7 @@ impl Slot {
 
     fn on_panic(&self) {
         let panics = self.panics.fetch_add(1, Relaxed) + 1;
-        if self.quarantine_after > 0
-            && panics >= self.quarantine_after
-            && !self.quarantined.swap(true, Relaxed)
-        {
+        if self.quarantine_after > 0 && panics >= self.quarantine_after && !self.quarantined.swap(true, Relaxed) {
             self.metrics.quarantined.fetch_add(1, Relaxed);
             tracing::error!(
                 plugin = self.name(),
@@ -79,11 +74,7 @@ impl Slot {
 trait Outcome {
     fn error(&self) -> Option<&PluginError>;
     fn label(&self) -> &'static str {
-        if self.error().is_some() {
-            "error"
-        } else {
-            "ok"
-        }
+        if self.error().is_some() { "error" } else { "ok" }
     }
 }
 
@@ -150,22 +141,14 @@ pub struct Hook<T: 'static> {
 impl<T> Hook<T> {
     fn new(table: &'static T, slot: &Arc<Slot>, names: [&'static str; 2]) -> Self {
         let m = |n| (n, slot.metrics.hook(slot.name(), n));
-        Hook {
-            table,
-            slot: slot.clone(),
-            metrics: [m(names[0]), m(names[1])],
-        }
+        Hook { table, slot: slot.clone(), metrics: [m(names[0]), m(names[1])] }
     }
 
     /// Calls hook `which` (0 or 1) with accounting: metrics, a trace span, panic counting.
     fn invoke<R: Outcome>(&self, which: usize, f: impl FnOnce(InstancePtr) -> R) -> R {
         let (name, m) = &self.metrics[which];
-        let span = tracing::trace_span!(
-            "hook",
-            plugin = self.slot.name(),
-            hook = *name,
-            outcome = tracing::field::Empty
-        );
+        let span =
+            tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
         let _entered = span.enter();
         m.calls.fetch_add(1, Relaxed);
         let instance = self.slot.plugin.instance();
@@ -193,13 +176,7 @@ impl<T> Hook<T> {
         let (hook, plugin) = (self.metrics[which].0, self.slot.name());
         match self.slot.on_error {
             FailMode::FailOpen => {
-                tracing::warn!(
-                    plugin,
-                    hook,
-                    code = e.code,
-                    "plugin failed, skipped (fail-open): {}",
-                    e.message
-                );
+                tracing::warn!(plugin, hook, code = e.code, "plugin failed, skipped (fail-open): {}", e.message);
                 None
             }
             FailMode::FailClosed => {
@@ -254,29 +231,20 @@ pub struct ResponseState {
 
 impl ResponseState {
     fn from_reply(reply: ffi::Reply, plugin: &str) -> Result<Self, ApiError> {
-        let (status, headers, body) = reply_parts(reply)
-            .map_err(|e| ApiError::plugin_failed(plugin, "respond", ffi::code::INTERNAL, &e))?;
-        Ok(ResponseState {
-            status,
-            headers,
-            body,
-        })
+        let (status, headers, body) =
+            reply_parts(reply).map_err(|e| ApiError::plugin_failed(plugin, "respond", ffi::code::INTERNAL, &e))?;
+        Ok(ResponseState { status, headers, body })
     }
 
     fn raw<'a>(&'a self, headers: &'a [RawHeader<'a>], with_body: bool) -> RawResponse<'a> {
         let body: &[u8] = if with_body { &self.body } else { &[] };
-        RawResponse {
-            status: self.status.as_u16(),
-            headers: headers.into(),
-            body: body.into(),
-        }
+        RawResponse { status: self.status.as_u16(), headers: headers.into(), body: body.into() }
     }
 
     fn apply(&mut self, m: ffi::Mutations) -> Result<(), String> {
         apply_headers(&mut self.headers, &m.set_headers, &m.remove_headers)?;
         if m.status != 0 {
-            self.status = StatusCode::from_u16(m.status)
-                .map_err(|_| format!("invalid status {}", m.status))?;
+            self.status = StatusCode::from_u16(m.status).map_err(|_| format!("invalid status {}", m.status))?;
         }
         if let RSome(body) = m.body {
             self.body = Bytes::from(body.into_vec());
@@ -301,8 +269,7 @@ pub struct Pipeline {
 }
 
 /// A request hook: the table's function applied to the instance and the request view.
-type RequestCall<T> =
-    fn(&T, InstancePtr, &ffi::RawRequest<'_>, Option<&RawUpstream<'_>>) -> HookOutcome;
+type RequestCall<T> = fn(&T, InstancePtr, &ffi::RawRequest<'_>, Option<&RawUpstream<'_>>) -> HookOutcome;
 
 impl Pipeline {
     /// `slots` in run order.
@@ -311,35 +278,28 @@ impl Pipeline {
         for slot in &slots {
             let caps = *slot.plugin.capabilities();
             if let Some(t) = caps.pre_auth {
-                p.pre_auth
-                    .push(Hook::new(t, slot, ["pre_auth", "pre_auth"]));
+                p.pre_auth.push(Hook::new(t, slot, ["pre_auth", "pre_auth"]));
             }
             if let Some(t) = caps.auth {
                 p.auth.push(Hook::new(t, slot, ["auth", "auth_lookup"]));
             }
             if let Some(t) = caps.post_auth {
-                p.post_auth
-                    .push(Hook::new(t, slot, ["post_auth", "post_auth"]));
+                p.post_auth.push(Hook::new(t, slot, ["post_auth", "post_auth"]));
             }
             if let Some(t) = caps.request_interceptor {
-                p.interceptors
-                    .push(Hook::new(t, slot, ["before_selection", "after_selection"]));
+                p.interceptors.push(Hook::new(t, slot, ["before_selection", "after_selection"]));
             }
             if let Some(t) = caps.response {
-                p.response
-                    .push(Hook::new(t, slot, ["response_headers", "response_body"]));
+                p.response.push(Hook::new(t, slot, ["response_headers", "response_body"]));
             }
             if let Some(t) = caps.stream_chunk {
-                p.stream_chunk
-                    .push(Hook::new(t, slot, ["stream_start", "stream_chunk"]));
+                p.stream_chunk.push(Hook::new(t, slot, ["stream_start", "stream_chunk"]));
             }
             if let Some(t) = caps.stream_complete {
-                p.stream_complete
-                    .push(Hook::new(t, slot, ["stream_complete", "stream_complete"]));
+                p.stream_complete.push(Hook::new(t, slot, ["stream_complete", "stream_complete"]));
             }
             if let Some(t) = caps.data_collector {
-                p.collectors
-                    .push(Hook::new(t, slot, ["collector", "collector"]));
+                p.collectors.push(Hook::new(t, slot, ["collector", "collector"]));
             }
         }
         p.slots = slots;
@@ -395,20 +355,14 @@ impl Pipeline {
                 HookOutcome::Continue => {}
                 HookOutcome::Modify(m) => {
                     if let Err(e) = req.apply(m) {
-                        let e = PluginError {
-                            code: ffi::code::INTERNAL,
-                            message: e.into(),
-                        };
+                        let e = PluginError { code: ffi::code::INTERNAL, message: e.into() };
                         if let Some(err) = hook.fail(which, &e) {
                             return Err(Stop::Error(err));
                         }
                     }
                 }
                 HookOutcome::Respond(reply) => {
-                    return Err(Stop::Respond(ResponseState::from_reply(
-                        reply,
-                        hook.slot.name(),
-                    )?));
+                    return Err(Stop::Respond(ResponseState::from_reply(reply, hook.slot.name())?));
                 }
                 HookOutcome::Fail(e) => {
                     if let Some(err) = hook.fail(which, &e) {
@@ -422,28 +376,18 @@ impl Pipeline {
     }
 
     pub fn pre_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.pre_auth, 0, req, None, |t, i, r, _| {
-            (t.on_pre_auth)(i, r)
-        })
+        Self::run_request(&self.pre_auth, 0, req, None, |t, i, r, _| (t.on_pre_auth)(i, r))
     }
 
     pub fn post_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.post_auth, 0, req, None, |t, i, r, _| {
-            (t.on_post_auth)(i, r)
-        })
+        Self::run_request(&self.post_auth, 0, req, None, |t, i, r, _| (t.on_post_auth)(i, r))
     }
 
     pub fn before_selection(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.interceptors, 0, req, None, |t, i, r, _| {
-            (t.before_selection)(i, r)
-        })
+        Self::run_request(&self.interceptors, 0, req, None, |t, i, r, _| (t.before_selection)(i, r))
     }
 
-    pub fn after_selection(
-        &self,
-        req: &mut RequestState,
-        upstream: &RawUpstream<'_>,
-    ) -> Result<(), Stop> {
+    pub fn after_selection(&self, req: &mut RequestState, upstream: &RawUpstream<'_>) -> Result<(), Stop> {
         Self::run_request(&self.interceptors, 1, req, Some(upstream), |t, i, r, u| {
             (t.after_selection)(i, r, u.expect("after_selection always has an upstream"))
         })
@@ -460,9 +404,7 @@ impl Pipeline {
                 if hook.quarantine_check()? {
                     continue;
                 }
-                match hook.invoke(0, |inst| {
-                    (hook.table.authenticate)(inst, credential.into(), &raw)
-                }) {
+                match hook.invoke(0, |inst| (hook.table.authenticate)(inst, credential.into(), &raw)) {
                     AuthOutcome::Pass => {}
                     AuthOutcome::Fail(e) => match hook.fail(0, &e) {
                         Some(err) => return Err(Stop::Error(err)),
@@ -482,30 +424,21 @@ impl Pipeline {
                 req.ctx.user_id = id.user_id.into_string();
                 Ok(())
             }
-            Some(AuthOutcome::Denied(reason)) => {
-                Err(Stop::Error(ApiError::unauthorized(reason.as_str())))
-            }
+            Some(AuthOutcome::Denied(reason)) => Err(Stop::Error(ApiError::unauthorized(reason.as_str()))),
             _ if credential.is_empty() => Err(Stop::Error(ApiError::unauthorized(
                 "missing credential: expected `Authorization: Bearer <key>` or `x-api-key`",
             ))),
-            _ => Err(Stop::Error(ApiError::unauthorized(
-                "invalid credential: no auth plugin accepted it",
-            ))),
+            _ => Err(Stop::Error(ApiError::unauthorized("invalid credential: no auth plugin accepted it"))),
         }
     }
 
     /// The app owning `credential`, from the first auth plugin that knows it.
-    pub fn app_by_credential(
-        &self,
-        credential: &str,
-    ) -> Result<Option<(String, String)>, ApiError> {
+    pub fn app_by_credential(&self, credential: &str) -> Result<Option<(String, String)>, ApiError> {
         for hook in &self.auth {
             if hook.quarantine_check()? {
                 continue;
             }
-            match hook.invoke(1, |inst| {
-                (hook.table.app_by_credential)(inst, credential.into())
-            }) {
+            match hook.invoke(1, |inst| (hook.table.app_by_credential)(inst, credential.into())) {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
                 RErr(e) => {
@@ -519,20 +452,12 @@ impl Pipeline {
     }
 
     /// The headers phase: every Response plugin, in order, over status and headers.
-    pub fn response_headers(
-        &self,
-        ctx: &ContextState,
-        resp: &mut ResponseState,
-    ) -> Result<(), ApiError> {
+    pub fn response_headers(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
         self.run_response(0, ctx, resp, |t, i, c, r| (t.on_headers)(i, c, r))
     }
 
     /// The body phase of a non-streaming upstream response.
-    pub fn response_body(
-        &self,
-        ctx: &ContextState,
-        resp: &mut ResponseState,
-    ) -> Result<(), ApiError> {
+    pub fn response_body(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
         self.run_response(1, ctx, resp, |t, i, c, r| (t.on_body)(i, c, r))
     }
 
@@ -541,12 +466,7 @@ impl Pipeline {
         which: usize,
         ctx: &ContextState,
         resp: &mut ResponseState,
-        call: fn(
-            &ffi::ResponseV1,
-            InstancePtr,
-            &ffi::RawContext<'_>,
-            &RawResponse<'_>,
-        ) -> HookOutcome,
+        call: fn(&ffi::ResponseV1, InstancePtr, &ffi::RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
     ) -> Result<(), ApiError> {
         let metadata = ctx.raw_metadata();
         let raw_ctx = ctx.raw(&metadata);
@@ -566,10 +486,7 @@ impl Pipeline {
                 HookOutcome::Continue => {}
                 HookOutcome::Modify(m) => {
                     if let Err(e) = resp.apply(m) {
-                        let e = PluginError {
-                            code: ffi::code::INTERNAL,
-                            message: e.into(),
-                        };
+                        let e = PluginError { code: ffi::code::INTERNAL, message: e.into() };
                         if let Some(err) = hook.fail(which, &e) {
                             return Err(err);
                         }
@@ -590,11 +507,7 @@ impl Pipeline {
     }
 
     /// Starts the stream-chunk plugins for one stream. Plugins that skip it cost nothing per chunk.
-    pub fn stream_start(
-        self: &Arc<Self>,
-        ctx: &ContextState,
-        head: &ResponseState,
-    ) -> Result<StreamFilters, ApiError> {
+    pub fn stream_start(self: &Arc<Self>, ctx: &ContextState, head: &ResponseState) -> Result<StreamFilters, ApiError> {
         StreamFilters::start(self.clone(), ctx, head)
     }
 
@@ -609,15 +522,8 @@ impl Pipeline {
             if hook.slot.is_quarantined() {
                 continue;
             }
-            if let RErr(e) = hook.invoke(0, |inst| {
-                (hook.table.on_stream_complete)(inst, &raw_ctx, summary)
-            }) {
-                tracing::warn!(
-                    plugin = hook.slot.name(),
-                    code = e.code,
-                    "stream_complete failed: {}",
-                    e.message
-                );
+            if let RErr(e) = hook.invoke(0, |inst| (hook.table.on_stream_complete)(inst, &raw_ctx, summary)) {
+                tracing::warn!(plugin = hook.slot.name(), code = e.code, "stream_complete failed: {}", e.message);
             }
         }
     }
@@ -629,30 +535,17 @@ impl Pipeline {
                 continue;
             }
             let log = rec.raw_proxy_log();
-            let mut failed = hook
-                .invoke(0, |inst| (hook.table.on_proxy_log)(inst, &log))
-                .into_result()
-                .err();
+            let mut failed = hook.invoke(0, |inst| (hook.table.on_proxy_log)(inst, &log)).into_result().err();
             if let Some(analytics) = rec.raw_analytics() {
-                failed = failed.or(hook
-                    .invoke(0, |inst| (hook.table.on_analytics)(inst, &analytics))
-                    .into_result()
-                    .err());
+                failed =
+                    failed.or(hook.invoke(0, |inst| (hook.table.on_analytics)(inst, &analytics)).into_result().err());
             }
             if let Some(budget) = rec.raw_budget() {
-                failed = failed.or(hook
-                    .invoke(0, |inst| (hook.table.on_budget)(inst, &budget))
-                    .into_result()
-                    .err());
+                failed = failed.or(hook.invoke(0, |inst| (hook.table.on_budget)(inst, &budget)).into_result().err());
             }
             if let Some(e) = failed {
                 hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);
-                tracing::warn!(
-                    plugin = hook.slot.name(),
-                    code = e.code,
-                    "data collector failed: {}",
-                    e.message
-                );
+                tracing::warn!(plugin = hook.slot.name(), code = e.code, "data collector failed: {}", e.message);
             }
         }
     }

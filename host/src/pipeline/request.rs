@@ -3,9 +3,7 @@
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use plugin_abi::ffi::{
-    Mutations, OwnedHeader, RawContext, RawHeader, RawKeyValue, RawRequest, Reply,
-};
+use plugin_abi::ffi::{Mutations, OwnedHeader, RawContext, RawHeader, RawKeyValue, RawRequest, Reply};
 
 /// Per-request context: what hooks see through [`plugin_abi::Context`].
 #[derive(Debug, Default, Clone)]
@@ -21,13 +19,7 @@ pub struct ContextState {
 impl ContextState {
     /// The metadata part of the view; allocates only if some hook set metadata.
     pub fn raw_metadata(&self) -> Vec<RawKeyValue<'_>> {
-        self.metadata
-            .iter()
-            .map(|(k, v)| RawKeyValue {
-                key: k.as_str().into(),
-                value: v.as_str().into(),
-            })
-            .collect()
+        self.metadata.iter().map(|(k, v)| RawKeyValue { key: k.as_str().into(), value: v.as_str().into() }).collect()
     }
 
     pub fn raw<'a>(&'a self, metadata: &'a [RawKeyValue<'a>]) -> RawContext<'a> {
@@ -55,26 +47,19 @@ pub struct RequestState {
 /// emptied vector keeps the allocation when the element layouts match, and allocates otherwise.
 pub fn recycle<'b>(mut buf: Vec<RawHeader<'_>>) -> Vec<RawHeader<'b>> {
     buf.clear();
-    buf.into_iter()
-        .map(|_| -> RawHeader<'b> { unreachable!("the vector is empty") })
-        .collect()
+    buf.into_iter().map(|_| -> RawHeader<'b> { unreachable!("the vector is empty") }).collect()
 }
 
 /// Views of `headers`, written into `buf`.
 pub fn raw_headers<'a>(headers: &'a HeaderMap, mut buf: Vec<RawHeader<'a>>) -> Vec<RawHeader<'a>> {
-    buf.extend(headers.iter().map(|(name, value)| RawHeader {
-        name: name.as_str().into(),
-        value: value.as_bytes().into(),
-    }));
+    buf.extend(
+        headers.iter().map(|(name, value)| RawHeader { name: name.as_str().into(), value: value.as_bytes().into() }),
+    );
     buf
 }
 
 impl RequestState {
-    pub fn raw<'a>(
-        &'a self,
-        headers: &'a [RawHeader<'a>],
-        metadata: &'a [RawKeyValue<'a>],
-    ) -> RawRequest<'a> {
+    pub fn raw<'a>(&'a self, headers: &'a [RawHeader<'a>], metadata: &'a [RawKeyValue<'a>]) -> RawRequest<'a> {
         RawRequest {
             method: self.method.as_str().into(),
             path: self.uri.path().into(),
@@ -92,11 +77,7 @@ impl RequestState {
             self.body = Bytes::from(body.into_vec());
             self.headers.remove(http::header::CONTENT_LENGTH);
         }
-        self.ctx.metadata.extend(
-            m.metadata
-                .into_iter()
-                .map(|kv| (kv.key.into_string(), kv.value.into_string())),
-        );
+        self.ctx.metadata.extend(m.metadata.into_iter().map(|kv| (kv.key.into_string(), kv.value.into_string())));
         Ok(())
     }
 }
@@ -109,8 +90,8 @@ pub fn apply_headers(
     remove: &[abi_stable::std_types::RString],
 ) -> Result<(), String> {
     for name in remove {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", name.as_str()))?;
+        let name =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {:?}", name.as_str()))?;
         headers.remove(name);
     }
     for h in set {
@@ -125,8 +106,7 @@ pub fn apply_headers(
 
 /// A plugin's reply as an HTTP response head and body.
 pub fn reply_parts(reply: Reply) -> Result<(http::StatusCode, HeaderMap, Bytes), String> {
-    let status = http::StatusCode::from_u16(reply.status)
-        .map_err(|_| format!("invalid status {}", reply.status))?;
+    let status = http::StatusCode::from_u16(reply.status).map_err(|_| format!("invalid status {}", reply.status))?;
     let mut headers = HeaderMap::new();
     apply_headers(&mut headers, &reply.headers, &[])?;
     Ok((status, headers, Bytes::from(reply.body.into_vec())))
@@ -160,19 +140,11 @@ mod tests {
         };
         state.headers.insert("x-old", HeaderValue::from_static("1"));
         let m = Mutations {
-            set_headers: vec![OwnedHeader {
-                name: "x-new".into(),
-                value: "2".into(),
-            }]
-            .into(),
+            set_headers: vec![OwnedHeader { name: "x-new".into(), value: "2".into() }].into(),
             remove_headers: vec!["x-old".into()].into(),
             body: abi_stable::std_types::RSome(b"{\"a\":1}".to_vec().into()),
             status: 0,
-            metadata: vec![plugin_abi::ffi::OwnedKeyValue {
-                key: "k".into(),
-                value: "v".into(),
-            }]
-            .into(),
+            metadata: vec![plugin_abi::ffi::OwnedKeyValue { key: "k".into(), value: "v".into() }].into(),
         };
         state.apply(m).unwrap();
         assert!(state.headers.get("x-old").is_none());
@@ -180,18 +152,9 @@ mod tests {
         assert_eq!(&state.body[..], b"{\"a\":1}");
         assert_eq!(state.ctx.metadata, [("k".to_string(), "v".to_string())]);
         let bad = Mutations {
-            set_headers: vec![OwnedHeader {
-                name: "bad name".into(),
-                value: "".into(),
-            }]
-            .into(),
+            set_headers: vec![OwnedHeader { name: "bad name".into(), value: "".into() }].into(),
             ..Default::default()
         };
-        assert!(
-            state
-                .apply(bad)
-                .unwrap_err()
-                .contains("invalid header name")
-        );
+        assert!(state.apply(bad).unwrap_err().contains("invalid header name"));
     }
 }

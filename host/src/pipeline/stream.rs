@@ -25,16 +25,8 @@ pub struct StreamFilters {
 }
 
 impl StreamFilters {
-    pub(super) fn start(
-        pipeline: Arc<Pipeline>,
-        ctx: &ContextState,
-        head: &ResponseState,
-    ) -> Result<Self, ApiError> {
-        let mut filters = StreamFilters {
-            pipeline: pipeline.clone(),
-            active: Vec::new(),
-            index: 0,
-        };
+    pub(super) fn start(pipeline: Arc<Pipeline>, ctx: &ContextState, head: &ResponseState) -> Result<Self, ApiError> {
+        let mut filters = StreamFilters { pipeline: pipeline.clone(), active: Vec::new(), index: 0 };
         if pipeline.stream_chunk.is_empty() {
             return Ok(filters);
         }
@@ -52,11 +44,7 @@ impl StreamFilters {
                     let limits = hook.table.history;
                     let history = ChunkHistory::new(limits);
                     let history = history.is_enabled().then_some(history);
-                    filters.active.push(Active {
-                        hook: i,
-                        state,
-                        history,
-                    });
+                    filters.active.push(Active { hook: i, state, history });
                 }
                 StreamStart::Fail(e) => {
                     // `filters` ends the streams already started when it drops.
@@ -88,15 +76,8 @@ impl StreamFilters {
                 hook.quarantine_check()?;
                 continue;
             }
-            let history = active
-                .history
-                .as_ref()
-                .map_or(ffi::NO_HISTORY, ChunkHistory::raw);
-            let raw = RawChunk {
-                index,
-                data: current.as_ref().into(),
-                history,
-            };
+            let history = active.history.as_ref().map_or(ffi::NO_HISTORY, ChunkHistory::raw);
+            let raw = RawChunk { index, data: current.as_ref().into(), history };
             match hook.invoke(1, |inst| (hook.table.on_chunk)(inst, active.state, &raw)) {
                 ChunkOutcome::Pass => {}
                 ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),

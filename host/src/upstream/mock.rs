@@ -36,11 +36,9 @@ fn text_of(content: &serde_json::Value) -> String {
     match content {
         serde_json::Value::String(s) => s.clone(),
         // Content parts: [{"type": "text", "text": "..."}]
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-            .collect::<Vec<_>>()
-            .join(" "),
+        serde_json::Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).collect::<Vec<_>>().join(" ")
+        }
         _ => String::new(),
     }
 }
@@ -60,27 +58,14 @@ pub struct MockReply {
 
 impl MockUpstream {
     pub fn new(chunks: usize, chunk_delay: Duration) -> Self {
-        MockUpstream {
-            chunks: chunks.max(1),
-            chunk_delay,
-            next_id: AtomicU64::new(1),
-        }
+        MockUpstream { chunks: chunks.max(1), chunk_delay, next_id: AtomicU64::new(1) }
     }
 
     pub fn reply(&self, body: &[u8], model: &str) -> Result<MockReply, ApiError> {
         let chat: MockChat = serde_json::from_slice(body)
             .map_err(|e| ApiError::upstream(format!("mock upstream: invalid request: {e}")))?;
-        let prompt: u64 = chat
-            .messages
-            .iter()
-            .map(|m| words(&text_of(&m.content)))
-            .sum();
-        let last_user = chat
-            .messages
-            .iter()
-            .rev()
-            .find(|m| m.role == "user")
-            .map(|m| text_of(&m.content));
+        let prompt: u64 = chat.messages.iter().map(|m| words(&text_of(&m.content))).sum();
+        let last_user = chat.messages.iter().rev().find(|m| m.role == "user").map(|m| text_of(&m.content));
         let text = match last_user {
             Some(t) if !t.trim().is_empty() => format!("Mock reply to: {t}"),
             _ => "Mock reply.".to_owned(),
@@ -92,16 +77,10 @@ impl MockUpstream {
         let completion = words(&text);
         Ok(MockReply {
             id: format!("chatcmpl-mock-{}", self.next_id.fetch_add(1, Relaxed)),
-            created: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs()),
+            created: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
             model: model.to_owned(),
             parts,
-            usage: Usage {
-                prompt_tokens: prompt,
-                completion_tokens: completion,
-                total_tokens: prompt + completion,
-            },
+            usage: Usage { prompt_tokens: prompt, completion_tokens: completion, total_tokens: prompt + completion },
         })
     }
 }
@@ -176,22 +155,12 @@ mod tests {
         let reply = mock.reply(body, "m").unwrap();
         assert_eq!(reply.parts.concat(), "Mock reply to: hello there my friend");
         assert_eq!(reply.parts.len(), 3);
-        assert_eq!(
-            reply.usage,
-            Usage {
-                prompt_tokens: 6,
-                completion_tokens: 7,
-                total_tokens: 13
-            }
-        );
+        assert_eq!(reply.usage, Usage { prompt_tokens: 6, completion_tokens: 7, total_tokens: 13 });
         let chunks = reply.chunks();
         assert_eq!(chunks.len(), 3 + 3);
         let first: serde_json::Value = serde_json::from_slice(&chunks[0]).unwrap();
         assert_eq!(first["choices"][0]["delta"]["role"], "assistant");
         let completion: serde_json::Value = serde_json::from_slice(&reply.completion()).unwrap();
-        assert_eq!(
-            completion["choices"][0]["message"]["content"],
-            "Mock reply to: hello there my friend"
-        );
+        assert_eq!(completion["choices"][0]["message"]["content"], "Mock reply to: hello there my friend");
     }
 }

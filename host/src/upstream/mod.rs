@@ -43,49 +43,28 @@ impl Upstreams {
             .upstreams
             .iter()
             .map(|u| match &u.kind {
-                UpstreamKind::Mock {
-                    chunks,
-                    chunk_delay_ms,
-                } => Upstream::Mock {
+                UpstreamKind::Mock { chunks, chunk_delay_ms } => Upstream::Mock {
                     name: u.name.clone(),
                     mock: MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms)),
                 },
-                UpstreamKind::Openai {
-                    base_url,
-                    api_key_env,
-                    connect_timeout_ms,
-                    timeout_ms,
-                } => Upstream::OpenAi(OpenAiUpstream::new(
-                    &u.name,
-                    base_url,
-                    api_key_env.as_deref(),
-                    Duration::from_millis(*connect_timeout_ms),
-                    Duration::from_millis(*timeout_ms),
-                )),
+                UpstreamKind::Openai { base_url, api_key_env, connect_timeout_ms, timeout_ms } => {
+                    Upstream::OpenAi(OpenAiUpstream::new(
+                        &u.name,
+                        base_url,
+                        api_key_env.as_deref(),
+                        Duration::from_millis(*connect_timeout_ms),
+                        Duration::from_millis(*timeout_ms),
+                    ))
+                }
             })
             .collect();
         let mut routes = HashMap::new();
         for m in &config.models {
-            let upstream = config
-                .upstreams
-                .iter()
-                .position(|u| u.name == m.upstream)
-                .expect("validated by config");
+            let upstream = config.upstreams.iter().position(|u| u.name == m.upstream).expect("validated by config");
             let upstream_model = m.upstream_model.clone().unwrap_or_else(|| m.name.clone());
-            routes.insert(
-                m.name.clone(),
-                Route {
-                    model: m.name.clone(),
-                    upstream_model,
-                    upstream,
-                },
-            );
+            routes.insert(m.name.clone(), Route { model: m.name.clone(), upstream_model, upstream });
         }
-        Upstreams {
-            upstreams,
-            routes,
-            models: config.models.iter().map(|m| m.name.clone()).collect(),
-        }
+        Upstreams { upstreams, routes, models: config.models.iter().map(|m| m.name.clone()).collect() }
     }
 
     pub fn route(&self, model: &str) -> Result<&Route, ApiError> {
@@ -120,41 +99,18 @@ impl Upstream {
 
     /// Sends the chat request. `body` is what the request hooks left; the model is rewritten
     /// to the route's upstream model if that differs.
-    pub async fn call(
-        &self,
-        body: Bytes,
-        route: &Route,
-        stream: bool,
-    ) -> Result<UpstreamReply, ApiError> {
+    pub async fn call(&self, body: Bytes, route: &Route, stream: bool) -> Result<UpstreamReply, ApiError> {
         match self {
             Upstream::Mock { mock, .. } => {
                 let reply = mock.reply(&body, &route.model)?;
                 let mut headers = HeaderMap::new();
                 if stream {
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("text/event-stream"),
-                    );
-                    let events = Events::Mock {
-                        chunks: reply.chunks(),
-                        delay: mock.chunk_delay,
-                        first: true,
-                    };
-                    Ok(UpstreamReply::Stream {
-                        status: StatusCode::OK,
-                        headers,
-                        events,
-                    })
+                    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+                    let events = Events::Mock { chunks: reply.chunks(), delay: mock.chunk_delay, first: true };
+                    Ok(UpstreamReply::Stream { status: StatusCode::OK, headers, events })
                 } else {
-                    headers.insert(
-                        http::header::CONTENT_TYPE,
-                        HeaderValue::from_static("application/json"),
-                    );
-                    Ok(UpstreamReply::Full {
-                        status: StatusCode::OK,
-                        headers,
-                        body: reply.completion(),
-                    })
+                    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    Ok(UpstreamReply::Full { status: StatusCode::OK, headers, body: reply.completion() })
                 }
             }
             Upstream::OpenAi(client) => {
@@ -170,18 +126,10 @@ impl Upstream {
                     .is_some_and(|v| v.starts_with("text/event-stream"));
                 let headers = forwardable(headers);
                 if stream && status.is_success() && is_sse {
-                    Ok(UpstreamReply::Stream {
-                        status,
-                        headers,
-                        events: Events::Sse(SseEvents::new(incoming, client)),
-                    })
+                    Ok(UpstreamReply::Stream { status, headers, events: Events::Sse(SseEvents::new(incoming, client)) })
                 } else {
                     let body = client.collect(incoming).await?;
-                    Ok(UpstreamReply::Full {
-                        status,
-                        headers,
-                        body,
-                    })
+                    Ok(UpstreamReply::Full { status, headers, body })
                 }
             }
         }
@@ -189,9 +137,8 @@ impl Upstream {
 }
 
 fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, ApiError> {
-    let mut value: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::invalid_request("invalid_json", format!("invalid JSON body: {e}"))
-    })?;
+    let mut value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::invalid_request("invalid_json", format!("invalid JSON body: {e}")))?;
     value["model"] = serde_json::Value::String(model.to_owned());
     Ok(Bytes::from(value.to_string()))
 }
@@ -210,36 +157,20 @@ fn forwardable(mut headers: HeaderMap) -> HeaderMap {
 }
 
 pub enum UpstreamReply {
-    Full {
-        status: StatusCode,
-        headers: HeaderMap,
-        body: Bytes,
-    },
-    Stream {
-        status: StatusCode,
-        headers: HeaderMap,
-        events: Events,
-    },
+    Full { status: StatusCode, headers: HeaderMap, body: Bytes },
+    Stream { status: StatusCode, headers: HeaderMap, events: Events },
 }
 
 /// The event payloads of a streamed reply, without SSE framing.
 pub enum Events {
-    Mock {
-        chunks: VecDeque<Bytes>,
-        delay: Duration,
-        first: bool,
-    },
+    Mock { chunks: VecDeque<Bytes>, delay: Duration, first: bool },
     Sse(SseEvents),
 }
 
 impl Events {
     pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
         match self {
-            Events::Mock {
-                chunks,
-                delay,
-                first,
-            } => {
+            Events::Mock { chunks, delay, first } => {
                 let chunk = chunks.pop_front()?;
                 if !*first && !delay.is_zero() {
                     tokio::time::sleep(*delay).await;
@@ -274,11 +205,7 @@ pub fn usage_of(json: &[u8]) -> Option<Usage> {
         return None;
     }
     let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
-    Some(Usage {
-        prompt_tokens: u.prompt_tokens,
-        completion_tokens: u.completion_tokens,
-        total_tokens: u.total_tokens,
-    })
+    Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens })
 }
 
 #[cfg(test)]
@@ -290,11 +217,7 @@ mod tests {
         assert_eq!(usage_of(br#"{"choices":[]}"#), None);
         assert_eq!(
             usage_of(br#"{"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#),
-            Some(Usage {
-                prompt_tokens: 1,
-                completion_tokens: 2,
-                total_tokens: 3
-            })
+            Some(Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 })
         );
         assert_eq!(usage_of(br#"{"usage":null}"#), None);
     }

@@ -32,11 +32,7 @@ impl OpenAiUpstream {
         let api_key = api_key_env.and_then(|var| match std::env::var(var) {
             Ok(key) => HeaderValue::from_str(&format!("Bearer {key}")).ok(),
             Err(_) => {
-                tracing::warn!(
-                    upstream = name,
-                    var,
-                    "API key variable is not set: calling the upstream without a key"
-                );
+                tracing::warn!(upstream = name, var, "API key variable is not set: calling the upstream without a key");
                 None
             }
         });
@@ -57,19 +53,14 @@ impl OpenAiUpstream {
         let mut req = Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| {
-                ApiError::upstream(format!("upstream `{}`: invalid URL {url}: {e}", self.name))
-            })?;
+            .map_err(|e| ApiError::upstream(format!("upstream `{}`: invalid URL {url}: {e}", self.name)))?;
         if let Some(key) = &self.api_key {
-            req.headers_mut()
-                .insert(http::header::AUTHORIZATION, key.clone());
+            req.headers_mut().insert(http::header::AUTHORIZATION, key.clone());
         }
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name))?
-            .map_err(|e| {
-                ApiError::upstream(format!("upstream `{}` unreachable: {e}", self.name))
-            })?;
+            .map_err(|e| ApiError::upstream(format!("upstream `{}` unreachable: {e}", self.name)))?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body))
     }
@@ -79,12 +70,7 @@ impl OpenAiUpstream {
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name))?
             .map(|c| c.to_bytes())
-            .map_err(|e| {
-                ApiError::upstream(format!(
-                    "upstream `{}` broke off its response: {e}",
-                    self.name
-                ))
-            })
+            .map_err(|e| ApiError::upstream(format!("upstream `{}` broke off its response: {e}", self.name)))
     }
 }
 
@@ -124,10 +110,7 @@ impl SseEvents {
             match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
                 Err(_) => {
                     self.done = true;
-                    return Some(Err(format!(
-                        "upstream `{}` stalled mid-stream",
-                        self.upstream
-                    )));
+                    return Some(Err(format!("upstream `{}` stalled mid-stream", self.upstream)));
                 }
                 Ok(None) => {
                     self.done = true;
@@ -135,10 +118,7 @@ impl SseEvents {
                 }
                 Ok(Some(Err(e))) => {
                     self.done = true;
-                    return Some(Err(format!(
-                        "upstream `{}` broke off the stream: {e}",
-                        self.upstream
-                    )));
+                    return Some(Err(format!("upstream `{}` broke off the stream: {e}", self.upstream)));
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {

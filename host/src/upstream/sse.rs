@@ -19,10 +19,7 @@ pub enum SseEvent {
 fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
     // An event ends at a blank line: "\n\n" or "\r\n\r\n".
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| (i, 4));
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
         (a, b) => a.or(b),
@@ -75,16 +72,10 @@ mod tests {
     fn splits_events_across_reads() {
         let mut p = SseParser::default();
         p.push(b"data: {\"a\":1}\n\n: comment\n\ndata: {\"b\"");
-        assert_eq!(
-            p.next_event(),
-            Some(SseEvent::Data(Bytes::from_static(b"{\"a\":1}")))
-        );
+        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"{\"a\":1}"))));
         assert_eq!(p.next_event(), None);
         p.push(b":2}\r\n\r\ndata: [DONE]\n\n");
-        assert_eq!(
-            p.next_event(),
-            Some(SseEvent::Data(Bytes::from_static(b"{\"b\":2}")))
-        );
+        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"{\"b\":2}"))));
         assert_eq!(p.next_event(), Some(SseEvent::Done));
     }
 
@@ -92,9 +83,6 @@ mod tests {
     fn joins_multi_line_data() {
         let mut p = SseParser::default();
         p.push(b"event: x\ndata: a\ndata: b\n\n");
-        assert_eq!(
-            p.next_event(),
-            Some(SseEvent::Data(Bytes::from_static(b"a\nb")))
-        );
+        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"a\nb"))));
     }
 }

@@ -39,17 +39,20 @@ fn guard<R>(f: impl FnOnce() -> R, on_panic: impl FnOnce(PluginError) -> R) -> R
     }
 }
 
+/// What an [`InstancePtr`] points to.
+struct Instance<P> {
+    plugin: P,
+    stop: sdk::StopSignal,
+}
+
 /// # Safety
 /// `inst` must come from `create::<P>` and not have been destroyed.
 unsafe fn instance<'a, P>(inst: InstancePtr) -> &'a P {
-    // SAFETY: per the function contract, `inst` is a live `Box<P>` turned into a pointer.
-    unsafe { &*(inst.0 as *const P) }
+    // SAFETY: per the function contract, `inst` is a live `Box<Instance<P>>` turned into a pointer.
+    unsafe { &(*(inst.0 as *const Instance<P>)).plugin }
 }
 
-fn hook<P>(
-    inst: InstancePtr,
-    f: impl FnOnce(&P) -> Result<sdk::Decision, sdk::PluginError>,
-) -> HookOutcome {
+fn hook<P>(inst: InstancePtr, f: impl FnOnce(&P) -> Result<sdk::Decision, sdk::PluginError>) -> HookOutcome {
     guard(
         || {
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
@@ -62,29 +65,22 @@ fn hook<P>(
     )
 }
 
-fn unit<P>(
-    inst: InstancePtr,
-    f: impl FnOnce(&P) -> Result<(), sdk::PluginError>,
-) -> RResult<(), PluginError> {
+fn unit<P>(inst: InstancePtr, f: impl FnOnce(&P) -> Result<(), sdk::PluginError>) -> RResult<(), PluginError> {
     guard(
         // SAFETY: the host passes the instance it got from `create` for this plugin type.
-        || {
-            f(unsafe { instance::<P>(inst) })
-                .map_err(PluginError::from)
-                .into()
-        },
+        || f(unsafe { instance::<P>(inst) }).map_err(PluginError::from).into(),
         RErr,
     )
 }
 
-extern "C" fn create<P: Plugin>(
-    config: RStr<'_>,
-    host: HostHandle,
-) -> RResult<InstancePtr, PluginError> {
+extern "C" fn create<P: Plugin>(config: RStr<'_>, host: HostHandle) -> RResult<InstancePtr, PluginError> {
     guard(
-        || match P::init(Config::new(config.as_str()), Host::from_raw(host)) {
-            Ok(p) => ROk(InstancePtr(Box::into_raw(Box::new(p)) as *const c_void)),
-            Err(e) => RErr(e.into()),
+        || {
+            let stop = sdk::StopSignal::default();
+            match P::init(Config::new(config.as_str()), Host::with_stop(host, stop.clone())) {
+                Ok(plugin) => ROk(InstancePtr(Box::into_raw(Box::new(Instance { plugin, stop })) as *const c_void)),
+                Err(e) => RErr(e.into()),
+            }
         },
         RErr,
     )
@@ -92,18 +88,14 @@ extern "C" fn create<P: Plugin>(
 
 extern "C" fn destroy<P: Plugin>(inst: InstancePtr) {
     // SAFETY: `inst` came from `create::<P>`; the host destroys each instance exactly once.
-    let mut plugin = unsafe { Box::from_raw(inst.0 as *mut P) };
-    // A panicking shutdown is dropped here: there is nobody left to report it to but the log.
-    let _ = catch_unwind(AssertUnwindSafe(move || plugin.shutdown()));
+    let mut instance = unsafe { Box::from_raw(inst.0 as *mut Instance<P>) };
+    instance.stop.fire();
+    // A panicking shutdown is dropped here: there is nobody left to report it to.
+    let _ = catch_unwind(AssertUnwindSafe(move || instance.plugin.shutdown()));
 }
 
 fn root_module<P: Exported>() -> PluginRootRef {
-    PluginRoot {
-        metadata: P::METADATA,
-        create: create::<P>,
-        destroy: destroy::<P>,
-    }
-    .leak_into_prefix()
+    PluginRoot { metadata: P::METADATA, create: create::<P>, destroy: destroy::<P> }.leak_into_prefix()
 }
 
 extern "C" fn root_loader<P: Exported>() -> RootModuleResult {
@@ -120,95 +112,50 @@ pub const fn lib_header<P: Exported>() -> LibHeader {
 pub mod entry {
     use super::*;
     use crate::sdk::{
-        Auth, Chunk, ConfigProvider, Context, DataCollector, PostAuth, PreAuth, Request,
-        RequestInterceptor, Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
+        Auth, Chunk, ConfigProvider, Context, DataCollector, Lifecycle, PostAuth, PreAuth, Request, RequestInterceptor,
+        Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
     };
 
     pub const fn pre_auth<P: PreAuth>() -> TableEntry {
         extern "C" fn on_pre_auth<P: PreAuth>(i: InstancePtr, req: &RawRequest<'_>) -> HookOutcome {
             hook::<P>(i, |p| p.on_pre_auth(&Request::new(req)))
         }
-        TableEntry::new(
-            const {
-                &PreAuthV1 {
-                    on_pre_auth: on_pre_auth::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &PreAuthV1 { on_pre_auth: on_pre_auth::<P> } })
     }
 
     pub const fn auth<P: Auth>() -> TableEntry {
-        extern "C" fn authenticate<P: Auth>(
-            i: InstancePtr,
-            cred: RStr<'_>,
-            req: &RawRequest<'_>,
-        ) -> AuthOutcome {
+        extern "C" fn authenticate<P: Auth>(i: InstancePtr, cred: RStr<'_>, req: &RawRequest<'_>) -> AuthOutcome {
             guard(
                 // SAFETY: the host passes the instance it got from `create` for this plugin type.
-                || match unsafe { instance::<P>(i) }.authenticate(cred.as_str(), &Request::new(req))
-                {
+                || match unsafe { instance::<P>(i) }.authenticate(cred.as_str(), &Request::new(req)) {
                     Ok(d) => d.into(),
                     Err(e) => AuthOutcome::Fail(e.into()),
                 },
                 AuthOutcome::Fail,
             )
         }
-        extern "C" fn app<P: Auth>(
-            i: InstancePtr,
-            cred: RStr<'_>,
-        ) -> RResult<ROption<RecordInfo>, PluginError> {
+        extern "C" fn app<P: Auth>(i: InstancePtr, cred: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError> {
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            guard(
-                || sdk::record_result(unsafe { instance::<P>(i) }.app_by_credential(cred.as_str())),
-                RErr,
-            )
+            guard(|| sdk::record_result(unsafe { instance::<P>(i) }.app_by_credential(cred.as_str())), RErr)
         }
-        extern "C" fn user<P: Auth>(
-            i: InstancePtr,
-            cred: RStr<'_>,
-        ) -> RResult<ROption<RecordInfo>, PluginError> {
+        extern "C" fn user<P: Auth>(i: InstancePtr, cred: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError> {
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            guard(
-                || {
-                    sdk::record_result(
-                        unsafe { instance::<P>(i) }.user_by_credential(cred.as_str()),
-                    )
-                },
-                RErr,
-            )
+            guard(|| sdk::record_result(unsafe { instance::<P>(i) }.user_by_credential(cred.as_str())), RErr)
         }
         TableEntry::new(
-            const {
-                &AuthV1 {
-                    authenticate: authenticate::<P>,
-                    app_by_credential: app::<P>,
-                    user_by_credential: user::<P>,
-                }
-            },
+            const { &AuthV1 { authenticate: authenticate::<P>, app_by_credential: app::<P>, user_by_credential: user::<P> } },
         )
     }
 
     pub const fn post_auth<P: PostAuth>() -> TableEntry {
-        extern "C" fn on_post_auth<P: PostAuth>(
-            i: InstancePtr,
-            req: &RawRequest<'_>,
-        ) -> HookOutcome {
+        extern "C" fn on_post_auth<P: PostAuth>(i: InstancePtr, req: &RawRequest<'_>) -> HookOutcome {
             hook::<P>(i, |p| p.on_post_auth(&Request::new(req)))
         }
-        TableEntry::new(
-            const {
-                &PostAuthV1 {
-                    on_post_auth: on_post_auth::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &PostAuthV1 { on_post_auth: on_post_auth::<P> } })
     }
 
     pub const fn request_interceptor<P: RequestInterceptor>() -> TableEntry {
-        extern "C" fn before<P: RequestInterceptor>(
-            i: InstancePtr,
-            req: &RawRequest<'_>,
-        ) -> HookOutcome {
+        extern "C" fn before<P: RequestInterceptor>(i: InstancePtr, req: &RawRequest<'_>) -> HookOutcome {
             hook::<P>(i, |p| p.before_selection(&Request::new(req)))
         }
         extern "C" fn after<P: RequestInterceptor>(
@@ -216,18 +163,9 @@ pub mod entry {
             req: &RawRequest<'_>,
             up: &RawUpstream<'_>,
         ) -> HookOutcome {
-            hook::<P>(i, |p| {
-                p.after_selection(&Request::new(req), &Upstream::new(up))
-            })
+            hook::<P>(i, |p| p.after_selection(&Request::new(req), &Upstream::new(up)))
         }
-        TableEntry::new(
-            const {
-                &RequestInterceptorV1 {
-                    before_selection: before::<P>,
-                    after_selection: after::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &RequestInterceptorV1 { before_selection: before::<P>, after_selection: after::<P> } })
     }
 
     pub const fn response<P: Response>() -> TableEntry {
@@ -236,55 +174,27 @@ pub mod entry {
             ctx: &RawContext<'_>,
             r: &RawResponse<'_>,
         ) -> HookOutcome {
-            hook::<P>(i, |p| {
-                p.on_response_headers(&Context::new(ctx), &UpstreamResponse::new(r))
-            })
+            hook::<P>(i, |p| p.on_response_headers(&Context::new(ctx), &UpstreamResponse::new(r)))
         }
-        extern "C" fn on_body<P: Response>(
-            i: InstancePtr,
-            ctx: &RawContext<'_>,
-            r: &RawResponse<'_>,
-        ) -> HookOutcome {
-            hook::<P>(i, |p| {
-                p.on_response_body(&Context::new(ctx), &UpstreamResponse::new(r))
-            })
+        extern "C" fn on_body<P: Response>(i: InstancePtr, ctx: &RawContext<'_>, r: &RawResponse<'_>) -> HookOutcome {
+            hook::<P>(i, |p| p.on_response_body(&Context::new(ctx), &UpstreamResponse::new(r)))
         }
-        TableEntry::new(
-            const {
-                &ResponseV1 {
-                    on_headers: on_headers::<P>,
-                    on_body: on_body::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &ResponseV1 { on_headers: on_headers::<P>, on_body: on_body::<P> } })
     }
 
     pub const fn stream_chunk<P: StreamChunk>() -> TableEntry {
-        extern "C" fn start<P: StreamChunk>(
-            i: InstancePtr,
-            ctx: &RawContext<'_>,
-            r: &RawResponse<'_>,
-        ) -> StreamStart {
+        extern "C" fn start<P: StreamChunk>(i: InstancePtr, ctx: &RawContext<'_>, r: &RawResponse<'_>) -> StreamStart {
             guard(
                 // SAFETY: the host passes the instance it got from `create` for this plugin type.
-                || match unsafe { instance::<P>(i) }
-                    .on_stream_start(&Context::new(ctx), &UpstreamResponse::new(r))
-                {
-                    Ok(Some(state)) => StreamStart::Observe(StreamState(Box::into_raw(Box::new(
-                        state,
-                    ))
-                        as *mut c_void)),
+                || match unsafe { instance::<P>(i) }.on_stream_start(&Context::new(ctx), &UpstreamResponse::new(r)) {
+                    Ok(Some(state)) => StreamStart::Observe(StreamState(Box::into_raw(Box::new(state)) as *mut c_void)),
                     Ok(None) => StreamStart::Skip,
                     Err(e) => StreamStart::Fail(e.into()),
                 },
                 StreamStart::Fail,
             )
         }
-        extern "C" fn chunk<P: StreamChunk>(
-            i: InstancePtr,
-            s: StreamState,
-            c: &RawChunk<'_>,
-        ) -> ChunkOutcome {
+        extern "C" fn chunk<P: StreamChunk>(i: InstancePtr, s: StreamState, c: &RawChunk<'_>) -> ChunkOutcome {
             guard(
                 || {
                     // SAFETY: `s` is the `Box<P::State>` made by `start::<P>`, not yet ended; the host
@@ -303,9 +213,7 @@ pub mod entry {
             // SAFETY: `s` is the `Box<P::State>` made by `start::<P>`; the host ends it exactly once.
             let state = unsafe { Box::from_raw(s.0 as *mut P::State) };
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            let _ = catch_unwind(AssertUnwindSafe(|| {
-                unsafe { instance::<P>(i) }.on_stream_end(*state)
-            }));
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.on_stream_end(*state)));
         }
         TableEntry::new(
             const {
@@ -334,20 +242,11 @@ pub mod entry {
             };
             unit::<P>(i, |p| p.on_stream_complete(&Context::new(ctx), &summary))
         }
-        TableEntry::new(
-            const {
-                &StreamCompleteV1 {
-                    on_stream_complete: done::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &StreamCompleteV1 { on_stream_complete: done::<P> } })
     }
 
     pub const fn data_collector<P: DataCollector>() -> TableEntry {
-        extern "C" fn log<P: DataCollector>(
-            i: InstancePtr,
-            r: &RawProxyLog<'_>,
-        ) -> RResult<(), PluginError> {
+        extern "C" fn log<P: DataCollector>(i: InstancePtr, r: &RawProxyLog<'_>) -> RResult<(), PluginError> {
             let log = sdk::ProxyLog {
                 request_id: r.request_id.as_str(),
                 app_id: r.app_id.as_str(),
@@ -363,10 +262,7 @@ pub mod entry {
             };
             unit::<P>(i, |p| p.on_proxy_log(&log))
         }
-        extern "C" fn analytics<P: DataCollector>(
-            i: InstancePtr,
-            r: &RawAnalytics<'_>,
-        ) -> RResult<(), PluginError> {
+        extern "C" fn analytics<P: DataCollector>(i: InstancePtr, r: &RawAnalytics<'_>) -> RResult<(), PluginError> {
             let rec = sdk::Analytics {
                 request_id: r.request_id.as_str(),
                 app_id: r.app_id.as_str(),
@@ -383,10 +279,7 @@ pub mod entry {
             };
             unit::<P>(i, |p| p.on_analytics(&rec))
         }
-        extern "C" fn budget<P: DataCollector>(
-            i: InstancePtr,
-            r: &RawBudget<'_>,
-        ) -> RResult<(), PluginError> {
+        extern "C" fn budget<P: DataCollector>(i: InstancePtr, r: &RawBudget<'_>) -> RResult<(), PluginError> {
             let rec = sdk::Budget {
                 app_id: r.app_id.as_str(),
                 user_id: r.user_id.as_str(),
@@ -396,13 +289,7 @@ pub mod entry {
             unit::<P>(i, |p| p.on_budget(&rec))
         }
         TableEntry::new(
-            const {
-                &DataCollectorV1 {
-                    on_proxy_log: log::<P>,
-                    on_analytics: analytics::<P>,
-                    on_budget: budget::<P>,
-                }
-            },
+            const { &DataCollectorV1 { on_proxy_log: log::<P>, on_analytics: analytics::<P>, on_budget: budget::<P> } },
         )
     }
 
@@ -410,12 +297,18 @@ pub mod entry {
         extern "C" fn schema<P: ConfigProvider>() -> RStr<'static> {
             RStr::from_str(P::SCHEMA)
         }
-        TableEntry::new(
-            const {
-                &ConfigProviderV1 {
-                    schema: schema::<P>,
-                }
-            },
-        )
+        TableEntry::new(const { &ConfigProviderV1 { schema: schema::<P> } })
+    }
+
+    pub const fn lifecycle<P: Lifecycle>() -> TableEntry {
+        extern "C" fn on_ready<P: Lifecycle>(i: InstancePtr) {
+            // SAFETY: the host passes the instance it got from `create` for this plugin type.
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.on_ready()));
+        }
+        extern "C" fn quiesce<P: Lifecycle>(i: InstancePtr) {
+            // SAFETY: the host passes the instance it got from `create` for this plugin type.
+            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.quiesce()));
+        }
+        TableEntry::new(const { &LifecycleV1 { on_ready: on_ready::<P>, quiesce: quiesce::<P> } })
     }
 }

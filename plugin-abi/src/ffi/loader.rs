@@ -41,33 +41,17 @@ impl Library {
         })?;
         // SAFETY: the header is only used while `raw` is alive: `Library` owns both, and the root
         // module and all tables read through it are handed out borrowing `self`.
-        let header =
-            unsafe { abi_header_from_raw_library(&raw) }.map_err(|_| OpenError::NotAPlugin)?;
-        let header = header
-            .upgrade()
-            .map_err(|e| OpenError::IncompatibleAbiStable(e.to_string()))?;
+        let header = unsafe { abi_header_from_raw_library(&raw) }.map_err(|_| OpenError::NotAPlugin)?;
+        let header = header.upgrade().map_err(|e| OpenError::IncompatibleAbiStable(e.to_string()))?;
         let found = header.version_strings().version.as_str().to_owned();
-        let root = header
-            .init_root_module::<PluginRootRef>()
-            .map_err(|e| match e {
-                LibraryError::IncompatibleVersionNumber {
-                    expected_version,
-                    actual_version,
-                    ..
-                } => OpenError::IncompatibleAbi {
-                    expected: expected_version.to_string(),
-                    found: actual_version.to_string(),
-                },
-                LibraryError::AbiInstability(e) => {
-                    OpenError::LayoutMismatch(summarize_layout_errors(&e.to_string()))
-                }
-                other => OpenError::Other(other.to_string()),
-            })?;
-        Ok(Library {
-            root,
-            abi_version: found,
-            _raw: raw,
-        })
+        let root = header.init_root_module::<PluginRootRef>().map_err(|e| match e {
+            LibraryError::IncompatibleVersionNumber { expected_version, actual_version, .. } => {
+                OpenError::IncompatibleAbi { expected: expected_version.to_string(), found: actual_version.to_string() }
+            }
+            LibraryError::AbiInstability(e) => OpenError::LayoutMismatch(summarize_layout_errors(&e.to_string())),
+            other => OpenError::Other(other.to_string()),
+        })?;
+        Ok(Library { root, abi_version: found, _raw: raw })
     }
 
     /// The ABI version the plugin was built against.

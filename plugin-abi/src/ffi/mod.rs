@@ -40,11 +40,19 @@ pub mod cap {
     pub const DATA_COLLECTOR: u32 = 8;
     /// Added in ABI 1.1.
     pub const CONFIG_PROVIDER: u32 = 9;
+    /// Added in ABI 1.2.
+    pub const LIFECYCLE: u32 = 10;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.
 pub mod service {
     pub const LOG: u32 = 1;
+    /// Added in ABI 1.2.
+    pub const KV: u32 = 2;
+    /// Added in ABI 1.2.
+    pub const EVENTS: u32 = 3;
+    /// Added in ABI 1.2.
+    pub const LOOKUP: u32 = 4;
 }
 
 /// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
@@ -55,6 +63,16 @@ pub mod code {
     pub const PANIC: u32 = 2;
     /// The plugin rejected its configuration.
     pub const INVALID_CONFIG: u32 = 3;
+    /// A host service refused the call (a size limit, a full queue, an unknown id).
+    pub const SERVICE: u32 = 4;
+}
+
+/// Event directions: where an event is meant to travel. Local delivery works on every gateway;
+/// the direction travels with the event for a cross-node transport.
+pub mod direction {
+    pub const LOCAL: u8 = 0;
+    pub const UP: u8 = 1;
+    pub const DOWN: u8 = 2;
 }
 
 /// Log levels for [`LogV1::log`], most to least severe.
@@ -113,8 +131,7 @@ pub struct PluginRoot {
     pub metadata: &'static PluginMetadata,
     /// Creates an instance from the plugin's JSON config. The host keeps `host.ctx` alive until
     /// `destroy` returns.
-    pub create:
-        extern "C" fn(config: RStr<'_>, host: HostHandle) -> RResult<InstancePtr, PluginError>,
+    pub create: extern "C" fn(config: RStr<'_>, host: HostHandle) -> RResult<InstancePtr, PluginError>,
     /// Runs the plugin's shutdown and frees the instance. Called exactly once per instance.
     #[sabi(last_prefix_field)]
     pub destroy: extern "C" fn(instance: InstancePtr),
@@ -290,16 +307,11 @@ pub struct PreAuthV1 {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct AuthV1 {
-    pub authenticate:
-        extern "C" fn(InstancePtr, credential: RStr<'_>, &RawRequest<'_>) -> AuthOutcome,
-    pub app_by_credential: extern "C" fn(
-        InstancePtr,
-        credential: RStr<'_>,
-    ) -> RResult<ROption<RecordInfo>, PluginError>,
-    pub user_by_credential: extern "C" fn(
-        InstancePtr,
-        credential: RStr<'_>,
-    ) -> RResult<ROption<RecordInfo>, PluginError>,
+    pub authenticate: extern "C" fn(InstancePtr, credential: RStr<'_>, &RawRequest<'_>) -> AuthOutcome,
+    pub app_by_credential:
+        extern "C" fn(InstancePtr, credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError>,
+    pub user_by_credential:
+        extern "C" fn(InstancePtr, credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError>,
 }
 
 /// Capability [`cap::POST_AUTH`], version 1: runs once the caller is known.
@@ -314,8 +326,7 @@ pub struct PostAuthV1 {
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct RequestInterceptorV1 {
     pub before_selection: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
-    pub after_selection:
-        extern "C" fn(InstancePtr, &RawRequest<'_>, &RawUpstream<'_>) -> HookOutcome,
+    pub after_selection: extern "C" fn(InstancePtr, &RawRequest<'_>, &RawUpstream<'_>) -> HookOutcome,
 }
 
 /// Capability [`cap::RESPONSE`], version 1: response headers, then (non-streaming) the whole body.
@@ -384,8 +395,7 @@ pub enum ChunkOutcome {
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct StreamChunkV1 {
     pub history: HistoryLimits,
-    pub on_stream_start:
-        extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> StreamStart,
+    pub on_stream_start: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> StreamStart,
     pub on_chunk: extern "C" fn(InstancePtr, StreamState, &RawChunk<'_>) -> ChunkOutcome,
     /// Frees the state. Called exactly once for every `Observe`, also when the stream fails.
     pub on_stream_end: extern "C" fn(InstancePtr, StreamState),
@@ -406,8 +416,7 @@ pub struct StreamSummary {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct StreamCompleteV1 {
-    pub on_stream_complete:
-        extern "C" fn(InstancePtr, &RawContext<'_>, &StreamSummary) -> RResult<(), PluginError>,
+    pub on_stream_complete: extern "C" fn(InstancePtr, &RawContext<'_>, &StreamSummary) -> RResult<(), PluginError>,
 }
 
 #[repr(C)]
@@ -470,6 +479,117 @@ pub struct ConfigProviderV1 {
     pub schema: extern "C" fn() -> RStr<'static>,
 }
 
+/// Receives a value in place, for the duration of the call.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct ReadCallback {
+    pub user: *mut c_void,
+    pub read: extern "C" fn(user: *mut c_void, value: RSlice<'_, u8>),
+}
+
+/// Service [`service::KV`], version 1: the calling plugin's own namespace of a durable store.
+/// Writes return once durable.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct KvV1 {
+    /// Calls `read.read(read.user, value)` with the value in place if `key` exists; returns whether
+    /// it did.
+    pub get: extern "C" fn(ctx: *const c_void, key: RStr<'_>, read: ReadCallback) -> RResult<bool, PluginError>,
+    /// `ttl_ms` 0 keeps the value until deleted.
+    pub set: extern "C" fn(
+        ctx: *const c_void,
+        key: RStr<'_>,
+        value: RSlice<'_, u8>,
+        ttl_ms: u64,
+    ) -> RResult<(), PluginError>,
+    /// Returns whether the key existed.
+    pub delete: extern "C" fn(ctx: *const c_void, key: RStr<'_>) -> RResult<bool, PluginError>,
+    /// Keys starting with `prefix`, in order, at most `limit`.
+    pub list: extern "C" fn(ctx: *const c_void, prefix: RStr<'_>, limit: u32) -> RResult<RVec<RString>, PluginError>,
+    /// Adds `delta` to a counter (a missing or expired key counts as 0) and returns the new
+    /// value; `ttl_ms` applies when the counter is created.
+    pub increment:
+        extern "C" fn(ctx: *const c_void, key: RStr<'_>, delta: i64, ttl_ms: u64) -> RResult<i64, PluginError>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawEvent<'a> {
+    pub topic: RStr<'a>,
+    pub payload: RSlice<'a, u8>,
+    /// One of [`direction`].
+    pub direction: u8,
+    /// The publishing plugin's name.
+    pub source: RStr<'a>,
+}
+
+/// A subscriber as a plugin registers it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawSubscriber {
+    pub user: *const c_void,
+    pub callback: extern "C" fn(user: *const c_void, event: &RawEvent<'_>),
+    /// Frees `user`; called once, when the subscription ends.
+    pub drop_user: extern "C" fn(user: *const c_void),
+}
+
+/// Service [`service::EVENTS`], version 1: publish and subscribe, delivered off the request path
+/// on the host's event thread. Subscriptions end when the plugin unloads.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct EventsV1 {
+    pub publish: extern "C" fn(
+        ctx: *const c_void,
+        topic: RStr<'_>,
+        payload: RSlice<'_, u8>,
+        direction: u8,
+    ) -> RResult<(), PluginError>,
+    /// An empty `topic` subscribes to every topic. Returns the subscription id.
+    pub subscribe:
+        extern "C" fn(ctx: *const c_void, topic: RStr<'_>, subscriber: RawSubscriber) -> RResult<u64, PluginError>,
+    /// Returns whether the subscription existed.
+    pub unsubscribe: extern "C" fn(ctx: *const c_void, id: u64) -> bool,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct AppInfo {
+    pub id: RString,
+    pub name: RString,
+    /// Models the app may use; empty means all.
+    pub models: RVec<RString>,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ModelInfo {
+    pub name: RString,
+    pub upstream: RString,
+    pub upstream_kind: RString,
+    pub upstream_model: RString,
+}
+
+/// Service [`service::LOOKUP`], version 1: the gateway's own apps, users, keys and models.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LookupV1 {
+    pub get_app: extern "C" fn(ctx: *const c_void, id: RStr<'_>) -> ROption<AppInfo>,
+    pub list_apps: extern "C" fn(ctx: *const c_void) -> RVec<AppInfo>,
+    pub model_info: extern "C" fn(ctx: *const c_void, model: RStr<'_>) -> ROption<ModelInfo>,
+    /// The app and user an API key from the gateway config belongs to.
+    pub validate_credential: extern "C" fn(ctx: *const c_void, credential: RStr<'_>) -> ROption<Identity>,
+}
+
+/// Capability [`cap::LIFECYCLE`], version 1.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LifecycleV1 {
+    /// Every configured plugin is initialised; the gateway is about to serve.
+    pub on_ready: extern "C" fn(InstancePtr),
+    /// A newer version of this plugin is about to take over: release what it must take over.
+    pub quiesce: extern "C" fn(InstancePtr),
+}
+
 /// A table type that can be looked up by id and version.
 pub trait Table: StableAbi + 'static {
     const ID: u32;
@@ -498,18 +618,17 @@ tables! {
     StreamCompleteV1 => cap::STREAM_COMPLETE, 1, "StreamComplete";
     DataCollectorV1 => cap::DATA_COLLECTOR, 1, "DataCollector";
     ConfigProviderV1 => cap::CONFIG_PROVIDER, 1, "ConfigProvider";
+    LifecycleV1 => cap::LIFECYCLE, 1, "Lifecycle";
     LogV1 => service::LOG, 1, "Log";
+    KvV1 => service::KV, 1, "Kv";
+    EventsV1 => service::EVENTS, 1, "Events";
+    LookupV1 => service::LOOKUP, 1, "Lookup";
 }
 
 impl TableEntry {
     /// An entry for a `'static` table.
     pub const fn new<T: Table>(table: &'static T) -> Self {
-        TableEntry {
-            id: T::ID,
-            version: T::VERSION,
-            layout: T::LAYOUT,
-            table: table as *const T as *const c_void,
-        }
+        TableEntry { id: T::ID, version: T::VERSION, layout: T::LAYOUT, table: table as *const T as *const c_void }
     }
 
     /// The table, if this entry is `T` with a compatible layout.
@@ -527,10 +646,7 @@ impl TableEntry {
             });
         }
         abi_stable::abi_stability::abi_checking::check_layout_compatibility(T::LAYOUT, self.layout)
-            .map_err(|errors| LayoutError {
-                table: T::NAME,
-                detail: summarize_layout_errors(&errors.to_string()),
-            })?;
+            .map_err(|errors| LayoutError { table: T::NAME, detail: summarize_layout_errors(&errors.to_string()) })?;
         // SAFETY: id and version match and abi_stable found the layouts compatible, and `table`
         // points to a `'static` table by construction (`TableEntry::new`).
         Ok(unsafe { &*(self.table as *const T) })
@@ -550,9 +666,7 @@ pub fn summarize_layout_errors(report: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     for (i, line) in lines.iter().enumerate() {
         if line.ends_with("inside:") {
-            field = lines[i..]
-                .iter()
-                .find_map(|l| l.strip_prefix("field_name:"));
+            field = lines[i..].iter().find_map(|l| l.strip_prefix("field_name:"));
         }
         let Some(error) = line.strip_prefix("Error:") else {
             continue;
@@ -562,9 +676,7 @@ pub fn summarize_layout_errors(report: &str) -> String {
             part.push_str(&format!("in field `{field}`: "));
         }
         part.push_str(error.trim());
-        if let (Some(expected), Some(found)) =
-            (value_after(i, "Expected:"), value_after(i, "Found:"))
-        {
+        if let (Some(expected), Some(found)) = (value_after(i, "Expected:"), value_after(i, "Found:")) {
             part.push_str(&format!(" (expected `{expected}`, found `{found}`)"));
         }
         if !parts.contains(&part) {
@@ -588,11 +700,7 @@ pub struct LayoutError {
 
 impl std::fmt::Display for LayoutError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "layout of the `{}` table does not match: {}",
-            self.table, self.detail
-        )
+        write!(f, "layout of the `{}` table does not match: {}", self.table, self.detail)
     }
 }
 
@@ -603,7 +711,8 @@ pub mod glue;
 mod host;
 mod loader;
 mod mock;
-pub use host::{HostServices, host_handle};
+pub(crate) use host::{EventClosure, raw_subscriber, read_trampoline};
+pub use host::{HostServices, ServiceResult, Subscriber, host_handle};
 pub use loader::{Library, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};

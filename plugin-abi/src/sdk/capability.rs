@@ -34,11 +34,7 @@ pub trait PreAuth: Plugin {
     label = "listed here"
 )]
 pub trait Auth: Plugin {
-    fn authenticate(
-        &self,
-        credential: &str,
-        req: &Request<'_>,
-    ) -> Result<AuthDecision, PluginError>;
+    fn authenticate(&self, credential: &str, req: &Request<'_>) -> Result<AuthDecision, PluginError>;
 
     /// The app a credential belongs to. Default: `None`.
     fn app_by_credential(&self, _credential: &str) -> Result<Option<Record>, PluginError> {
@@ -72,11 +68,7 @@ pub trait RequestInterceptor: Plugin {
     }
 
     /// Default: continue.
-    fn after_selection(
-        &self,
-        _req: &Request<'_>,
-        _upstream: &Upstream<'_>,
-    ) -> Result<Decision, PluginError> {
+    fn after_selection(&self, _req: &Request<'_>, _upstream: &Upstream<'_>) -> Result<Decision, PluginError> {
         Ok(Decision::Continue)
     }
 }
@@ -89,20 +81,12 @@ pub trait RequestInterceptor: Plugin {
 )]
 pub trait Response: Plugin {
     /// Status and headers; the body is empty here. Default: continue.
-    fn on_response_headers(
-        &self,
-        _ctx: &Context<'_>,
-        _resp: &UpstreamResponse<'_>,
-    ) -> Result<Decision, PluginError> {
+    fn on_response_headers(&self, _ctx: &Context<'_>, _resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
         Ok(Decision::Continue)
     }
 
     /// The whole body of a non-streaming response. Default: continue.
-    fn on_response_body(
-        &self,
-        _ctx: &Context<'_>,
-        _resp: &UpstreamResponse<'_>,
-    ) -> Result<Decision, PluginError> {
+    fn on_response_body(&self, _ctx: &Context<'_>, _resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
         Ok(Decision::Continue)
     }
 }
@@ -114,10 +98,7 @@ pub trait Response: Plugin {
 )]
 pub trait StreamChunk: Plugin {
     /// How many earlier chunks (and bytes) `Chunk::history` keeps. Default: none, which costs nothing.
-    const HISTORY: crate::HistoryLimits = crate::HistoryLimits {
-        max_chunks: 0,
-        max_bytes: 0,
-    };
+    const HISTORY: crate::HistoryLimits = crate::HistoryLimits { max_chunks: 0, max_bytes: 0 };
 
     /// Per-stream state, from `on_stream_start` to `on_stream_end`.
     type State: Send + 'static;
@@ -129,11 +110,7 @@ pub trait StreamChunk: Plugin {
         head: &UpstreamResponse<'_>,
     ) -> Result<Option<Self::State>, PluginError>;
 
-    fn on_chunk(
-        &self,
-        state: &mut Self::State,
-        chunk: &Chunk<'_>,
-    ) -> Result<ChunkDecision, PluginError>;
+    fn on_chunk(&self, state: &mut Self::State, chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError>;
 
     /// Called once for every stream that was not skipped, also when it ends early. Default: drop.
     fn on_stream_end(&self, _state: Self::State) {}
@@ -156,11 +133,7 @@ pub struct StreamSummary {
     label = "listed here"
 )]
 pub trait StreamComplete: Plugin {
-    fn on_stream_complete(
-        &self,
-        ctx: &Context<'_>,
-        summary: &StreamSummary,
-    ) -> Result<(), PluginError>;
+    fn on_stream_complete(&self, ctx: &Context<'_>, summary: &StreamSummary) -> Result<(), PluginError>;
 }
 
 /// One proxied request, as logged.
@@ -235,4 +208,20 @@ pub trait DataCollector: Plugin {
 )]
 pub trait ConfigProvider: Plugin {
     const SCHEMA: &'static str;
+}
+
+/// Lifecycle notifications beyond `init` and `shutdown`. Called on a gateway thread, not on the
+/// request path.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` lists capability `Lifecycle` but does not implement `plugin_abi::Lifecycle`",
+    label = "listed here"
+)]
+pub trait Lifecycle: Plugin {
+    /// Every configured plugin is initialised and the gateway is about to serve. Default: nothing.
+    fn on_ready(&self) {}
+
+    /// A newer version of this plugin was initialised and is about to take over: release what it
+    /// must take over (ports, files, locks). Requests in flight may still call this instance.
+    /// Default: nothing.
+    fn quiesce(&self) {}
 }

@@ -15,25 +15,16 @@ pub struct PluginError {
 impl PluginError {
     /// An error with code [`ffi::code::INTERNAL`].
     pub fn new(message: impl Into<String>) -> Self {
-        PluginError {
-            code: ffi::code::INTERNAL,
-            message: message.into(),
-        }
+        PluginError { code: ffi::code::INTERNAL, message: message.into() }
     }
 
     /// A configuration the plugin cannot use, code [`ffi::code::INVALID_CONFIG`].
     pub fn config(message: impl Into<String>) -> Self {
-        PluginError {
-            code: ffi::code::INVALID_CONFIG,
-            message: message.into(),
-        }
+        PluginError { code: ffi::code::INVALID_CONFIG, message: message.into() }
     }
 
     pub fn with_code(code: u32, message: impl Into<String>) -> Self {
-        PluginError {
-            code,
-            message: message.into(),
-        }
+        PluginError { code, message: message.into() }
     }
 }
 
@@ -47,19 +38,13 @@ impl std::error::Error for PluginError {}
 
 impl From<PluginError> for ffi::PluginError {
     fn from(e: PluginError) -> Self {
-        ffi::PluginError {
-            code: e.code,
-            message: e.message.into(),
-        }
+        ffi::PluginError { code: e.code, message: e.message.into() }
     }
 }
 
 impl From<ffi::PluginError> for PluginError {
     fn from(e: ffi::PluginError) -> Self {
-        PluginError {
-            code: e.code,
-            message: e.message.into_string(),
-        }
+        PluginError { code: e.code, message: e.message.into_string() }
     }
 }
 
@@ -85,9 +70,7 @@ impl Changes {
 
     /// Sets (replaces) a header.
     pub fn set_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.0
-            .set_headers
-            .push(owned_header(name.into(), value.into()));
+        self.0.set_headers.push(owned_header(name.into(), value.into()));
         self
     }
 
@@ -110,10 +93,7 @@ impl Changes {
 
     /// Adds request metadata that later hooks read with [`crate::Context::metadata`].
     pub fn metadata(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.0.metadata.push(ffi::OwnedKeyValue {
-            key: key.into().into(),
-            value: value.into().into(),
-        });
+        self.0.metadata.push(ffi::OwnedKeyValue { key: key.into().into(), value: value.into().into() });
         self
     }
 
@@ -128,10 +108,7 @@ impl Changes {
 
     /// The headers this sets, for tests.
     pub fn headers_set(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0
-            .set_headers
-            .iter()
-            .map(|h| (h.name.as_str(), h.value.as_str()))
+        self.0.set_headers.iter().map(|h| (h.name.as_str(), h.value.as_str()))
     }
 
     /// The replacement body, if any.
@@ -144,10 +121,7 @@ impl Changes {
 }
 
 fn owned_header(name: String, value: String) -> ffi::OwnedHeader {
-    ffi::OwnedHeader {
-        name: name.into(),
-        value: value.into(),
-    }
+    ffi::OwnedHeader { name: name.into(), value: value.into() }
 }
 
 /// A response sent by a plugin instead of the upstream's.
@@ -156,20 +130,13 @@ pub struct Reply(pub(crate) ffi::Reply);
 
 impl Reply {
     pub fn new(status: u16) -> Self {
-        Reply(ffi::Reply {
-            status,
-            headers: RVec::new(),
-            body: RVec::new(),
-        })
+        Reply(ffi::Reply { status, headers: RVec::new(), body: RVec::new() })
     }
 
     /// An OpenAI-style error: `{"error": {"message", "type", "code"}}`.
     pub fn error(status: u16, kind: &str, code: &str, message: &str) -> Self {
-        let body =
-            serde_json::json!({ "error": { "message": message, "type": kind, "code": code } });
-        Reply::new(status)
-            .header("content-type", "application/json")
-            .body(body.to_string())
+        let body = serde_json::json!({ "error": { "message": message, "type": kind, "code": code } });
+        Reply::new(status).header("content-type", "application/json").body(body.to_string())
     }
 
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -187,11 +154,7 @@ impl Reply {
     }
 
     pub fn header_value(&self, name: &str) -> Option<&str> {
-        self.0
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_str())
+        self.0.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.as_str())
     }
 
     pub fn body_bytes(&self) -> &[u8] {
@@ -227,10 +190,7 @@ impl From<AuthDecision> for ffi::AuthOutcome {
         match d {
             AuthDecision::Pass => ffi::AuthOutcome::Pass,
             AuthDecision::Allow { app_id, user_id } => {
-                ffi::AuthOutcome::Authenticated(ffi::Identity {
-                    app_id: app_id.into(),
-                    user_id: user_id.into(),
-                })
+                ffi::AuthOutcome::Authenticated(ffi::Identity { app_id: app_id.into(), user_id: user_id.into() })
             }
             AuthDecision::Deny(reason) => ffi::AuthOutcome::Denied(reason.into()),
         }
@@ -246,10 +206,7 @@ pub struct Record {
 
 impl From<Record> for ffi::RecordInfo {
     fn from(r: Record) -> Self {
-        ffi::RecordInfo {
-            id: r.id.into(),
-            name: r.name.into(),
-        }
+        ffi::RecordInfo { id: r.id.into(), name: r.name.into() }
     }
 }
 

@@ -1,40 +1,148 @@
 //! The plugin's handle to host services, and the plugin's config.
 
-use abi_stable::std_types::{RNone, RSome, RStr};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use abi_stable::std_types::{RNone, ROk, RSlice, RSome, RStr};
 use serde::de::DeserializeOwned;
 
 use crate::ffi;
 use crate::sdk::PluginError;
 
 /// Host services, handed to [`crate::Plugin::init`]. Cheap to clone; usable from any thread for the
-/// life of the plugin instance. A service the host does not offer (an older gateway) is a no-op.
+/// life of the plugin instance. A service the host does not offer (an older gateway) answers with
+/// an error, or `None` for lookups; logging to such a host is a no-op.
 #[derive(Clone)]
 pub struct Host {
     raw: ffi::HostHandle,
     log: Option<&'static ffi::LogV1>,
+    kv: Option<&'static ffi::KvV1>,
+    events: Option<&'static ffi::EventsV1>,
+    lookup: Option<&'static ffi::LookupV1>,
+    stop: StopSignal,
     /// Keeps a mock host's state alive; the real host owns its own.
-    _mock: Option<std::sync::Arc<ffi::MockServices>>,
+    _mock: Option<Arc<ffi::MockServices>>,
+}
+
+/// Set when the plugin instance is shutting down, before [`crate::Plugin::shutdown`] runs: hand a
+/// clone to each background thread and have it stop when this fires.
+#[derive(Clone, Default)]
+pub struct StopSignal(Arc<(Mutex<bool>, Condvar)>);
+
+impl StopSignal {
+    pub fn is_stopped(&self) -> bool {
+        *self.0.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits up to `timeout`; true if the signal fired.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        let (lock, cvar) = &*self.0;
+        let guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (stopped, _) =
+            cvar.wait_timeout_while(guard, timeout, |stopped| !*stopped).unwrap_or_else(|e| e.into_inner());
+        *stopped
+    }
+
+    pub(crate) fn fire(&self) {
+        let (lock, cvar) = &*self.0;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cvar.notify_all();
+    }
+}
+
+/// Where an event is meant to travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Direction {
+    /// This gateway only.
+    Local = ffi::direction::LOCAL,
+    /// Towards a control plane.
+    Up = ffi::direction::UP,
+    /// Towards edge gateways.
+    Down = ffi::direction::DOWN,
+}
+
+impl Direction {
+    fn from_u8(d: u8) -> Direction {
+        match d {
+            ffi::direction::UP => Direction::Up,
+            ffi::direction::DOWN => Direction::Down,
+            _ => Direction::Local,
+        }
+    }
+}
+
+/// An event as a subscriber receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Event<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub direction: Direction,
+    /// The publishing plugin.
+    pub source: &'a str,
+}
+
+/// An app from the gateway config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    /// Models it may use; empty means all.
+    pub models: Vec<String>,
+}
+
+impl From<ffi::AppInfo> for App {
+    fn from(a: ffi::AppInfo) -> Self {
+        App {
+            id: a.id.into_string(),
+            name: a.name.into_string(),
+            models: a.models.into_iter().map(|m| m.into_string()).collect(),
+        }
+    }
+}
+
+/// A model route from the gateway config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Model {
+    pub name: String,
+    pub upstream: String,
+    pub upstream_kind: String,
+    pub upstream_model: String,
+}
+
+fn missing(service: &str) -> PluginError {
+    PluginError::with_code(ffi::code::SERVICE, format!("this gateway does not offer the {service} service"))
+}
+
+fn lookup<T: ffi::Table>(raw: &ffi::HostHandle) -> Option<&'static T> {
+    match (raw.service)(raw.ctx, T::ID, T::VERSION) {
+        RSome(entry) => entry.get::<T>().ok(),
+        RNone => None,
+    }
 }
 
 impl Host {
     /// Wraps the handle the host passed to `create`, resolving and layout-checking services once.
     pub fn from_raw(raw: ffi::HostHandle) -> Self {
-        Host {
-            raw,
-            log: lookup::<ffi::LogV1>(&raw),
-            _mock: None,
-        }
+        Self::with_stop(raw, StopSignal::default())
     }
 
-    pub(crate) fn mock(services: std::sync::Arc<ffi::MockServices>) -> Self {
+    pub(crate) fn with_stop(raw: ffi::HostHandle, stop: StopSignal) -> Self {
+        Host { raw, log: lookup(&raw), kv: lookup(&raw), events: lookup(&raw), lookup: lookup(&raw), stop, _mock: None }
+    }
+
+    pub(crate) fn mock(services: Arc<ffi::MockServices>) -> Self {
         let raw = ffi::host_handle(&services);
-        Host {
-            _mock: Some(services),
-            ..Host::from_raw(raw)
-        }
+        Host { _mock: Some(services), ..Host::from_raw(raw) }
     }
 
-    /// Sends a line to the gateway's log, tagged with this plugin's name and version.
+    /// Fires when this instance shuts down (also on unload), before `Plugin::shutdown`.
+    pub fn stop_signal(&self) -> StopSignal {
+        self.stop.clone()
+    }
+
+    /// Sends a line to the gateway's log, tagged with this plugin's name and version. The gateway
+    /// filters by level and rate-limits each plugin.
     pub fn log(&self, level: Level, message: &str) {
         if let Some(log) = self.log {
             (log.log)(self.raw.ctx, level as u8, RStr::from_str(message));
@@ -56,13 +164,124 @@ impl Host {
     pub fn debug(&self, message: &str) {
         self.log(Level::Debug, message)
     }
+
+    fn kv(&self) -> Result<&'static ffi::KvV1, PluginError> {
+        self.kv.ok_or_else(|| missing("KV"))
+    }
+
+    /// Reads `key` in place, without copying it: `f` sees the stored bytes. `None` if absent.
+    pub fn kv_read<R>(&self, key: &str, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, PluginError> {
+        let kv = self.kv()?;
+        let mut f = Some(f);
+        let mut out = None;
+        let mut read = |value: &[u8]| {
+            if let Some(f) = f.take() {
+                out = Some(f(value));
+            }
+        };
+        let callback =
+            ffi::ReadCallback { read: trampoline_for(&read), user: &mut read as *mut _ as *mut std::ffi::c_void };
+        let found = (kv.get)(self.raw.ctx, key.into(), callback).into_result().map_err(PluginError::from)?;
+        Ok(if found { out } else { None })
+    }
+
+    /// A copy of the value of `key`, if any.
+    pub fn kv_get(&self, key: &str) -> Result<Option<Vec<u8>>, PluginError> {
+        self.kv_read(key, <[u8]>::to_vec)
+    }
+
+    /// Stores `value` under `key` in this plugin's namespace; returns once durable.
+    pub fn kv_set(&self, key: &str, value: &[u8]) -> Result<(), PluginError> {
+        self.kv_set_ttl(key, value, Duration::ZERO)
+    }
+
+    /// Like [`Host::kv_set`], expiring after `ttl` (zero: never).
+    pub fn kv_set_ttl(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), PluginError> {
+        let kv = self.kv()?;
+        (kv.set)(self.raw.ctx, key.into(), RSlice::from_slice(value), ttl.as_millis() as u64)
+            .into_result()
+            .map_err(PluginError::from)
+    }
+
+    /// Returns whether the key existed.
+    pub fn kv_delete(&self, key: &str) -> Result<bool, PluginError> {
+        (self.kv()?.delete)(self.raw.ctx, key.into()).into_result().map_err(PluginError::from)
+    }
+
+    /// Keys starting with `prefix`, in order, at most `limit`.
+    pub fn kv_list(&self, prefix: &str, limit: u32) -> Result<Vec<String>, PluginError> {
+        let keys = (self.kv()?.list)(self.raw.ctx, prefix.into(), limit).into_result().map_err(PluginError::from)?;
+        Ok(keys.into_iter().map(|k| k.into_string()).collect())
+    }
+
+    /// Atomically adds `delta` to the counter at `key` (absent or expired counts as 0) and
+    /// returns the new value; `ttl` applies when the counter is created. Durable on return.
+    pub fn kv_increment(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, PluginError> {
+        (self.kv()?.increment)(self.raw.ctx, key.into(), delta, ttl.as_millis() as u64)
+            .into_result()
+            .map_err(PluginError::from)
+    }
+
+    /// Publishes an event; delivered to subscribers on the host's event thread.
+    pub fn publish(&self, topic: &str, payload: &[u8], direction: Direction) -> Result<(), PluginError> {
+        let events = self.events.ok_or_else(|| missing("events"))?;
+        (events.publish)(self.raw.ctx, topic.into(), RSlice::from_slice(payload), direction as u8)
+            .into_result()
+            .map_err(PluginError::from)
+    }
+
+    /// Subscribes `f` to `topic` (`""`: every topic). Returns the id for [`Host::unsubscribe`];
+    /// the subscription also ends when the plugin unloads. `f` runs on the host's event thread.
+    pub fn subscribe(&self, topic: &str, f: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Result<u64, PluginError> {
+        let events = self.events.ok_or_else(|| missing("events"))?;
+        let closure: ffi::EventClosure = Box::new(move |raw: &ffi::RawEvent<'_>| {
+            f(&Event {
+                topic: raw.topic.as_str(),
+                payload: raw.payload.as_slice(),
+                direction: Direction::from_u8(raw.direction),
+                source: raw.source.as_str(),
+            })
+        });
+        match (events.subscribe)(self.raw.ctx, topic.into(), ffi::raw_subscriber(closure)) {
+            ROk(id) => Ok(id),
+            // The host dropped the subscriber, and with it the closure.
+            abi_stable::std_types::RErr(e) => Err(e.into()),
+        }
+    }
+
+    pub fn unsubscribe(&self, id: u64) -> bool {
+        self.events.is_some_and(|events| (events.unsubscribe)(self.raw.ctx, id))
+    }
+
+    /// An app from the gateway config.
+    pub fn app(&self, id: &str) -> Option<App> {
+        let lookup = self.lookup?;
+        (lookup.get_app)(self.raw.ctx, id.into()).into_option().map(App::from)
+    }
+
+    pub fn apps(&self) -> Vec<App> {
+        self.lookup.map_or_else(Vec::new, |l| (l.list_apps)(self.raw.ctx).into_iter().map(App::from).collect())
+    }
+
+    pub fn model(&self, name: &str) -> Option<Model> {
+        let m = (self.lookup?.model_info)(self.raw.ctx, name.into()).into_option()?;
+        Some(Model {
+            name: m.name.into_string(),
+            upstream: m.upstream.into_string(),
+            upstream_kind: m.upstream_kind.into_string(),
+            upstream_model: m.upstream_model.into_string(),
+        })
+    }
+
+    /// The (app id, user id) an API key from the gateway config belongs to.
+    pub fn validate_credential(&self, credential: &str) -> Option<(String, String)> {
+        let id = (self.lookup?.validate_credential)(self.raw.ctx, credential.into()).into_option()?;
+        Some((id.app_id.into_string(), id.user_id.into_string()))
+    }
 }
 
-fn lookup<T: ffi::Table>(raw: &ffi::HostHandle) -> Option<&'static T> {
-    match (raw.service)(raw.ctx, T::ID, T::VERSION) {
-        RSome(entry) => entry.get::<T>().ok(),
-        RNone => None,
-    }
+fn trampoline_for<F: FnMut(&[u8])>(_f: &F) -> extern "C" fn(*mut std::ffi::c_void, RSlice<'_, u8>) {
+    ffi::read_trampoline::<F>
 }
 
 /// Log levels, most to least severe.
@@ -105,7 +324,6 @@ impl<'a> Config<'a> {
 
     /// Deserializes the config; a mismatch is an [`PluginError::config`] naming the problem.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, PluginError> {
-        serde_json::from_str(self.0)
-            .map_err(|e| PluginError::config(format!("invalid config: {e}")))
+        serde_json::from_str(self.0).map_err(|e| PluginError::config(format!("invalid config: {e}")))
     }
 }

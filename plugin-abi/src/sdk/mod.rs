@@ -7,5 +7,5 @@ mod view;
 
 pub use capability::*;
 pub use decision::*;
-pub use host::{Config, Host, Level};
+pub use host::{App, Config, Direction, Event, Host, Level, Model, StopSignal};
 pub use view::{Chunk, Context, Headers, History, Request, Upstream, UpstreamResponse};

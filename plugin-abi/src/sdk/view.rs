@@ -19,10 +19,7 @@ pub struct Headers<'a>(&'a [ffi::RawHeader<'a>]);
 impl<'a> Headers<'a> {
     /// The first value of `name` (ASCII case-insensitive).
     pub fn get(&self, name: &str) -> Option<&'a [u8]> {
-        self.0
-            .iter()
-            .find(|h| h.name.as_str().eq_ignore_ascii_case(name))
-            .map(|h| h.value.as_slice())
+        self.0.iter().find(|h| h.name.as_str().eq_ignore_ascii_case(name)).map(|h| h.value.as_slice())
     }
 
     /// The first value of `name`, if it is UTF-8.
@@ -77,12 +74,7 @@ impl<'a> Context<'a> {
 
     /// Metadata set by earlier hooks (see [`crate::Changes::metadata`]).
     pub fn metadata(&self, key: &str) -> Option<&'a str> {
-        self.0
-            .metadata
-            .iter()
-            .rev()
-            .find(|kv| kv.key.as_str() == key)
-            .map(|kv| kv.value.as_str())
+        self.0.metadata.iter().rev().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.as_str())
     }
 }
 
@@ -203,10 +195,7 @@ impl<'a> Chunk<'a> {
     /// Earlier chunks as the client received them, oldest first, within the plugin's
     /// [`History`](crate::History) limits. Empty unless the plugin opted in.
     pub fn history(&self) -> History<'a> {
-        History {
-            raw: &self.0.history,
-            _chunk: std::marker::PhantomData,
-        }
+        History { raw: &self.0.history, _chunk: std::marker::PhantomData }
     }
 }
 

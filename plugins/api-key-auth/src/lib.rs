@@ -3,9 +3,7 @@
 
 use std::collections::HashMap;
 
-use plugin_abi::{
-    Auth, AuthDecision, Config, ConfigProvider, Host, Plugin, PluginError, Record, Request,
-};
+use plugin_abi::{Auth, AuthDecision, Config, ConfigProvider, Host, Plugin, PluginError, Record, Request};
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "api-key-auth", capabilities(Auth, ConfigProvider))]
@@ -34,9 +32,7 @@ impl Plugin for ApiKeyAuth {
     fn init(config: Config<'_>, host: Host) -> Result<Self, PluginError> {
         let settings: Settings = config.parse()?;
         host.info(&format!("{} API keys configured", settings.keys.len()));
-        Ok(ApiKeyAuth {
-            keys: settings.keys,
-        })
+        Ok(ApiKeyAuth { keys: settings.keys })
     }
 }
 
@@ -66,35 +62,28 @@ impl ConfigProvider for ApiKeyAuth {
 }
 
 impl Auth for ApiKeyAuth {
-    fn authenticate(
-        &self,
-        credential: &str,
-        _req: &Request<'_>,
-    ) -> Result<AuthDecision, PluginError> {
+    fn authenticate(&self, credential: &str, _req: &Request<'_>) -> Result<AuthDecision, PluginError> {
         if credential.is_empty() {
             return Ok(AuthDecision::Pass);
         }
         Ok(match self.keys.get(credential) {
-            Some(key) => AuthDecision::Allow {
-                app_id: key.app.clone(),
-                user_id: key.user.clone(),
-            },
+            Some(key) => AuthDecision::Allow { app_id: key.app.clone(), user_id: key.user.clone() },
             None => AuthDecision::Deny("invalid API key".into()),
         })
     }
 
     fn app_by_credential(&self, credential: &str) -> Result<Option<Record>, PluginError> {
-        Ok(self.keys.get(credential).map(|k| Record {
-            id: k.app.clone(),
-            name: k.app_name.clone().unwrap_or_else(|| k.app.clone()),
-        }))
+        Ok(self
+            .keys
+            .get(credential)
+            .map(|k| Record { id: k.app.clone(), name: k.app_name.clone().unwrap_or_else(|| k.app.clone()) }))
     }
 
     fn user_by_credential(&self, credential: &str) -> Result<Option<Record>, PluginError> {
-        Ok(self.keys.get(credential).map(|k| Record {
-            id: k.user.clone(),
-            name: k.user_name.clone().unwrap_or_else(|| k.user.clone()),
-        }))
+        Ok(self
+            .keys
+            .get(credential)
+            .map(|k| Record { id: k.user.clone(), name: k.user_name.clone().unwrap_or_else(|| k.user.clone()) }))
     }
 }
 
@@ -105,7 +94,9 @@ mod tests {
 
     fn plugin() -> (MockHost, ApiKeyAuth) {
         let host = MockHost::new();
-        let p = host.init(r#"{"keys": {"sk-test-0001": {"app": "app-1", "user": "alice", "app_name": "App One"}}}"#).unwrap();
+        let p = host
+            .init(r#"{"keys": {"sk-test-0001": {"app": "app-1", "user": "alice", "app_name": "App One"}}}"#)
+            .unwrap();
         (host, p)
     }
 
@@ -115,19 +106,10 @@ mod tests {
         let req = TestRequest::post("/v1/chat/completions");
         assert_eq!(
             req.with(|r| p.authenticate("sk-test-0001", r)).unwrap(),
-            AuthDecision::Allow {
-                app_id: "app-1".into(),
-                user_id: "alice".into()
-            }
+            AuthDecision::Allow { app_id: "app-1".into(), user_id: "alice".into() }
         );
-        assert_eq!(
-            req.with(|r| p.authenticate("sk-nope", r)).unwrap(),
-            AuthDecision::Deny("invalid API key".into())
-        );
-        assert_eq!(
-            req.with(|r| p.authenticate("", r)).unwrap(),
-            AuthDecision::Pass
-        );
+        assert_eq!(req.with(|r| p.authenticate("sk-nope", r)).unwrap(), AuthDecision::Deny("invalid API key".into()));
+        assert_eq!(req.with(|r| p.authenticate("", r)).unwrap(), AuthDecision::Pass);
         assert_eq!(host.logs()[0].1, "1 API keys configured");
     }
 
@@ -136,15 +118,9 @@ mod tests {
         let (_host, p) = plugin();
         assert_eq!(
             p.app_by_credential("sk-test-0001").unwrap(),
-            Some(Record {
-                id: "app-1".into(),
-                name: "App One".into()
-            })
+            Some(Record { id: "app-1".into(), name: "App One".into() })
         );
-        assert_eq!(
-            p.user_by_credential("sk-test-0001").unwrap().unwrap().name,
-            "alice"
-        );
+        assert_eq!(p.user_by_credential("sk-test-0001").unwrap().unwrap().name, "alice");
         assert_eq!(p.app_by_credential("sk-nope").unwrap(), None);
     }
 }

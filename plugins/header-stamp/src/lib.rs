@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use plugin_abi::{
-    Changes, Config, ConfigProvider, Context, Decision, Host, Plugin, PluginError, Response,
-    UpstreamResponse,
+    Changes, Config, ConfigProvider, Context, Decision, Host, Plugin, PluginError, Response, UpstreamResponse,
 };
 
 #[derive(plugin_abi::Plugin)]
@@ -23,9 +22,7 @@ struct Settings {
 impl Plugin for HeaderStamp {
     fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
         let settings: Settings = config.parse()?;
-        Ok(HeaderStamp {
-            headers: settings.headers.into_iter().collect(),
-        })
+        Ok(HeaderStamp { headers: settings.headers.into_iter().collect() })
     }
 }
 
@@ -44,15 +41,8 @@ impl ConfigProvider for HeaderStamp {
 }
 
 impl Response for HeaderStamp {
-    fn on_response_headers(
-        &self,
-        _ctx: &Context<'_>,
-        _resp: &UpstreamResponse<'_>,
-    ) -> Result<Decision, PluginError> {
-        let changes = self
-            .headers
-            .iter()
-            .fold(Changes::new(), |c, (name, value)| c.set_header(name, value));
+    fn on_response_headers(&self, _ctx: &Context<'_>, _resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
+        let changes = self.headers.iter().fold(Changes::new(), |c, (name, value)| c.set_header(name, value));
         Ok(Decision::Modify(changes))
     }
 }
@@ -64,31 +54,18 @@ mod tests {
 
     #[test]
     fn stamps_every_configured_header() {
-        let plugin: HeaderStamp = MockHost::new()
-            .init(r#"{"headers": {"x-a": "1", "x-b": "2"}}"#)
-            .unwrap();
+        let plugin: HeaderStamp = MockHost::new().init(r#"{"headers": {"x-a": "1", "x-b": "2"}}"#).unwrap();
         let decision = TestRequest::post("/v1/chat/completions")
-            .with_context(|ctx| {
-                TestResponse::new(200).with(|resp| plugin.on_response_headers(ctx, resp))
-            })
+            .with_context(|ctx| TestResponse::new(200).with(|resp| plugin.on_response_headers(ctx, resp)))
             .unwrap();
-        let Decision::Modify(changes) = decision else {
-            panic!("expected Modify, got {decision:?}")
-        };
-        assert_eq!(
-            changes.headers_set().collect::<Vec<_>>(),
-            [("x-a", "1"), ("x-b", "2")]
-        );
+        let Decision::Modify(changes) = decision else { panic!("expected Modify, got {decision:?}") };
+        assert_eq!(changes.headers_set().collect::<Vec<_>>(), [("x-a", "1"), ("x-b", "2")]);
     }
 
     #[test]
     fn rejects_a_config_without_headers() {
         let err = MockHost::new().init::<HeaderStamp>("{}").err().unwrap();
         assert_eq!(err.code, plugin_abi::ffi::code::INVALID_CONFIG);
-        assert!(
-            err.message.contains("missing field `headers`"),
-            "{}",
-            err.message
-        );
+        assert!(err.message.contains("missing field `headers`"), "{}", err.message);
     }
 }

@@ -5,9 +5,7 @@
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use plugin_abi::{
-    Config, ConfigProvider, Decision, Host, Plugin, PluginError, PreAuth, Reply, Request,
-};
+use plugin_abi::{Config, ConfigProvider, Decision, Host, Plugin, PluginError, PreAuth, Reply, Request};
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "ip-filter", capabilities(PreAuth, ConfigProvider))]
@@ -26,13 +24,9 @@ struct Settings {
 fn nets(list: &[String], field: &str) -> Result<Vec<IpNet>, PluginError> {
     list.iter()
         .map(|s| {
-            s.parse::<IpNet>()
-                .or_else(|_| s.parse::<IpAddr>().map(IpNet::from))
-                .map_err(|_| {
-                    PluginError::config(format!(
-                        "{field}: expected a CIDR network or an IP address, found {s:?}"
-                    ))
-                })
+            s.parse::<IpNet>().or_else(|_| s.parse::<IpAddr>().map(IpNet::from)).map_err(|_| {
+                PluginError::config(format!("{field}: expected a CIDR network or an IP address, found {s:?}"))
+            })
         })
         .collect()
 }
@@ -40,10 +34,7 @@ fn nets(list: &[String], field: &str) -> Result<Vec<IpNet>, PluginError> {
 impl Plugin for IpFilter {
     fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
         let s: Settings = config.parse()?;
-        Ok(IpFilter {
-            allow: nets(&s.allow, "allow")?,
-            deny: nets(&s.deny, "deny")?,
-        })
+        Ok(IpFilter { allow: nets(&s.allow, "allow")?, deny: nets(&s.deny, "deny")? })
     }
 }
 
@@ -88,20 +79,11 @@ mod tests {
 
     #[test]
     fn deny_wins_and_allow_limits() {
-        let p: IpFilter = MockHost::new()
-            .init(r#"{"allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.2"]}"#)
-            .unwrap();
-        let decide = |ip: &str| {
-            TestRequest::post("/")
-                .client_ip(ip)
-                .with(|r| p.on_pre_auth(r))
-                .unwrap()
-        };
+        let p: IpFilter = MockHost::new().init(r#"{"allow": ["127.0.0.0/8", "::1"], "deny": ["127.0.0.2"]}"#).unwrap();
+        let decide = |ip: &str| TestRequest::post("/").client_ip(ip).with(|r| p.on_pre_auth(r)).unwrap();
         assert_eq!(decide("127.0.0.1"), Decision::Continue);
         assert_eq!(decide("::1"), Decision::Continue);
-        let Decision::Respond(reply) = decide("127.0.0.2") else {
-            panic!("127.0.0.2 is denied")
-        };
+        let Decision::Respond(reply) = decide("127.0.0.2") else { panic!("127.0.0.2 is denied") };
         assert_eq!(reply.status(), 403);
         assert!(String::from_utf8_lossy(reply.body_bytes()).contains("ip_denied"));
         assert!(matches!(decide("10.1.2.3"), Decision::Respond(_)));
@@ -109,14 +91,7 @@ mod tests {
 
     #[test]
     fn a_bad_network_is_a_config_error() {
-        let err = MockHost::new()
-            .init::<IpFilter>(r#"{"deny": ["10.0.0.0/33"]}"#)
-            .err()
-            .unwrap();
-        assert!(
-            err.message.contains("deny: expected a CIDR network"),
-            "{}",
-            err.message
-        );
+        let err = MockHost::new().init::<IpFilter>(r#"{"deny": ["10.0.0.0/33"]}"#).err().unwrap();
+        assert!(err.message.contains("deny: expected a CIDR network"), "{}", err.message);
     }
 }

@@ -9,17 +9,14 @@
 use std::borrow::Cow;
 
 use plugin_abi::{
-    Changes, Chunk, ChunkDecision, Config, ConfigProvider, Context, Decision, Host, Plugin,
-    PluginError, Response, StreamChunk, UpstreamResponse,
+    Changes, Chunk, ChunkDecision, Config, ConfigProvider, Context, Decision, Host, Plugin, PluginError, Response,
+    StreamChunk, UpstreamResponse,
 };
 use regex::Regex;
 use serde_json::Value;
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(
-    name = "pii-redact",
-    capabilities(Response, StreamChunk, ConfigProvider)
-)]
+#[plugin(name = "pii-redact", capabilities(Response, StreamChunk, ConfigProvider))]
 pub struct PiiRedact {
     email: Option<Regex>,
     card: Option<Regex>,
@@ -36,11 +33,7 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            emails: true,
-            cards: true,
-            replacement: "[REDACTED]".into(),
-        }
+        Settings { emails: true, cards: true, replacement: "[REDACTED]".into() }
     }
 }
 
@@ -48,14 +41,9 @@ impl Plugin for PiiRedact {
     fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
         let s: Settings = config.parse()?;
         let email =
-            Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
-                .expect("valid regex");
+            Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").expect("valid regex");
         let card = Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").expect("valid regex");
-        Ok(PiiRedact {
-            email: s.emails.then_some(email),
-            card: s.cards.then_some(card),
-            replacement: s.replacement,
-        })
+        Ok(PiiRedact { email: s.emails.then_some(email), card: s.cards.then_some(card), replacement: s.replacement })
     }
 }
 
@@ -78,13 +66,7 @@ fn luhn(number: &str) -> bool {
         .iter()
         .rev()
         .enumerate()
-        .map(|(i, &d)| {
-            if i % 2 == 1 {
-                if d * 2 > 9 { d * 2 - 9 } else { d * 2 }
-            } else {
-                d
-            }
-        })
+        .map(|(i, &d)| if i % 2 == 1 { if d * 2 > 9 { d * 2 - 9 } else { d * 2 } } else { d })
         .sum();
     digits.len() >= 13 && sum % 10 == 0
 }
@@ -99,13 +81,13 @@ impl PiiRedact {
         }
         if let Some(re) = &self.card {
             if re.is_match(&out) {
-                let replaced = re.replace_all(&out, |c: &regex::Captures<'_>| {
-                    if luhn(&c[0]) {
-                        self.replacement.clone()
-                    } else {
-                        c[0].to_owned()
-                    }
-                });
+                let replaced =
+                    re.replace_all(
+                        &out,
+                        |c: &regex::Captures<'_>| {
+                            if luhn(&c[0]) { self.replacement.clone() } else { c[0].to_owned() }
+                        },
+                    );
                 out = Cow::Owned(replaced.into_owned());
             }
         }
@@ -127,20 +109,14 @@ fn safe_split(text: &str) -> usize {
 }
 
 impl Response for PiiRedact {
-    fn on_response_body(
-        &self,
-        _ctx: &Context<'_>,
-        resp: &UpstreamResponse<'_>,
-    ) -> Result<Decision, PluginError> {
+    fn on_response_body(&self, _ctx: &Context<'_>, resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
         let Ok(mut body) = serde_json::from_slice::<Value>(resp.body()) else {
             return Ok(Decision::Continue);
         };
         let mut changed = false;
         if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
             for choice in choices {
-                if let Some(Value::String(content)) =
-                    choice.get_mut("message").and_then(|m| m.get_mut("content"))
-                {
+                if let Some(Value::String(content)) = choice.get_mut("message").and_then(|m| m.get_mut("content")) {
                     if let Cow::Owned(redacted) = self.redact(content) {
                         *content = redacted;
                         changed = true;
@@ -164,11 +140,7 @@ pub struct Held {
 impl StreamChunk for PiiRedact {
     type State = Held;
 
-    fn on_stream_start(
-        &self,
-        _ctx: &Context<'_>,
-        head: &UpstreamResponse<'_>,
-    ) -> Result<Option<Held>, PluginError> {
+    fn on_stream_start(&self, _ctx: &Context<'_>, head: &UpstreamResponse<'_>) -> Result<Option<Held>, PluginError> {
         Ok((head.status() == 200).then(Held::default))
     }
 
@@ -188,11 +160,7 @@ impl StreamChunk for PiiRedact {
             return Ok(ChunkDecision::Pass);
         }
         held.text.push_str(incoming);
-        let cut = if finished {
-            held.text.len()
-        } else {
-            safe_split(&held.text)
-        };
+        let cut = if finished { held.text.len() } else { safe_split(&held.text) };
         let rest = held.text.split_off(cut);
         let out = self.redact(&held.text).into_owned();
         held.text = rest;
@@ -216,18 +184,9 @@ mod tests {
     #[test]
     fn redacts_emails_and_valid_card_numbers_only() {
         let p = plugin();
-        assert_eq!(
-            p.redact("mail john.doe@example.com now"),
-            "mail [REDACTED] now"
-        );
-        assert_eq!(
-            p.redact("card 4111 1111 1111 1111 ok"),
-            "card [REDACTED] ok"
-        );
-        assert_eq!(
-            p.redact("order 1234567890123 is not a card"),
-            "order 1234567890123 is not a card"
-        );
+        assert_eq!(p.redact("mail john.doe@example.com now"), "mail [REDACTED] now");
+        assert_eq!(p.redact("card 4111 1111 1111 1111 ok"), "card [REDACTED] ok");
+        assert_eq!(p.redact("order 1234567890123 is not a card"), "order 1234567890123 is not a card");
         assert!(matches!(p.redact("nothing here"), Cow::Borrowed(_)));
     }
 
@@ -243,26 +202,18 @@ mod tests {
         let p = plugin();
         let body = r#"{"choices":[{"message":{"role":"assistant","content":"write to a@b.io"}}]}"#;
         let d = TestRequest::post("/")
-            .with_context(|ctx| {
-                TestResponse::new(200)
-                    .body(body)
-                    .with(|r| p.on_response_body(ctx, r))
-            })
+            .with_context(|ctx| TestResponse::new(200).body(body).with(|r| p.on_response_body(ctx, r)))
             .unwrap();
-        let Decision::Modify(c) = d else {
-            panic!("expected a change")
-        };
+        let Decision::Modify(c) = d else { panic!("expected a change") };
         let v: Value = serde_json::from_slice(c.new_body().unwrap()).unwrap();
         assert_eq!(v["choices"][0]["message"]["content"], "write to [REDACTED]");
     }
 
     fn delta(content: &str, finish: bool) -> Vec<u8> {
-        let finish = if finish {
-            Value::from("stop")
-        } else {
-            Value::Null
-        };
-        serde_json::json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":finish}]}).to_string().into_bytes()
+        let finish = if finish { Value::from("stop") } else { Value::Null };
+        serde_json::json!({"choices":[{"index":0,"delta":{"content":content},"finish_reason":finish}]})
+            .to_string()
+            .into_bytes()
     }
 
     #[test]
@@ -275,9 +226,7 @@ mod tests {
             delta("", true),
         ];
         let refs: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-        let out = run_stream(&p, &TestRequest::post("/"), &TestResponse::new(200), &refs)
-            .unwrap()
-            .unwrap();
+        let out = run_stream(&p, &TestRequest::post("/"), &TestResponse::new(200), &refs).unwrap().unwrap();
         let text: String = out
             .iter()
             .map(|c| {
@@ -293,13 +242,7 @@ mod tests {
 
     #[test]
     fn skips_error_streams() {
-        let out = run_stream(
-            &plugin(),
-            &TestRequest::post("/"),
-            &TestResponse::new(500),
-            &[b"x"],
-        )
-        .unwrap();
+        let out = run_stream(&plugin(), &TestRequest::post("/"), &TestResponse::new(500), &[b"x"]).unwrap();
         assert_eq!(out, None);
     }
 }

@@ -2,9 +2,7 @@
 //! cost an upstream call.
 #![forbid(unsafe_code)]
 
-use plugin_abi::{
-    Config, ConfigProvider, Decision, Host, Plugin, PluginError, PostAuth, Reply, Request,
-};
+use plugin_abi::{Config, ConfigProvider, Decision, Host, Plugin, PluginError, PostAuth, Reply, Request};
 use serde::Deserialize;
 
 #[derive(plugin_abi::Plugin)]
@@ -23,20 +21,14 @@ struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            max_messages: 64,
-            max_prompt_chars: 32_000,
-        }
+        Settings { max_messages: 64, max_prompt_chars: 32_000 }
     }
 }
 
 impl Plugin for RequestValidator {
     fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
         let s: Settings = config.parse()?;
-        Ok(RequestValidator {
-            max_messages: s.max_messages,
-            max_prompt_chars: s.max_prompt_chars,
-        })
+        Ok(RequestValidator { max_messages: s.max_messages, max_prompt_chars: s.max_prompt_chars })
     }
 }
 
@@ -66,22 +58,15 @@ struct Message {
 fn chars(content: &serde_json::Value) -> usize {
     match content {
         serde_json::Value::String(s) => s.chars().count(),
-        serde_json::Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(|t| t.as_str()))
-            .map(|t| t.chars().count())
-            .sum(),
+        serde_json::Value::Array(parts) => {
+            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).map(|t| t.chars().count()).sum()
+        }
         _ => 0,
     }
 }
 
 fn reject(message: String) -> Decision {
-    Decision::Respond(Reply::error(
-        400,
-        "invalid_request_error",
-        "request_rejected",
-        &message,
-    ))
+    Decision::Respond(Reply::error(400, "invalid_request_error", "request_rejected", &message))
 }
 
 impl PostAuth for RequestValidator {
@@ -115,32 +100,15 @@ mod tests {
 
     #[test]
     fn rejects_too_many_messages_and_too_long_prompts() {
-        let p: RequestValidator = MockHost::new()
-            .init(r#"{"max_messages": 2, "max_prompt_chars": 10}"#)
-            .unwrap();
-        let run = |body: &str| {
-            TestRequest::post("/")
-                .body(body)
-                .with(|r| p.on_post_auth(r))
-                .unwrap()
-        };
-        assert_eq!(
-            run(r#"{"messages":[{"role":"user","content":"hi"}]}"#),
-            Decision::Continue
-        );
-        let Decision::Respond(r) =
-            run(r#"{"messages":[{"content":"a"},{"content":"b"},{"content":"c"}]}"#)
-        else {
+        let p: RequestValidator = MockHost::new().init(r#"{"max_messages": 2, "max_prompt_chars": 10}"#).unwrap();
+        let run = |body: &str| TestRequest::post("/").body(body).with(|r| p.on_post_auth(r)).unwrap();
+        assert_eq!(run(r#"{"messages":[{"role":"user","content":"hi"}]}"#), Decision::Continue);
+        let Decision::Respond(r) = run(r#"{"messages":[{"content":"a"},{"content":"b"},{"content":"c"}]}"#) else {
             panic!()
         };
         assert_eq!(r.status(), 400);
-        assert!(
-            String::from_utf8_lossy(r.body_bytes())
-                .contains("too many messages: expected at most 2, found 3")
-        );
-        let Decision::Respond(r) =
-            run(r#"{"messages":[{"content":[{"type":"text","text":"01234567890"}]}]}"#)
-        else {
+        assert!(String::from_utf8_lossy(r.body_bytes()).contains("too many messages: expected at most 2, found 3"));
+        let Decision::Respond(r) = run(r#"{"messages":[{"content":[{"type":"text","text":"01234567890"}]}]}"#) else {
             panic!()
         };
         assert!(

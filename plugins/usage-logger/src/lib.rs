@@ -6,9 +6,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::Mutex;
 
-use plugin_abi::{
-    Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Plugin, PluginError, ProxyLog,
-};
+use plugin_abi::{Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Plugin, PluginError, ProxyLog};
 use serde_json::json;
 
 #[derive(plugin_abi::Plugin)]
@@ -26,22 +24,16 @@ struct Settings {
 impl Plugin for UsageLogger {
     fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
         let s: Settings = config.parse()?;
-        if let Some(dir) = std::path::Path::new(&s.path)
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-        {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                PluginError::config(format!("cannot create {}: {e}", dir.display()))
-            })?;
+        if let Some(dir) = std::path::Path::new(&s.path).parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| PluginError::config(format!("cannot create {}: {e}", dir.display())))?;
         }
         let file = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&s.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", s.path)))?;
-        Ok(UsageLogger {
-            out: Mutex::new(BufWriter::new(file)),
-        })
+        Ok(UsageLogger { out: Mutex::new(BufWriter::new(file)) })
     }
 
     fn shutdown(&mut self) {
@@ -106,19 +98,11 @@ mod tests {
         let path = dir.join("usage.jsonl");
         let config = json!({ "path": path }).to_string();
         let logger: UsageLogger = MockHost::new().init(&config).unwrap();
-        let budget = Budget {
-            app_id: "app",
-            user_id: "u",
-            model: "m",
-            total_tokens: 7,
-        };
+        let budget = Budget { app_id: "app", user_id: "u", model: "m", total_tokens: 7 };
         logger.on_budget(&budget).unwrap();
         logger.on_budget(&budget).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["type"], "budget");
         assert_eq!(lines[1]["total_tokens"], 7);

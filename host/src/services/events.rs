@@ -1,0 +1,139 @@
+//! Local publish/subscribe for plugins: events queue into a bounded channel and are delivered
+//! on the event thread, off the request path. Each subscription belongs to one plugin instance
+//! and ends with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Sender, TrySendError, bounded};
+use parking_lot::Mutex;
+use plugin_abi::ffi::{RawEvent, Subscriber};
+
+struct Subscription {
+    id: u64,
+    owner: u64,
+    /// Empty: every topic.
+    topic: String,
+    subscriber: Arc<Subscriber>,
+}
+
+struct Event {
+    topic: String,
+    payload: Vec<u8>,
+    direction: u8,
+    source: String,
+}
+
+pub struct EventBus {
+    subscriptions: Mutex<Vec<Subscription>>,
+    /// Held by the event thread while it delivers one event: ending a plugin's subscriptions
+    /// takes it too, so no callback into the plugin is still running once that returns.
+    delivering: Arc<Mutex<()>>,
+    tx: Mutex<Option<Sender<Event>>>,
+    worker: Mutex<Option<JoinHandle<()>>>,
+    next_id: AtomicU64,
+    pub dropped: AtomicU64,
+}
+
+impl EventBus {
+    pub fn start(capacity: usize) -> Arc<EventBus> {
+        let (tx, rx) = bounded::<Event>(capacity);
+        let bus = Arc::new(EventBus {
+            subscriptions: Mutex::new(Vec::new()),
+            delivering: Arc::new(Mutex::new(())),
+            tx: Mutex::new(Some(tx)),
+            worker: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            dropped: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&bus);
+        let worker = std::thread::Builder::new()
+            .name("events".into())
+            .spawn(move || {
+                for event in rx {
+                    let Some(bus) = weak.upgrade() else { return };
+                    bus.deliver(&event);
+                }
+            })
+            .expect("spawning the event thread");
+        *bus.worker.lock() = Some(worker);
+        bus
+    }
+
+    fn deliver(&self, event: &Event) {
+        let _delivering = self.delivering.lock();
+        let targets: Vec<Arc<Subscriber>> = self
+            .subscriptions
+            .lock()
+            .iter()
+            .filter(|s| s.topic.is_empty() || s.topic == event.topic)
+            .map(|s| s.subscriber.clone())
+            .collect();
+        let raw = RawEvent {
+            topic: event.topic.as_str().into(),
+            payload: event.payload.as_slice().into(),
+            direction: event.direction,
+            source: event.source.as_str().into(),
+        };
+        for target in targets {
+            target.deliver(&raw);
+        }
+    }
+
+    pub fn publish(&self, source: &str, topic: &str, payload: &[u8], direction: u8) -> Result<(), String> {
+        let tx = self.tx.lock();
+        let tx = tx.as_ref().ok_or("the event bus is shut down")?;
+        let event = Event { topic: topic.to_owned(), payload: payload.to_vec(), direction, source: source.to_owned() };
+        match tx.try_send(event) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => {
+                self.dropped.fetch_add(1, Relaxed);
+                Err(format!("event queue full: expected room for 1 more of {} events", tx.capacity().unwrap_or(0)))
+            }
+            Err(TrySendError::Disconnected(_)) => Err("the event bus is shut down".into()),
+        }
+    }
+
+    pub fn subscribe(&self, owner: u64, topic: &str, subscriber: Subscriber) -> u64 {
+        let id = self.next_id.fetch_add(1, Relaxed);
+        self.subscriptions.lock().push(Subscription {
+            id,
+            owner,
+            topic: topic.to_owned(),
+            subscriber: Arc::new(subscriber),
+        });
+        id
+    }
+
+    /// Ends subscription `id` if `owner` holds it.
+    pub fn unsubscribe(&self, owner: u64, id: u64) -> bool {
+        let removed = {
+            let mut subs = self.subscriptions.lock();
+            let at = subs.iter().position(|s| s.id == id && s.owner == owner);
+            at.map(|i| subs.remove(i))
+        };
+        removed.is_some()
+    }
+
+    /// Ends every subscription of `owner`, waiting for a delivery in progress, so that the
+    /// plugin's callbacks are neither running nor referenced when this returns.
+    pub fn end_owner(&self, owner: u64) {
+        let ended: Vec<Subscription> = {
+            let mut subs = self.subscriptions.lock();
+            let (ended, kept) = std::mem::take(&mut *subs).into_iter().partition(|s| s.owner == owner);
+            *subs = kept;
+            ended
+        };
+        let _wait = self.delivering.lock();
+        drop(ended);
+    }
+
+    /// Delivers what is queued, then stops the event thread.
+    pub fn shutdown(&self) {
+        self.tx.lock().take();
+        if let Some(worker) = self.worker.lock().take() {
+            let _ = worker.join();
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Host services for plugins: logging, KV, events and lookups. [`Services`] is shared by the
+//! gateway; each plugin instance reaches it through its own [`PluginServices`], which
+//! identifies the plugin in everything it does.
+
+pub mod events;
+pub mod kv;
+pub mod lookup;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use plugin_abi::ffi::{AppInfo, HostServices, ModelInfo, ServiceResult, Subscriber, level};
+
+use crate::config::LoggingConfig;
+use crate::metrics::Metrics;
+use events::EventBus;
+use kv::KvStore;
+use lookup::Lookup;
+
+/// What every plugin instance shares.
+pub struct Services {
+    pub kv: Arc<dyn KvStore>,
+    pub events: Arc<EventBus>,
+    pub lookup: Lookup,
+    pub logging: LoggingConfig,
+    pub metrics: Arc<Metrics>,
+    next_instance: AtomicU64,
+}
+
+impl Services {
+    pub fn new(
+        kv: Arc<dyn KvStore>,
+        events: Arc<EventBus>,
+        lookup: Lookup,
+        logging: LoggingConfig,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        Arc::new(Services { kv, events, lookup, logging, metrics, next_instance: AtomicU64::new(1) })
+    }
+}
+
+impl Services {
+    /// Services over an embedded KV store in `dir`, with default limits and no apps: for loading
+    /// plugins outside a gateway (tests, benchmarks, `gateway check`).
+    pub fn standalone(dir: &std::path::Path) -> Result<Arc<Self>, kv::KvError> {
+        let config = crate::config::KvConfig::default();
+        let limits = kv::KvLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
+        let kv = kv::EmbeddedKv::open(&dir.join("kv.redb"), limits)?;
+        Ok(Services::new(
+            kv,
+            EventBus::start(64),
+            Lookup::default(),
+            LoggingConfig::default(),
+            Arc::new(Metrics::default()),
+        ))
+    }
+}
+
+/// A token bucket: `rate` lines per second, bursts up to `burst`.
+struct Bucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// The services one plugin instance sees.
+pub struct PluginServices {
+    pub name: String,
+    pub version: String,
+    instance: u64,
+    shared: Arc<Services>,
+    bucket: Mutex<Bucket>,
+    log_dropped: Arc<AtomicU64>,
+}
+
+impl PluginServices {
+    pub fn new(name: &str, version: &str, shared: &Arc<Services>) -> Arc<Self> {
+        Arc::new(PluginServices {
+            name: name.to_owned(),
+            version: version.to_owned(),
+            instance: shared.next_instance.fetch_add(1, Relaxed),
+            bucket: Mutex::new(Bucket { tokens: f64::from(shared.logging.plugin_burst), last: Instant::now() }),
+            log_dropped: shared.metrics.plugin_counter("gateway_plugin_log_dropped_total", name),
+            shared: shared.clone(),
+        })
+    }
+
+    /// Ends what the instance holds on to in the host (its event subscriptions). Called before
+    /// the instance is destroyed.
+    pub fn end(&self) {
+        self.shared.events.end_owner(self.instance);
+    }
+
+    fn admit_log(&self) -> bool {
+        let logging = &self.shared.logging;
+        let mut b = self.bucket.lock();
+        let now = Instant::now();
+        let refill = now.duration_since(b.last).as_secs_f64() * f64::from(logging.plugin_lines_per_sec);
+        b.tokens = (b.tokens + refill).min(f64::from(logging.plugin_burst));
+        b.last = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+fn ttl(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+impl HostServices for PluginServices {
+    fn log(&self, lvl: u8, message: &str) {
+        if lvl > self.shared.logging.plugin_max_level() {
+            return;
+        }
+        if !self.admit_log() {
+            let dropped = self.log_dropped.fetch_add(1, Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(plugin = %self.name, dropped, "plugin log rate limit reached: lines dropped");
+            }
+            return;
+        }
+        let (plugin, version) = (self.name.as_str(), self.version.as_str());
+        match lvl {
+            level::ERROR => tracing::error!(target: "plugin", plugin, version, "{message}"),
+            level::WARN => tracing::warn!(target: "plugin", plugin, version, "{message}"),
+            level::INFO => tracing::info!(target: "plugin", plugin, version, "{message}"),
+            level::DEBUG => tracing::debug!(target: "plugin", plugin, version, "{message}"),
+            _ => tracing::trace!(target: "plugin", plugin, version, "{message}"),
+        }
+    }
+
+    fn kv_get(&self, key: &str, read: &mut dyn FnMut(&[u8])) -> ServiceResult<bool> {
+        self.shared.kv.get(&self.name, key, read).map_err(|e| e.0)
+    }
+
+    fn kv_set(&self, key: &str, value: &[u8], ttl_ms: u64) -> ServiceResult<()> {
+        self.shared.kv.set(&self.name, key, value, ttl(ttl_ms)).map_err(|e| e.0)
+    }
+
+    fn kv_delete(&self, key: &str) -> ServiceResult<bool> {
+        self.shared.kv.delete(&self.name, key).map_err(|e| e.0)
+    }
+
+    fn kv_list(&self, prefix: &str, limit: usize) -> ServiceResult<Vec<String>> {
+        self.shared.kv.list(&self.name, prefix, limit).map_err(|e| e.0)
+    }
+
+    fn kv_increment(&self, key: &str, delta: i64, ttl_ms: u64) -> ServiceResult<i64> {
+        self.shared.kv.increment(&self.name, key, delta, ttl(ttl_ms)).map_err(|e| e.0)
+    }
+
+    fn publish(&self, topic: &str, payload: &[u8], direction: u8) -> ServiceResult<()> {
+        self.shared.events.publish(&self.name, topic, payload, direction)
+    }
+
+    fn subscribe(&self, topic: &str, subscriber: Subscriber) -> ServiceResult<u64> {
+        Ok(self.shared.events.subscribe(self.instance, topic, subscriber))
+    }
+
+    fn unsubscribe(&self, id: u64) -> bool {
+        self.shared.events.unsubscribe(self.instance, id)
+    }
+
+    fn get_app(&self, id: &str) -> Option<AppInfo> {
+        self.shared.lookup.app(id)
+    }
+
+    fn list_apps(&self) -> Vec<AppInfo> {
+        self.shared.lookup.apps()
+    }
+
+    fn model_info(&self, model: &str) -> Option<ModelInfo> {
+        self.shared.lookup.model(model)
+    }
+
+    fn validate_credential(&self, credential: &str) -> Option<(String, String)> {
+        self.shared.lookup.credential(credential)
+    }
+}
