@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gateway_benches::{Payload, artifact, load_instances, read_frame};
+use gateway_benches::{Payload, artifact, load_instances, load_with_config, read_frame};
 use plugin_abi::{Decision, PluginError, Request};
 
 static NATIVE_LAST_BODY_PTR: AtomicUsize = AtomicUsize::new(0);
@@ -112,6 +112,16 @@ fn dispatch(c: &mut Criterion) {
             frame.len()
         );
     }
+    // A hot KV read from inside the hook: (b) plus one read of a 35-byte value through the host.
+    let kv_dir = tempfile::tempdir().unwrap();
+    let config: toml::Table = toml::from_str("kv_key = \"tier\"").unwrap();
+    let with_kv = &load_with_config("libbench_hooks.so", 1, kv_dir.path(), config)[0];
+    let kv_post_auth = with_kv.capabilities().post_auth.expect("PostAuth");
+    Payload::all()[1].with_raw(|raw| {
+        group.bench_function(BenchmarkId::new("b_plugin_abi_with_kv_read", "1KiB+16h"), |b| {
+            b.iter(|| black_box((kv_post_auth.on_post_auth)(with_kv.instance(), black_box(raw))))
+        });
+    });
     group.finish();
     drop(conn);
     let _ = server.kill();

@@ -159,6 +159,11 @@ pub fn write_frame(stream: &mut impl Write, payload: &[u8]) -> std::io::Result<(
 
 /// Loads `count` instances of the plugin in `lib` (a file name in the target dir).
 pub fn load_instances(lib: &str, count: usize, copies: &Path) -> Vec<Arc<LoadedPlugin>> {
+    load_with_config(lib, count, copies, toml::Table::new())
+}
+
+/// Like [`load_instances`], with a plugin config.
+pub fn load_with_config(lib: &str, count: usize, copies: &Path, config: toml::Table) -> Vec<Arc<LoadedPlugin>> {
     let config = PluginConfig {
         path: artifact(lib),
         enabled: true,
@@ -166,9 +171,12 @@ pub fn load_instances(lib: &str, count: usize, copies: &Path) -> Vec<Arc<LoadedP
         on_error: FailMode::FailClosed,
         isolate: false,
         quarantine_after: 0,
-        config: toml::Table::new(),
+        config,
     };
-    let services = gateway::services::Services::standalone(copies).expect("opening bench services");
+    // Each call gets its own host state: one KV store per directory.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let state = copies.join(format!("state-{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)));
+    let services = gateway::services::Services::standalone(&state).expect("opening bench services");
     (0..count)
         .map(|_| Arc::new(plugin::load(&config, copies, &[], &services).expect("loading a bench plugin")))
         .collect()

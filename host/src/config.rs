@@ -41,6 +41,26 @@ pub struct GatewayConfig {
     /// API keys plugins can validate (`Host::validate_credential`).
     #[serde(default)]
     pub api_keys: Vec<ApiKeyConfig>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Bearer token for `/admin/*`; the `GATEWAY_ADMIN_TOKEN` environment variable overrides it.
+    /// Without either, every admin call is refused.
+    pub token: Option<String>,
+    /// Reload plugins whose file (or the config file) changes on disk, debounced.
+    pub watch: bool,
+    /// Quiet time before a burst of file changes triggers one reload.
+    pub watch_debounce_ms: Option<u64>,
+}
+
+impl AdminConfig {
+    pub fn effective_token(&self) -> Option<String> {
+        std::env::var("GATEWAY_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| self.token.clone())
+    }
 }
 
 fn default_event_queue() -> usize {

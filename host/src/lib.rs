@@ -10,6 +10,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod server;
 pub mod services;
 pub mod upstream;

@@ -63,18 +63,18 @@ fn check(path: &std::path::Path) -> ExitCode {
 
 fn run(config: Option<PathBuf>) -> ExitCode {
     gateway::logging::init();
-    let config = match config {
-        Some(path) => gateway::config::GatewayConfig::load(&path),
+    let loaded = match &config {
+        Some(path) => gateway::config::GatewayConfig::load(path),
         None => gateway::config::GatewayConfig::embedded_default(),
     };
-    let config = match config {
+    let settings = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match gateway::server::run(config) {
+    match gateway::server::run(settings, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -112,6 +112,11 @@ impl Metrics {
         c
     }
 
+    /// Calls and errors per (plugin, hook).
+    pub fn hook_totals(&self) -> Vec<(String, u64, u64)> {
+        self.hooks.lock().iter().map(|(p, _, m)| (p.clone(), m.calls.load(Relaxed), m.errors.load(Relaxed))).collect()
+    }
+
     pub fn count_request(&self, status: u16, took: Duration) {
         self.request_latency.observe(took);
         if let Some(counter) = self.requests.get(usize::from(status).wrapping_sub(100)) {

@@ -11,6 +11,7 @@
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -37,6 +38,7 @@ use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::pipeline::{ContextState, Pipeline, RequestState, ResponseState, Slot, Stop};
 use crate::plugin::{self, LoadError};
+use crate::reload::{Registry, ReloadError};
 use crate::services::Services;
 use crate::services::events::EventBus;
 use crate::services::kv::{EmbeddedKv, KvLimits};
@@ -81,6 +83,8 @@ pub struct App {
     pub metrics: Arc<Metrics>,
     pub collector: Collector,
     pub services: Arc<Services>,
+    pub registry: Registry,
+    admin_token: Option<String>,
     boot: u32,
     next_request: AtomicU64,
 }
@@ -88,7 +92,7 @@ pub struct App {
 impl App {
     /// Opens host services, loads the configured plugins, builds the first pipeline, and tells
     /// the plugins they are ready.
-    pub fn new(config: GatewayConfig) -> Result<Arc<App>, GatewayError> {
+    pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<App>, GatewayError> {
         let metrics = Arc::new(Metrics::default());
         let upstreams = Upstreams::from_config(&config);
         let limits = KvLimits { max_key_bytes: config.kv.max_key_bytes, max_value_bytes: config.kv.max_value_bytes };
@@ -109,6 +113,7 @@ impl App {
         for slot in &pipeline.slots {
             slot.plugin.ready();
         }
+        let registry = Registry::new(&pipeline, &configs, config_path);
         let collector = Collector::start(config.collector_queue, metrics.clone());
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
         Ok(Arc::new(App {
@@ -117,6 +122,8 @@ impl App {
             metrics,
             collector,
             services,
+            registry,
+            admin_token: config.admin.effective_token(),
             config,
             boot,
             next_request: AtomicU64::new(1),
@@ -128,6 +135,7 @@ impl App {
     pub fn shutdown(&self) {
         self.collector.shutdown();
         self.pipeline.store(Arc::new(Pipeline::default()));
+        self.registry.reap();
         self.services.events.shutdown();
         self.services.kv.shutdown();
     }
@@ -200,10 +208,16 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
 }
 
 /// Builds the runtime, loads plugins, serves until SIGINT or SIGTERM, then shuts plugins down.
-pub fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+/// SIGHUP (and, with `[admin] watch`, a change to a plugin file or the config) reloads every
+/// plugin whose file or config changed.
+pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), GatewayError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(GatewayError::Runtime)?;
-    let app = App::new(config)?;
+    let app = App::new(config, config_path)?;
+    let _watcher = if app.config.admin.watch { Some(watch(&app)) } else { None };
     runtime.block_on(async {
+        tokio::spawn(reaper(app.clone()));
+        #[cfg(unix)]
+        tokio::spawn(reload_on_sighup(app.clone()));
         let addr = app.config.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?;
@@ -217,6 +231,57 @@ pub fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     app.shutdown();
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// Shuts down and unloads retired plugin versions once no request uses them.
+async fn reaper(app: Arc<App>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        if app.registry.has_pending() {
+            let app = app.clone();
+            let _ = tokio::task::spawn_blocking(move || app.registry.reap()).await;
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn reload_on_sighup(app: Arc<App>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading changed plugins");
+        let app = app.clone();
+        let _ = tokio::task::spawn_blocking(move || app.registry.reload_changed(&app)).await;
+    }
+}
+
+/// Watches plugin files and the config file; a burst of changes (a `cargo build` rewriting a
+/// file) triggers one reload, after `watch_debounce_ms` of quiet.
+fn watch(app: &Arc<App>) -> Result<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>, notify::Error> {
+    let mut files: Vec<PathBuf> = app.pipeline.load().slots.iter().map(|s| s.plugin.source_path.clone()).collect();
+    files.extend(app.registry.config_path().map(Path::to_path_buf));
+    let debounce = Duration::from_millis(app.config.admin.watch_debounce_ms.unwrap_or(300));
+    let watched = files.clone();
+    let target = Arc::downgrade(app);
+    let mut debouncer =
+        notify_debouncer_mini::new_debouncer(debounce, move |events: notify_debouncer_mini::DebounceEventResult| {
+            let Ok(events) = events else { return };
+            if !events.iter().any(|e| watched.iter().any(|f| *f == e.path)) {
+                return;
+            }
+            if let Some(app) = target.upgrade() {
+                tracing::info!("plugin or config file changed: reloading changed plugins");
+                app.registry.reload_changed(&app);
+            }
+        })?;
+    // Directories, not files: builds and editors replace files by renaming over them.
+    let mut dirs: Vec<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        debouncer.watcher().watch(dir, notify::RecursiveMode::NonRecursive)?;
+    }
+    Ok(debouncer)
 }
 
 async fn shutdown_signal() {
@@ -263,10 +328,82 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
         }
         (m, "/v1/chat/completions") => error_response(&ApiError::method_not_allowed(m, path, "POST")),
         (m, "/v1/models" | "/healthz" | "/metrics") => error_response(&ApiError::method_not_allowed(m, path, "GET")),
+        (m, p) if p.starts_with("/admin/") => admin(app, m, p, req.headers()).await,
         _ => error_response(&ApiError::not_found(path)),
     };
     app.metrics.count_request(resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// `GET /admin/plugins`, `POST /admin/plugins/{name}/reload`, `POST /admin/reload`.
+async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
+    let authorized = match (&app.admin_token, given) {
+        (Some(token), Some(given)) => constant_time_eq(token.as_bytes(), given.as_bytes()),
+        _ => false,
+    };
+    if !authorized {
+        let e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "admin_unauthorized",
+            if app.admin_token.is_some() {
+                "admin endpoints need `Authorization: Bearer <admin token>`"
+            } else {
+                "admin endpoints are disabled: set [admin] token or GATEWAY_ADMIN_TOKEN"
+            },
+        );
+        return error_response(&e);
+    }
+    let json = |status, value: serde_json::Value| json_response(status, Bytes::from(value.to_string()));
+    let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["plugins"]) => json(StatusCode::OK, serde_json::json!({ "plugins": app.registry.status(app) })),
+        (&Method::POST, ["reload"]) => {
+            let worker = app.clone();
+            let results =
+                tokio::task::spawn_blocking(move || worker.registry.reload_changed(&worker)).await.unwrap_or_default();
+            let failed = results.iter().any(|(_, r)| r.is_err());
+            let body: Vec<serde_json::Value> = results
+                .into_iter()
+                .map(|(name, r)| match r {
+                    Ok(done) => serde_json::to_value(done).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "plugin": name, "outcome": "failed", "error": e.to_string() }),
+                })
+                .collect();
+            let status = if failed { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+            json(status, serde_json::json!({ "results": body }))
+        }
+        (&Method::POST, ["plugins", name, "reload"]) => {
+            let (worker, name) = (app.clone(), (*name).to_owned());
+            let result = tokio::task::spawn_blocking(move || worker.registry.reload(&worker, &name)).await;
+            match result {
+                Ok(Ok(done)) => json(StatusCode::OK, serde_json::to_value(done).unwrap_or_default()),
+                Ok(Err(e @ ReloadError::UnknownPlugin { .. })) => error_response(&ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "unknown_plugin",
+                    e.to_string(),
+                )),
+                Ok(Err(e)) => error_response(&ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request_error",
+                    "reload_failed",
+                    format!("{e}; the running version keeps serving"),
+                )),
+                Err(e) => error_response(&ApiError::upstream(format!("reload task failed: {e}"))),
+            }
+        }
+        _ => error_response(&ApiError::not_found(path)),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn models(app: &App) -> Response<GatewayBody> {

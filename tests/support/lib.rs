@@ -154,6 +154,28 @@ impl Gateway {
         (status, self.logs(), dir)
     }
 
+    /// Kills the process outright (SIGKILL: no shutdown, no flush).
+    pub fn kill9(&self) {
+        let _ = std::process::Command::new("kill").arg("-KILL").arg(self.child.id().to_string()).status();
+    }
+
+    /// Waits for the process to end and returns its temp dir.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+
+    /// Waits (up to 5 s) for `needle` to appear in the log.
+    pub fn wait_for_log(&self, needle: &str) -> bool {
+        for _ in 0..500 {
+            if self.logs().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        false
+    }
+
     fn terminate(&mut self) -> std::process::ExitStatus {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status;

@@ -24,11 +24,24 @@ fn check(has_auth: bool, body_len: usize) -> bool {
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "bench-hooks", capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk))]
-pub struct BenchHooks;
+pub struct BenchHooks {
+    host: Host,
+    /// When set, PostAuth also reads this (hot) key from host KV.
+    kv_key: Option<String>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Settings {
+    kv_key: Option<String>,
+}
 
 impl Plugin for BenchHooks {
-    fn init(_config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
-        Ok(BenchHooks)
+    fn init(config: Config<'_>, host: Host) -> Result<Self, PluginError> {
+        let s: Settings = config.parse()?;
+        if let Some(key) = &s.kv_key {
+            host.kv_set(key, b"{\"limit\": 1000, \"tier\": \"gold\"}")?;
+        }
+        Ok(BenchHooks { host, kv_key: s.kv_key })
     }
 }
 
@@ -42,6 +55,9 @@ impl PreAuth for BenchHooks {
 impl PostAuth for BenchHooks {
     fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
         LAST_BODY_PTR.store(req.body().as_ptr() as usize, Relaxed);
+        if let Some(key) = &self.kv_key {
+            std::hint::black_box(self.host.kv_read(key, |v| v.len())?);
+        }
         if check(req.headers().get("authorization").is_some(), req.body().len()) {
             Ok(Decision::Continue)
         } else {

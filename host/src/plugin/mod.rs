@@ -140,6 +140,7 @@ impl Capabilities {
                 (ffi::cap::CONFIG_PROVIDER, 1) => {
                     set(&mut caps.config_provider, entry, path).map(|()| ffi::ConfigProviderV1::NAME)
                 }
+                (ffi::cap::LIFECYCLE, 1) => set(&mut caps.lifecycle, entry, path).map(|()| ffi::LifecycleV1::NAME),
                 (id, version) => {
                     tracing::warn!(
                         path = %path.display(),

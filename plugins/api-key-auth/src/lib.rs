@@ -1,4 +1,6 @@
-//! Auth: API keys from the plugin's config map to an app id and a user id.
+//! Auth: API keys map to an app id and a user id, from the plugin's own config or (with
+//! `host_keys`, the default) from the gateway's `[[api_keys]]`. An app the gateway config limits
+//! to some models is refused the others.
 #![forbid(unsafe_code)]
 
 use std::collections::HashMap;
@@ -9,6 +11,8 @@ use plugin_abi::{Auth, AuthDecision, Config, ConfigProvider, Host, Plugin, Plugi
 #[plugin(name = "api-key-auth", capabilities(Auth, ConfigProvider))]
 pub struct ApiKeyAuth {
     keys: HashMap<String, Key>,
+    host_keys: bool,
+    host: Host,
 }
 
 #[derive(serde::Deserialize)]
@@ -25,23 +29,34 @@ struct Key {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
+    #[serde(default)]
     keys: HashMap<String, Key>,
+    #[serde(default = "yes")]
+    host_keys: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Plugin for ApiKeyAuth {
     fn init(config: Config<'_>, host: Host) -> Result<Self, PluginError> {
         let settings: Settings = config.parse()?;
-        host.info(&format!("{} API keys configured", settings.keys.len()));
-        Ok(ApiKeyAuth { keys: settings.keys })
+        host.info(&format!(
+            "{} API keys configured, {} apps known to the gateway",
+            settings.keys.len(),
+            host.apps().len()
+        ));
+        Ok(ApiKeyAuth { keys: settings.keys, host_keys: settings.host_keys, host })
     }
 }
 
 impl ConfigProvider for ApiKeyAuth {
     const SCHEMA: &'static str = r#"{
         "type": "object",
-        "required": ["keys"],
         "additionalProperties": false,
         "properties": {
+            "host_keys": { "type": "boolean" },
             "keys": {
                 "type": "object",
                 "propertyNames": { "minLength": 8 },
@@ -62,14 +77,25 @@ impl ConfigProvider for ApiKeyAuth {
 }
 
 impl Auth for ApiKeyAuth {
-    fn authenticate(&self, credential: &str, _req: &Request<'_>) -> Result<AuthDecision, PluginError> {
+    fn authenticate(&self, credential: &str, req: &Request<'_>) -> Result<AuthDecision, PluginError> {
         if credential.is_empty() {
             return Ok(AuthDecision::Pass);
         }
-        Ok(match self.keys.get(credential) {
-            Some(key) => AuthDecision::Allow { app_id: key.app.clone(), user_id: key.user.clone() },
-            None => AuthDecision::Deny("invalid API key".into()),
-        })
+        let identity = match self.keys.get(credential) {
+            Some(key) => Some((key.app.clone(), key.user.clone())),
+            None if self.host_keys => self.host.validate_credential(credential),
+            None => None,
+        };
+        let Some((app_id, user_id)) = identity else { return Ok(AuthDecision::Deny("invalid API key".into())) };
+        if let (Some(app), Some(model)) = (self.host.app(&app_id), req.context().model()) {
+            if !app.models.is_empty() && !app.models.iter().any(|m| m == model) {
+                return Ok(AuthDecision::Deny(format!(
+                    "app `{app_id}` may not use model `{model}`: expected one of {:?}",
+                    app.models
+                )));
+            }
+        }
+        Ok(AuthDecision::Allow { app_id, user_id })
     }
 
     fn app_by_credential(&self, credential: &str) -> Result<Option<Record>, PluginError> {
@@ -110,7 +136,24 @@ mod tests {
         );
         assert_eq!(req.with(|r| p.authenticate("sk-nope", r)).unwrap(), AuthDecision::Deny("invalid API key".into()));
         assert_eq!(req.with(|r| p.authenticate("", r)).unwrap(), AuthDecision::Pass);
-        assert_eq!(host.logs()[0].1, "1 API keys configured");
+        assert_eq!(host.logs()[0].1, "1 API keys configured, 0 apps known to the gateway");
+    }
+
+    #[test]
+    fn falls_back_to_gateway_keys_and_enforces_app_models() {
+        let host =
+            MockHost::new().with_app("app-9", "Nine", &["small-model"]).with_api_key("sk-gateway-key", "app-9", "bob");
+        let p: ApiKeyAuth = host.init("{}").unwrap();
+        let small = TestRequest::post("/").model("small-model");
+        assert_eq!(
+            small.with(|r| p.authenticate("sk-gateway-key", r)).unwrap(),
+            AuthDecision::Allow { app_id: "app-9".into(), user_id: "bob".into() }
+        );
+        let big = TestRequest::post("/").model("big-model");
+        let AuthDecision::Deny(reason) = big.with(|r| p.authenticate("sk-gateway-key", r)).unwrap() else { panic!() };
+        assert!(reason.contains("may not use model `big-model`"), "{reason}");
+        let off: ApiKeyAuth = host.init(r#"{"host_keys": false}"#).unwrap();
+        assert!(matches!(small.with(|r| off.authenticate("sk-gateway-key", r)).unwrap(), AuthDecision::Deny(_)));
     }
 
     #[test]

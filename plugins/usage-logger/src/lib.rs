@@ -1,10 +1,11 @@
-//! DataCollector: appends proxy logs, analytics and budget records to a file as JSON lines.
-//! Runs on the gateway's collector thread, so file I/O never touches the request path.
+//! DataCollector: appends proxy logs, analytics and budget records to a file as JSON lines, and
+//! (with `events`, the default) every event plugins publish. Runs on the gateway's collector and
+//! event threads, so file I/O never touches the request path.
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use plugin_abi::{Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Plugin, PluginError, ProxyLog};
 use serde_json::json;
@@ -12,17 +13,23 @@ use serde_json::json;
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider))]
 pub struct UsageLogger {
-    out: Mutex<BufWriter<File>>,
+    out: Arc<Mutex<BufWriter<File>>>,
 }
 
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Settings {
     path: String,
+    #[serde(default = "yes")]
+    events: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Plugin for UsageLogger {
-    fn init(config: Config<'_>, _host: Host) -> Result<Self, PluginError> {
+    fn init(config: Config<'_>, host: Host) -> Result<Self, PluginError> {
         let s: Settings = config.parse()?;
         if let Some(dir) = std::path::Path::new(&s.path).parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
@@ -33,12 +40,23 @@ impl Plugin for UsageLogger {
             .append(true)
             .open(&s.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", s.path)))?;
-        Ok(UsageLogger { out: Mutex::new(BufWriter::new(file)) })
+        let logger = UsageLogger { out: Arc::new(Mutex::new(BufWriter::new(file))) };
+        if s.events {
+            let out = logger.out.clone();
+            host.subscribe("", move |e| {
+                let line = json!({
+                    "type": "event", "topic": e.topic, "source": e.source,
+                    "direction": format!("{:?}", e.direction).to_lowercase(),
+                    "payload": String::from_utf8_lossy(e.payload),
+                });
+                let _ = write_line(&out, &line);
+            })?;
+        }
+        Ok(logger)
     }
 
     fn shutdown(&mut self) {
-        let out = self.out.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = out.flush();
+        let _ = self.out.lock().unwrap_or_else(|e| e.into_inner()).flush();
     }
 }
 
@@ -47,17 +65,24 @@ impl ConfigProvider for UsageLogger {
         "type": "object",
         "required": ["path"],
         "additionalProperties": false,
-        "properties": { "path": { "type": "string", "minLength": 1 } }
+        "properties": {
+            "path": { "type": "string", "minLength": 1 },
+            "events": { "type": "boolean" }
+        }
     }"#;
+}
+
+/// One line per record, flushed, so a reader never sees half a record.
+fn write_line(out: &Mutex<BufWriter<File>>, line: &serde_json::Value) -> Result<(), PluginError> {
+    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
 }
 
 impl UsageLogger {
     fn write(&self, line: serde_json::Value) -> Result<(), PluginError> {
-        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
-        // One line per record, flushed, so a reader never sees half a record.
-        writeln!(out, "{line}")
-            .and_then(|()| out.flush())
-            .map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
+        write_line(&self.out, &line)
     }
 }
 
@@ -97,15 +122,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("usage-logger-test-{}", std::process::id()));
         let path = dir.join("usage.jsonl");
         let config = json!({ "path": path }).to_string();
-        let logger: UsageLogger = MockHost::new().init(&config).unwrap();
+        let host = MockHost::new();
+        let logger: UsageLogger = host.init(&config).unwrap();
         let budget = Budget { app_id: "app", user_id: "u", model: "m", total_tokens: 7 };
         logger.on_budget(&budget).unwrap();
         logger.on_budget(&budget).unwrap();
+        // Subscribed to every topic through the host.
+        host.host().publish("any.topic", b"hello", plugin_abi::Direction::Up).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
         assert_eq!(lines[0]["type"], "budget");
         assert_eq!(lines[1]["total_tokens"], 7);
+        assert_eq!(
+            (lines[2]["topic"].as_str(), lines[2]["payload"].as_str(), lines[2]["direction"].as_str()),
+            (Some("any.topic"), Some("hello"), Some("up"))
+        );
         let _ = std::fs::remove_dir_all(dir);
     }
 }

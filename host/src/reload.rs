@@ -1,0 +1,299 @@
+//! Hot swap: replacing a plugin's `.so` (or its config) under live traffic.
+//!
+//! A reload copies the file to its private content-addressed path, loads and checks it,
+//! validates the config and initialises the new instance, all while the old version serves.
+//! Only if every step passes does it quiesce the old version and publish a new pipeline in one
+//! atomic store. Requests in flight finish on the snapshot they started with; the old version
+//! shuts down when the last of them lets go of it, and is unloaded (best effort: see
+//! [`Registry::status`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+
+use crate::config::{GatewayConfig, PluginConfig};
+use crate::pipeline::{Pipeline, Slot};
+use crate::plugin::{self, LoadError, LoadedPlugin};
+use crate::server::App;
+
+/// Why a reload did not happen. The old version keeps serving.
+#[derive(Debug)]
+pub enum ReloadError {
+    UnknownPlugin { name: String, known: Vec<String> },
+    Config(String),
+    Load(LoadError),
+    Renamed { expected: String, found: String },
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::UnknownPlugin { name, known } => {
+                write!(f, "no plugin named `{name}` is loaded; expected one of {known:?}")
+            }
+            ReloadError::Config(e) => write!(f, "cannot re-read the gateway config: {e}"),
+            ReloadError::Load(e) => write!(f, "{e}"),
+            ReloadError::Renamed { expected, found } => write!(
+                f,
+                "the new file is plugin `{found}`, expected `{expected}`: a reload replaces a plugin with a version of itself"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// What a reload did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Reloaded {
+    pub plugin: String,
+    /// "unchanged", "reloaded" (new file) or "reconfigured" (same file, new config).
+    pub outcome: &'static str,
+    pub from_version: String,
+    pub to_version: String,
+    pub sha256: String,
+    pub took_ms: f64,
+}
+
+/// One plugin's entry as the operator configured it.
+struct Entry {
+    name: String,
+    config: PluginConfig,
+}
+
+struct Retired {
+    plugin: Option<Arc<LoadedPlugin>>,
+    private_path: PathBuf,
+}
+
+pub struct Registry {
+    entries: Mutex<Vec<Entry>>,
+    /// Old versions: held until no request uses them, then shut down and unloaded.
+    retired: Mutex<Vec<Retired>>,
+    config_path: Option<PathBuf>,
+    /// One reload at a time.
+    reloading: Mutex<()>,
+}
+
+fn file_hash(path: &Path) -> Result<String, LoadError> {
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => LoadError::FileMissing { path: path.into() },
+        _ => LoadError::Copy { path: path.into(), source: e },
+    })?;
+    Ok(format!("{:x}", Sha256::digest(&bytes)))
+}
+
+impl Registry {
+    pub fn new(pipeline: &Pipeline, configs: &[&PluginConfig], config_path: Option<PathBuf>) -> Registry {
+        let entries = pipeline
+            .slots
+            .iter()
+            .zip(configs)
+            .map(|(slot, config)| Entry { name: slot.name().to_owned(), config: (*config).clone() })
+            .collect();
+        Registry {
+            entries: Mutex::new(entries),
+            retired: Mutex::new(Vec::new()),
+            config_path,
+            reloading: Mutex::new(()),
+        }
+    }
+
+    pub fn config_path(&self) -> Option<&Path> {
+        self.config_path.as_deref()
+    }
+
+    /// The plugin entries of the config file as it is now, if the gateway was started from one.
+    fn reread(&self) -> Result<Option<Vec<PluginConfig>>, ReloadError> {
+        let Some(path) = &self.config_path else { return Ok(None) };
+        let config = GatewayConfig::load(path).map_err(|e| ReloadError::Config(e.to_string()))?;
+        Ok(Some(config.enabled_plugins().into_iter().cloned().collect()))
+    }
+
+    /// Reloads plugin `name` if its file or its config (re-read from the config file) changed.
+    pub fn reload(&self, app: &App, name: &str) -> Result<Reloaded, ReloadError> {
+        let _one = self.reloading.lock();
+        let fresh = self.reread()?;
+        self.reload_locked(app, name, fresh.as_deref())
+    }
+
+    /// Reloads every plugin whose file or config changed. One failure does not stop the others.
+    pub fn reload_changed(&self, app: &App) -> Vec<(String, Result<Reloaded, ReloadError>)> {
+        let _one = self.reloading.lock();
+        let fresh = match self.reread() {
+            Ok(f) => f,
+            Err(e) => return vec![("(config)".into(), Err(e))],
+        };
+        let names: Vec<String> = self.entries.lock().iter().map(|e| e.name.clone()).collect();
+        names
+            .into_iter()
+            .map(|name| {
+                let r = self.reload_locked(app, &name, fresh.as_deref());
+                (name, r)
+            })
+            .collect()
+    }
+
+    fn reload_locked(&self, app: &App, name: &str, fresh: Option<&[PluginConfig]>) -> Result<Reloaded, ReloadError> {
+        let started = Instant::now();
+        let result = self.try_reload(app, name, fresh, started);
+        match &result {
+            Ok(r) if r.outcome != "unchanged" => tracing::info!(
+                plugin = name,
+                from = %r.from_version,
+                to = %r.to_version,
+                outcome = r.outcome,
+                took_ms = r.took_ms,
+                "plugin reloaded"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                app.metrics.plugin_counter("gateway_plugin_reload_failures_total", name).fetch_add(1, Relaxed);
+                tracing::error!(plugin = name, "reload failed, the running version keeps serving: {e}");
+            }
+        }
+        result
+    }
+
+    fn try_reload(
+        &self,
+        app: &App,
+        name: &str,
+        fresh: Option<&[PluginConfig]>,
+        started: Instant,
+    ) -> Result<Reloaded, ReloadError> {
+        let pipeline = app.pipeline.load_full();
+        let unknown = || ReloadError::UnknownPlugin {
+            name: name.to_owned(),
+            known: pipeline.slots.iter().map(|s| s.name().to_owned()).collect(),
+        };
+        let current = pipeline.slots.iter().find(|s| s.name() == name).ok_or_else(unknown)?.clone();
+        let old_config =
+            self.entries.lock().iter().find(|e| e.name == name).map(|e| e.config.clone()).ok_or_else(unknown)?;
+        // The same plugin in the re-read config: the entry with the same path.
+        let config =
+            fresh.and_then(|f| f.iter().find(|c| c.path == old_config.path)).cloned().unwrap_or(old_config.clone());
+        let sha256 = file_hash(&config.path).map_err(ReloadError::Load)?;
+        let old = &current.plugin;
+        let same_config = config.config == old_config.config
+            && config.isolate == old_config.isolate
+            && config.on_error == old_config.on_error
+            && config.quarantine_after == old_config.quarantine_after;
+        let outcome = match (sha256 == old.sha256, same_config) {
+            (true, true) => {
+                return Ok(Reloaded {
+                    plugin: name.to_owned(),
+                    outcome: "unchanged",
+                    from_version: old.info.version.clone(),
+                    to_version: old.info.version.clone(),
+                    sha256,
+                    took_ms: 0.0,
+                });
+            }
+            (true, false) => "reconfigured",
+            (false, _) => "reloaded",
+        };
+        let taken: Vec<(String, PathBuf)> = pipeline
+            .slots
+            .iter()
+            .filter(|s| s.name() != name)
+            .map(|s| (s.name().to_owned(), s.plugin.source_path.clone()))
+            .collect();
+        let new = plugin::load(&config, &app.config.data_dir.join("plugins"), &taken, &app.services)
+            .map_err(ReloadError::Load)?;
+        if new.info.name != name {
+            return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.info.name.clone() });
+        }
+        let new = Arc::new(new);
+        new.ready();
+        // The old version lets go of what the new one takes over, then the swap is one store.
+        old.quiesce();
+        let slot = Arc::new(Slot::new(new.clone(), config.isolate, app.metrics.clone()));
+        let slots = pipeline.slots.iter().map(|s| if s.name() == name { slot.clone() } else { s.clone() }).collect();
+        app.pipeline.store(Arc::new(Pipeline::new(slots)));
+        if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.name == name) {
+            entry.config = config;
+        }
+        self.retired.lock().push(Retired { plugin: Some(old.clone()), private_path: old.private_path.clone() });
+        Ok(Reloaded {
+            plugin: name.to_owned(),
+            outcome,
+            from_version: old.info.version.clone(),
+            to_version: new.info.version.clone(),
+            sha256,
+            took_ms: started.elapsed().as_secs_f64() * 1e3,
+        })
+    }
+
+    /// Shuts down and unloads retired versions no request uses any more. Call off the async
+    /// workers: a plugin's shutdown may block.
+    pub fn reap(&self) -> usize {
+        let done: Vec<Arc<LoadedPlugin>> = {
+            let mut retired = self.retired.lock();
+            retired
+                .iter_mut()
+                .filter(|r| r.plugin.as_ref().is_some_and(|p| Arc::strong_count(p) == 1))
+                .filter_map(|r| r.plugin.take())
+                .collect()
+        };
+        let n = done.len();
+        drop(done);
+        n
+    }
+
+    /// Whether a retired version still waits for requests to finish.
+    pub fn has_pending(&self) -> bool {
+        self.retired.lock().iter().any(|r| r.plugin.is_some())
+    }
+
+    /// Retired versions whose code is still mapped (unloading is best effort: `dlclose` keeps a
+    /// library that registered thread-local destructors on live threads), counted per plugin.
+    fn retired_mapped(&self, plugin_copy_prefix: &str, current: &Path) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let retired = self.retired.lock();
+        let mut paths: Vec<&PathBuf> = retired
+            .iter()
+            .map(|r| &r.private_path)
+            .filter(|p| p.as_path() != current)
+            .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(plugin_copy_prefix)))
+            .collect();
+        paths.sort();
+        paths.dedup();
+        paths.iter().filter(|p| maps.contains(&*p.to_string_lossy())).count()
+    }
+
+    /// What `GET /admin/plugins` shows.
+    pub fn status(&self, app: &App) -> Vec<serde_json::Value> {
+        let pipeline = app.pipeline.load_full();
+        let hooks = app.metrics.hook_totals();
+        pipeline
+            .slots
+            .iter()
+            .map(|slot| {
+                let p = &slot.plugin;
+                let (calls, errors) = hooks.iter().filter(|(name, _, _)| name == p.name()).fold((0, 0), |(c, e), (_, hc, he)| (c + hc, e + he));
+                let prefix = p.private_path.file_name().and_then(|n| n.to_str()).and_then(|n| n.rsplit_once('-')).map_or("", |(stem, _)| stem).to_owned();
+                let loaded_unix_ms = p.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                serde_json::json!({
+                    "name": p.name(),
+                    "version": p.info.version,
+                    "abi_version": p.info.abi_version,
+                    "sha256": p.sha256,
+                    "path": p.source_path,
+                    "loaded_at_unix_ms": loaded_unix_ms,
+                    "loaded_secs_ago": SystemTime::now().duration_since(p.loaded_at).unwrap_or(Duration::ZERO).as_secs(),
+                    "capabilities": p.info.capabilities,
+                    "calls": calls,
+                    "errors": errors,
+                    "quarantined": slot.is_quarantined(),
+                    "retired_versions_mapped": self.retired_mapped(&format!("{prefix}-"), &p.private_path),
+                    "retired_versions_pending": self.retired.lock().iter().filter(|r| r.plugin.as_ref().is_some_and(|o| o.name() == p.name())).count(),
+                })
+            })
+            .collect()
+    }
+}

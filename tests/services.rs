@@ -1,0 +1,219 @@
+//! Host services through the real gateway and real plugins: durable KV (restart and kill -9),
+//! events, lookups, rate-limited plugin logs, and the plugin lifecycle.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use gateway_tests::{Gateway, chat_body};
+
+/// api-key-auth (gateway keys) + a rate limiter with a quota of `limit` + the usage logger.
+fn limited(limit: u32) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "mock-gpt"
+upstream = "mock"
+
+[[models]]
+name = "big-model"
+upstream = "mock"
+
+[[apps]]
+id = "app-1"
+name = "App one"
+
+[[apps]]
+id = "app-small"
+name = "Small app"
+models = ["mock-gpt"]
+
+[[api_keys]]
+key = "sk-app-one-key"
+app = "app-1"
+user = "alice"
+
+[[api_keys]]
+key = "sk-small-key"
+app = "app-small"
+user = "bob"
+
+[[plugins]]
+path = "{{target}}/libapi_key_auth.so"
+order = 10
+
+[[plugins]]
+path = "{{target}}/librate_limiter.so"
+order = 20
+isolate = true
+[plugins.config]
+requests_per_window = {limit}
+window_secs = 0
+
+[[plugins]]
+path = "{{target}}/libusage_logger.so"
+order = 30
+[plugins.config]
+path = "{{dir}}/usage.jsonl"
+"#
+    )
+}
+
+const KEY: &str = "sk-app-one-key";
+
+fn remaining(gw: &Gateway) -> (u16, Option<String>) {
+    let r = gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false));
+    (r.status, r.header("x-ratelimit-remaining").map(str::to_owned))
+}
+
+#[test]
+fn rate_limit_counts_live_in_kv_and_survive_a_restart() {
+    let gw = Gateway::start(&limited(3));
+    assert_eq!(remaining(&gw), (200, Some("2".into())));
+    assert_eq!(remaining(&gw), (200, Some("1".into())));
+    let (status, logs, dir) = gw.stop();
+    assert!(status.success(), "{logs}");
+    let gw = Gateway::start_in(dir, &limited(3));
+    assert_eq!(remaining(&gw), (200, Some("0".into())));
+    let r = gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.error()["code"], "rate_limit_exceeded");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert_eq!(r.header("x-ratelimit-limit"), Some("3"));
+    // The refusal was published as an event; the usage logger, subscribed to all, wrote it.
+    let usage = gw.dir.path().join("usage.jsonl");
+    let mut event = None;
+    for _ in 0..200 {
+        let text = std::fs::read_to_string(&usage).unwrap_or_default();
+        event =
+            text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()).find(|v| v["type"] == "event");
+        if event.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let event = event.expect("a ratelimit.exceeded event in the usage log");
+    assert_eq!((event["topic"].as_str(), event["source"].as_str()), (Some("ratelimit.exceeded"), Some("rate-limiter")));
+    assert!(event["payload"].as_str().unwrap().contains("\"count\":4"), "{event}");
+}
+
+#[test]
+fn acknowledged_kv_writes_survive_kill_9_in_the_middle_of_writes() {
+    let gw = Arc::new(Gateway::start(&limited(1_000_000)));
+    let acked = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (gw, acked, stop) = (gw.clone(), acked.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Relaxed) {
+                    let r = gateway_tests::agent()
+                        .post(&gw.url("/v1/chat/completions"))
+                        .set("authorization", &format!("Bearer {KEY}"))
+                        .set("content-type", "application/json")
+                        .send_string(&chat_body("mock-gpt", "hi", false).to_string());
+                    match r {
+                        Ok(resp) if resp.status() == 200 => {
+                            acked.fetch_add(1, Relaxed);
+                        }
+                        _ => return,
+                    }
+                }
+            })
+        })
+        .collect();
+    while acked.load(Relaxed) < 40 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Requests are in flight on every writer thread when the gateway dies.
+    gw.kill9();
+    stop.store(true, Relaxed);
+    writers.into_iter().for_each(|w| w.join().unwrap());
+    let dir = Arc::try_unwrap(gw).ok().expect("writers are done with the gateway").into_dir();
+    let acked = acked.load(Relaxed) as i64;
+    let gw = Gateway::start_in(dir, &limited(1_000_000));
+    let (status, left) = remaining(&gw);
+    assert_eq!(status, 200);
+    let used = 1_000_000 - left.unwrap().parse::<i64>().unwrap();
+    // Every acknowledged request was counted durably (plus the one just made, plus any that
+    // were committed but not yet answered when the process died).
+    assert!(used > acked, "counted {used} requests, {acked} were acknowledged before kill -9");
+    assert!(used <= acked + 1 + 4, "counted {used}, but only {acked} + 4 in flight + 1 were made");
+}
+
+#[test]
+fn gateway_config_keys_and_app_models_are_looked_up_by_the_auth_plugin() {
+    let gw = Gateway::start(&limited(100));
+    let r = gw.chat(Some("sk-small-key"), &chat_body("mock-gpt", "hi", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = gw.chat(Some("sk-small-key"), &chat_body("big-model", "hi", false));
+    assert_eq!(r.status, 401);
+    assert!(
+        r.error()["message"].as_str().unwrap().contains("app `app-small` may not use model `big-model`"),
+        "{}",
+        r.body
+    );
+    assert!(gw.wait_for_log("0 API keys configured, 2 apps known to the gateway"), "{}", gw.logs());
+}
+
+fn faulty(extra: &str) -> String {
+    format!(
+        r#"
+[[upstreams]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "mock-gpt"
+upstream = "mock"
+
+[[plugins]]
+path = "{{target}}/libfaulty.so"
+[plugins.config]
+background_thread = true
+{extra}
+"#
+    )
+}
+
+#[test]
+fn plugin_logs_are_rate_limited_and_counted() {
+    let gw = Gateway::start(&format!(
+        "[logging]\nplugin_burst = 10\nplugin_lines_per_sec = 1\n{}",
+        faulty("log_lines = 200")
+    ));
+    assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
+    let dropped = gw.metric("gateway_plugin_log_dropped_total{plugin=\"faulty\"}").unwrap();
+    let logs = gw.logs();
+    let shown = logs.matches("faulty log line").count();
+    // "faulty ready" took one token of the burst of 10.
+    assert!(shown <= 10, "{shown} lines passed a burst of 10");
+    assert!(dropped >= 190.0, "dropped {dropped}");
+    assert!(logs.contains("plugin log rate limit reached"), "{logs}");
+}
+
+#[test]
+fn plugin_lines_below_the_configured_level_are_dropped() {
+    let gw = Gateway::start(&format!("[logging]\nplugin_level = \"warn\"\n{}", faulty("log_lines = 3")));
+    assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
+    let (_, logs, _) = gw.stop();
+    assert!(!logs.contains("faulty log line") && !logs.contains("faulty ready"), "{logs}");
+}
+
+#[test]
+fn ready_runs_after_load_and_shutdown_runs_once_after_the_stop_signal() {
+    let gw = Gateway::start(&faulty(""));
+    assert!(gw.wait_for_log("faulty ready"), "{}", gw.logs());
+    assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
+    let (status, logs, _) = gw.stop();
+    assert!(status.success());
+    assert_eq!(logs.matches("faulty ready").count(), 1, "{logs}");
+    assert_eq!(logs.matches("faulty background thread stopped").count(), 1, "{logs}");
+    assert_eq!(logs.matches("faulty shutdown").count(), 1, "{logs}");
+    let stopped = logs.find("faulty background thread stopped").unwrap();
+    assert!(stopped < logs.find("faulty shutdown").unwrap(), "the stop signal fires before shutdown");
+}
