@@ -154,6 +154,24 @@ impl Gateway {
         (status, self.logs(), dir)
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (a name `kill` understands: HUP, TERM…) to the gateway.
+    pub fn signal(&self, signal: &str) {
+        let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
+    }
+
+    /// Calls an admin endpoint with `token`.
+    pub fn admin(&self, method: &str, path: &str, token: Option<&str>) -> Reply {
+        let mut req = agent().request(method, &self.url(path));
+        if let Some(token) = token {
+            req = req.set("authorization", &format!("Bearer {token}"));
+        }
+        Reply::from(if method == "POST" { req.send_string("") } else { req.call() })
+    }
+
     /// Kills the process outright (SIGKILL: no shutdown, no flush).
     pub fn kill9(&self) {
         let _ = std::process::Command::new("kill").arg("-KILL").arg(self.child.id().to_string()).status();
