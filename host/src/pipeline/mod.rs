@@ -10,7 +10,6 @@ mod stream;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
-use std::time::Instant;
 
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
 pub use request::{ContextState, RequestState};
-use request::{apply_headers, raw_headers, recycle, reply_parts};
+use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
 pub use stream::StreamFilters;
 
 /// One loaded plugin as the pipeline runs it: failure policy, panic count, quarantine.
@@ -152,13 +151,13 @@ impl<T> Hook<T> {
         let _entered = span.enter();
         m.calls.fetch_add(1, Relaxed);
         let instance = self.slot.plugin.instance();
-        let started = Instant::now();
+        let started = quanta::Instant::now();
         let r = if self.slot.isolate && can_block_in_place() {
             tokio::task::block_in_place(|| f(instance))
         } else {
             f(instance)
         };
-        m.latency.observe(started.elapsed());
+        m.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
         if let Some(e) = r.error() {
             m.errors.fetch_add(1, Relaxed);
@@ -323,7 +322,7 @@ impl Pipeline {
         upstream: Option<&RawUpstream<'_>>,
         call: RequestCall<T>,
     ) -> Result<(), Stop> {
-        let mut buf: Vec<RawHeader<'static>> = Vec::new();
+        let mut buf = scratch();
         let mut next = 0;
         while next < hooks.len() {
             // Views borrow `req`; they live until a hook changes something, then are rebuilt.
@@ -372,6 +371,7 @@ impl Pipeline {
             }
             next = i + 1;
         }
+        give_back(buf);
         Ok(())
     }
 
@@ -397,7 +397,7 @@ impl Pipeline {
     pub fn auth(&self, req: &mut RequestState, credential: &str) -> Result<(), Stop> {
         let decided = {
             let metadata = req.ctx.raw_metadata();
-            let headers = raw_headers(&req.headers, Vec::new());
+            let headers = raw_headers(&req.headers, scratch());
             let raw = req.raw(&headers, &metadata);
             let mut decided = None;
             for hook in &self.auth {
@@ -416,6 +416,7 @@ impl Pipeline {
                     }
                 }
             }
+            give_back(headers);
             decided
         };
         match decided {
@@ -470,7 +471,7 @@ impl Pipeline {
     ) -> Result<(), ApiError> {
         let metadata = ctx.raw_metadata();
         let raw_ctx = ctx.raw(&metadata);
-        let mut buf: Vec<RawHeader<'static>> = Vec::new();
+        let mut buf = scratch();
         for hook in &self.response {
             if hook.quarantine_check()? {
                 continue;
@@ -503,6 +504,7 @@ impl Pipeline {
                 }
             }
         }
+        give_back(buf);
         Ok(())
     }
 

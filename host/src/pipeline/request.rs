@@ -50,6 +50,21 @@ pub fn recycle<'b>(mut buf: Vec<RawHeader<'_>>) -> Vec<RawHeader<'b>> {
     buf.into_iter().map(|_| -> RawHeader<'b> { unreachable!("the vector is empty") }).collect()
 }
 
+thread_local! {
+    /// One header-view buffer per worker thread, reused by every phase of every request, so
+    /// that building views allocates only while a thread warms up.
+    static SCRATCH: std::cell::Cell<Vec<RawHeader<'static>>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// This thread's view buffer, empty; hand it back with [`give_back`].
+pub fn scratch() -> Vec<RawHeader<'static>> {
+    SCRATCH.with(std::cell::Cell::take)
+}
+
+pub fn give_back(buf: Vec<RawHeader<'_>>) {
+    SCRATCH.with(|s| s.set(recycle(buf)));
+}
+
 /// Views of `headers`, written into `buf`.
 pub fn raw_headers<'a>(headers: &'a HeaderMap, mut buf: Vec<RawHeader<'a>>) -> Vec<RawHeader<'a>> {
     buf.extend(
