@@ -347,7 +347,7 @@ impl Pipeline {
                 found
             };
             let Some((i, outcome)) = found else {
-                return Ok(());
+                break;
             };
             let hook = &hooks[i];
             match outcome {
