@@ -181,6 +181,62 @@ background_thread = true
 }
 
 #[test]
+fn a_topic_subscription_logs_each_event_once_across_a_swap_with_a_request_in_flight() {
+    let config = format!("[admin]\ntoken = \"t\"\n{}", limited(1))
+        .replace("kind = \"mock\"\n", "kind = \"mock\"\nchunks = 20\nchunk_delay_ms = 100\n")
+        .replace("path = \"{dir}/usage.jsonl\"", "path = \"{dir}/usage.jsonl\"\ntopics = [\"ratelimit.exceeded\"]");
+    let gw = Arc::new(Gateway::start(&config));
+    // A two-second stream holds the pipeline it started on, and with it the old usage-logger.
+    let streaming = {
+        let gw = gw.clone();
+        std::thread::spawn(move || gw.chat(Some(KEY), &chat_body("mock-gpt", "a long answer", true)))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let file = gw.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, text.replace("[\"ratelimit.exceeded\"]", "[\"ratelimit.exceeded\", \"auth.denied\"]"))
+        .unwrap();
+    let r = gw.admin("POST", "/admin/plugins/usage-logger/reload", Some("t"));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("\"reconfigured\""), "{}", r.body);
+    // Over the quota of 1: refused, and `ratelimit.exceeded` is published.
+    assert_eq!(gw.chat(Some(KEY), &chat_body("mock-gpt", "hi", false)).status, 429);
+    let stream = streaming.join().unwrap();
+    assert_eq!(stream.status, 200, "{}", stream.body);
+    assert_eq!(stream.events().last().map(String::as_str), Some("[DONE]"));
+    let events = || {
+        let text = std::fs::read_to_string(gw.dir.path().join("usage.jsonl")).unwrap_or_default();
+        text.lines().filter(|l| l.contains("\"topic\":\"ratelimit.exceeded\"")).count()
+    };
+    for _ in 0..100 {
+        if events() > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Delivery is asynchronous: give a second copy time to show up.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(events(), 1, "the old and the new usage-logger both logged the event");
+}
+
+#[test]
+fn a_full_collector_queue_drops_and_counts_and_never_blocks_a_request() {
+    // A collector taking 100 ms a record behind a queue of 2: most records cannot be queued.
+    let gw = Gateway::start(&format!(
+        "collector_queue = 2
+{}",
+        faulty("collect_sleep_ms = 100")
+    ));
+    for _ in 0..30 {
+        assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
+    }
+    let dropped = gw.metric("gateway_collector_dropped_total").unwrap();
+    // Had a request waited for room in the queue, none would have been dropped.
+    assert!(dropped >= 10.0, "dropped {dropped} of 30 records");
+    assert!(gw.logs().contains("collector queue full: records dropped"), "{}", gw.logs());
+}
+
+#[test]
 fn plugin_logs_are_rate_limited_and_counted() {
     let gw = Gateway::start(&format!(
         "[logging]\nplugin_burst = 10\nplugin_lines_per_sec = 1\n{}",

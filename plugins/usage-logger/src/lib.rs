@@ -1,19 +1,26 @@
 //! DataCollector: appends proxy logs, analytics and budget records to a file as JSON lines, and
-//! (with `events`, the default) every event plugins publish. Runs on the gateway's collector and
-//! event threads, so file I/O never touches the request path.
+//! (with `events`, the default) the events plugins publish: on every topic, or on the `topics`
+//! listed. Runs on the gateway's collector and event threads, so file I/O never touches the
+//! request path. When a newer version takes over (hot swap), this one unsubscribes at once, so an
+//! event is logged once even while the old version still finishes its requests.
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
 use std::sync::{Arc, Mutex};
 
-use plugin_abi::{Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Plugin, PluginError, ProxyLog};
+use plugin_abi::{
+    Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Lifecycle, Plugin, PluginError, ProxyLog,
+};
 use serde_json::json;
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider))]
+#[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider, Lifecycle))]
 pub struct UsageLogger {
     out: Arc<Mutex<BufWriter<File>>>,
+    host: Host,
+    /// Event subscriptions, ended by `quiesce`.
+    subscriptions: Mutex<Vec<u64>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -22,6 +29,9 @@ struct Settings {
     path: String,
     #[serde(default = "yes")]
     events: bool,
+    /// Topics to log; none (the default) logs every topic.
+    #[serde(default)]
+    topics: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -40,19 +50,24 @@ impl Plugin for UsageLogger {
             .append(true)
             .open(&s.path)
             .map_err(|e| PluginError::config(format!("cannot open {}: {e}", s.path)))?;
-        let logger = UsageLogger { out: Arc::new(Mutex::new(BufWriter::new(file))) };
+        let out = Arc::new(Mutex::new(BufWriter::new(file)));
+        let mut subscriptions = Vec::new();
         if s.events {
-            let out = logger.out.clone();
-            host.subscribe("", move |e| {
-                let line = json!({
-                    "type": "event", "topic": e.topic, "source": e.source,
-                    "direction": format!("{:?}", e.direction).to_lowercase(),
-                    "payload": String::from_utf8_lossy(e.payload),
-                });
-                let _ = write_line(&out, &line);
-            })?;
+            // "" is every topic.
+            let topics = if s.topics.is_empty() { vec![String::new()] } else { s.topics };
+            for topic in &topics {
+                let out = out.clone();
+                subscriptions.push(host.subscribe(topic, move |e| {
+                    let line = json!({
+                        "type": "event", "topic": e.topic, "source": e.source,
+                        "direction": format!("{:?}", e.direction).to_lowercase(),
+                        "payload": String::from_utf8_lossy(e.payload),
+                    });
+                    let _ = write_line(&out, &line);
+                })?);
+            }
         }
-        Ok(logger)
+        Ok(UsageLogger { out, host, subscriptions: Mutex::new(subscriptions) })
     }
 
     fn shutdown(&mut self) {
@@ -67,7 +82,8 @@ impl ConfigProvider for UsageLogger {
         "additionalProperties": false,
         "properties": {
             "path": { "type": "string", "minLength": 1 },
-            "events": { "type": "boolean" }
+            "events": { "type": "boolean" },
+            "topics": { "type": "array", "items": { "type": "string", "minLength": 1 } }
         }
     }"#;
 }
@@ -78,6 +94,16 @@ fn write_line(out: &Mutex<BufWriter<File>>, line: &serde_json::Value) -> Result<
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
+}
+
+impl Lifecycle for UsageLogger {
+    /// A newer version is taking over: it logs events from now on, this one stops at once
+    /// (requests still in flight keep it alive for a while, and it must not log events twice).
+    fn quiesce(&self) {
+        for id in self.subscriptions.lock().unwrap_or_else(|e| e.into_inner()).drain(..) {
+            self.host.unsubscribe(id);
+        }
+    }
 }
 
 impl UsageLogger {
@@ -138,6 +164,28 @@ mod tests {
             (lines[2]["topic"].as_str(), lines[2]["payload"].as_str(), lines[2]["direction"].as_str()),
             (Some("any.topic"), Some("hello"), Some("up"))
         );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn logs_only_the_listed_topics_and_stops_when_quiesced() {
+        let dir = std::env::temp_dir().join(format!("usage-logger-topics-{}", std::process::id()));
+        let path = dir.join("usage.jsonl");
+        let config = json!({ "path": path, "topics": ["ratelimit.exceeded", "auth.denied"] }).to_string();
+        let host = MockHost::new();
+        let logger: UsageLogger = host.init(&config).unwrap();
+        let publish = |topic: &str| host.host().publish(topic, b"{}", plugin_abi::Direction::Local).unwrap();
+        publish("ratelimit.exceeded");
+        publish("something.else");
+        publish("auth.denied");
+        logger.quiesce();
+        publish("ratelimit.exceeded");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let topics: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["topic"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(topics, ["ratelimit.exceeded", "auth.denied"]);
         let _ = std::fs::remove_dir_all(dir);
     }
 }
