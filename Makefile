@@ -12,7 +12,7 @@ ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-2.0 tests/fixtures/abi
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
 
-.PHONY: build build-release run test bench
+.PHONY: build build-release run test bench bench-e2e bench-peers
 
 build: $(VENV)/.openai-$(OPENAI_VERSION)
 	$(CARGO) build --workspace --all-targets
@@ -34,7 +34,24 @@ test: build
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-# Criterion benches (hook dispatch four ways, pipeline, streaming); see BENCHMARKS.md.
-bench:
-	$(CARGO) build --release --workspace --bins --lib
+# Everything in BENCHMARKS.md: criterion benches (hook dispatch four ways, pipeline, streaming),
+# then the load runs (end to end, hot swap). Peers are included where `make bench-peers` installed them.
+bench: bench-e2e
 	$(CARGO) bench -p gateway-benches
+
+OHA := target/tools/bin/oha
+
+$(OHA):
+	$(CARGO) install oha --version 1.16.0 --locked --root target/tools
+
+# End-to-end load runs with oha: direct, bare hyper proxy, gateway 0 and 8 plugins (and peers); hot swap.
+bench-e2e: $(OHA)
+	$(CARGO) build --release --workspace --bins --lib
+	./target/release/loadrun proxy --secs 10 --rates 1000,5000 --peers
+	./target/release/loadrun swap --secs 10 --swaps 200
+
+# The peer gateways, from the package registries, pinned (see BENCHMARKS.md).
+bench-peers:
+	python3 -m venv target/peers/litellm-venv
+	target/peers/litellm-venv/bin/pip install --quiet 'litellm[proxy]==1.74.9'
+	mkdir -p target/peers/portkey && cd target/peers/portkey && npm install --silent --no-audit --no-fund @portkey-ai/gateway@1.15.2

@@ -11,8 +11,14 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use gateway_benches::{Payload, artifact, load_instances, load_with_config, read_frame};
+use gateway_benches::{
+    CountingAlloc, Payload, PluginAllocations, allocations_per_call, artifact, load_instances, load_with_config,
+    read_frame,
+};
 use plugin_abi::{Decision, PluginError, Request};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
 
 static NATIVE_LAST_BODY_PTR: AtomicUsize = AtomicUsize::new(0);
 
@@ -46,6 +52,7 @@ fn dispatch(c: &mut Criterion) {
     let post_auth = plugin.capabilities().post_auth.expect("bench-hooks has PostAuth");
     let instance = plugin.instance();
     let native: Box<dyn NativePostAuth> = Box::new(Native);
+    let plugin_allocs = PluginAllocations::of(plugin);
 
     // SAFETY: the symbols are the bench plugin's own exports with these exact signatures, and
     // the library stays loaded (it is `plugin`'s) for as long as they are used.
@@ -72,6 +79,15 @@ fn dispatch(c: &mut Criterion) {
             if !payload.body.is_empty() {
                 assert_eq!(last_body_ptr(), payload.body.as_ptr() as usize, "the plugin saw a copy of the body");
             }
+            let (host, plugin) = allocations_per_call(
+                10_000,
+                || plugin_allocs.get(),
+                || {
+                    black_box((post_auth.on_post_auth)(instance, black_box(raw)));
+                },
+            );
+            println!("allocations per call, b_plugin_abi, {}: host {host}, plugin {plugin}", payload.name);
+            assert_eq!((host, plugin), (0.0, 0.0), "a read-only hook call through the ABI must not allocate");
             group.bench_function(BenchmarkId::new("a_native_dyn", payload.name), |b| {
                 b.iter(|| black_box(native.on_post_auth(&Request::from_raw(black_box(raw)))))
             });

@@ -187,3 +187,42 @@ pub fn pipeline(plugins: &[Arc<LoadedPlugin>]) -> Arc<Pipeline> {
     let metrics = Arc::new(Metrics::default());
     Arc::new(Pipeline::new(plugins.iter().map(|p| Arc::new(Slot::new(p.clone(), false, metrics.clone()))).collect()))
 }
+
+pub mod counting_alloc;
+pub use counting_alloc::CountingAlloc;
+
+/// Allocations per call of `f`, averaged over `iterations` calls, in the host (this binary's
+/// allocator) and in a plugin (its own allocator, read through `plugin_count`). Run it while
+/// nothing else runs: the counters are process-wide.
+pub fn allocations_per_call(iterations: u64, plugin_count: impl Fn() -> u64, mut f: impl FnMut()) -> (f64, f64) {
+    let (h0, p0) = (counting_alloc::allocations(), plugin_count());
+    for _ in 0..iterations {
+        f();
+    }
+    let (h1, p1) = (counting_alloc::allocations(), plugin_count());
+    ((h1 - h0) as f64 / iterations as f64, (p1 - p0) as f64 / iterations as f64)
+}
+
+/// The allocation counter of a bench plugin (`bench_allocations`), which has its own allocator.
+pub struct PluginAllocations {
+    // Keeps the library open for as long as `count` may be called.
+    _lib: libloading::Library,
+    count: extern "C" fn() -> u64,
+}
+
+impl PluginAllocations {
+    pub fn of(plugin: &LoadedPlugin) -> PluginAllocations {
+        // SAFETY: the bench plugin is a Rust cdylib whose initialisers are safe to run again
+        // (dlopen of a loaded file returns the same object), and `bench_allocations` has exactly
+        // this signature (benches/hooks/src/lib.rs). The library outlives `count`: both are here.
+        unsafe {
+            let lib = libloading::Library::new(&plugin.private_path).expect("reopening the bench plugin");
+            let count = *lib.get::<extern "C" fn() -> u64>(b"bench_allocations").expect("bench_allocations");
+            PluginAllocations { _lib: lib, count }
+        }
+    }
+
+    pub fn get(&self) -> u64 {
+        (self.count)()
+    }
+}

@@ -1,9 +1,14 @@
 //! Benchmark plugin: read-only hooks in every phase, a stream filter without history, and
 //! `bench_json_call`, the same PostAuth check behind one JSON-encoded C call with a base64 body,
-//! the way CLIProxyAPI calls its plugins.
+//! the way CLIProxyAPI calls its plugins; `bench_allocations`, what it has allocated so far.
 
 #[path = "common.rs"]
 mod common;
+#[path = "../../src/counting_alloc.rs"]
+mod counting_alloc;
+
+#[global_allocator]
+static ALLOC: counting_alloc::CountingAlloc = counting_alloc::CountingAlloc;
 
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -83,6 +88,12 @@ impl StreamChunk for BenchHooks {
     fn on_chunk(&self, _state: &mut (), chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
         Ok(common::chunk(chunk))
     }
+}
+
+/// Allocations this plugin has made so far (it counts its own: a cdylib has its own allocator).
+#[unsafe(no_mangle)]
+pub extern "C" fn bench_allocations() -> u64 {
+    counting_alloc::allocations()
 }
 
 /// The body pointer the last PostAuth call saw.

@@ -1,6 +1,6 @@
 //! Upstreams that models route to: the embedded mock, or an OpenAI-compatible HTTP API.
 
-mod mock;
+pub mod mock;
 mod openai;
 mod sse;
 

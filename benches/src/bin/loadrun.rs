@@ -1,0 +1,546 @@
+//! End-to-end load runs with `oha` (open loop, fixed rate, latency correction), printed as the
+//! markdown tables of BENCHMARKS.md. Everything binds to 127.0.0.1 and is stopped at the end.
+//!
+//! `loadrun proxy [--secs N] [--rates 1000,5000] [--peers]`: the same mock upstream behind
+//! direct, a bare hyper proxy, the gateway with 0 and 8 plugins (and LiteLLM and Portkey with
+//! `--peers`, where `make bench-peers` installed them), non-streaming and streaming.
+//!
+//! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
+//! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONNECTIONS: &str = "64";
+
+/// `target/release`, where this binary, the gateway and the plugins are built.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("loadrun's path");
+    exe.parent().expect("target/<profile>").to_path_buf()
+}
+const ADMIN_TOKEN: &str = "bench-admin-token";
+
+/// A child process stopped (and waited for) when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first, so that the gateway shuts its plugins down; then make sure.
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    /// Starts `cmd` and waits for its `listening on http://ADDR` line.
+    fn listening(name: &str, mut cmd: Command) -> Proc {
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null());
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on http://") {
+                        break addr.parse().expect("an address");
+                    }
+                }
+                _ => panic!("{name} exited before listening: {:?}", child.wait()),
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Proc { name: name.to_owned(), child, addr }
+    }
+
+    /// Starts `cmd`, which listens on `port`, and waits until a chat request through it succeeds.
+    fn on_port(name: &str, mut cmd: Command, port: u16, probe: &Target) -> Proc {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let proc = Proc { name: name.to_owned(), child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let probe = Target { url: format!("http://{}{}", proc.addr, probe.url), headers: probe.headers.clone() };
+        while probe.send(false).is_err() {
+            assert!(Instant::now() < deadline, "{name} did not answer on port {port} within 120 s");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        proc
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Where a load run sends its requests.
+#[derive(Clone)]
+struct Target {
+    url: String,
+    headers: Vec<(String, String)>,
+}
+
+fn chat_body(stream: bool) -> String {
+    serde_json::json!({
+        "model": "mock-gpt",
+        "stream": stream,
+        "messages": [{ "role": "user", "content": "Summarise the plot of a short story about a lighthouse keeper." }],
+    })
+    .to_string()
+}
+
+impl Target {
+    fn to(proc: &Proc, path: &str) -> Target {
+        Target { url: format!("http://{}{path}", proc.addr), headers: Vec::new() }
+    }
+
+    fn header(mut self, name: &str, value: &str) -> Target {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// One request, checked: the status must be 200 and a stream must end with `[DONE]`.
+    fn send(&self, stream: bool) -> Result<ureq::Response, String> {
+        let mut req = ureq::post(&self.url).set("content-type", "application/json").timeout(Duration::from_secs(10));
+        for (n, v) in &self.headers {
+            req = req.set(n, v);
+        }
+        req.send_string(&chat_body(stream)).map_err(|e| e.to_string())
+    }
+}
+
+/// One oha run's figures, in milliseconds.
+#[derive(Debug, Clone, Copy, Default)]
+struct Figures {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    success: f64,
+    rps: f64,
+    non_200: u64,
+}
+
+fn oha() -> PathBuf {
+    let path = target_dir().parent().expect("target").join("tools/bin/oha");
+    assert!(path.is_file(), "{} is missing: `make bench-e2e` installs it", path.display());
+    path
+}
+
+/// `oha` at a fixed `rate` for `secs`, 64 connections, latency corrected.
+fn load(target: &Target, stream: bool, rate: u32, secs: u64) -> Figures {
+    let mut cmd = Command::new(oha());
+    cmd.args(["--no-tui", "--output-format", "json", "--latency-correction"])
+        .args(["-c", CONNECTIONS, "-q", &rate.to_string(), "-z", &format!("{secs}s")])
+        .args(["-m", "POST", "-H", "content-type: application/json", "-d", &chat_body(stream)]);
+    for (n, v) in &target.headers {
+        cmd.args(["-H", &format!("{n}: {v}")]);
+    }
+    let out = cmd.arg(&target.url).stderr(Stdio::inherit()).output().expect("running oha");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("oha printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
+    let ms = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) * 1e3;
+    let p = &report["latencyPercentiles"];
+    let codes = report["statusCodeDistribution"].as_object().cloned().unwrap_or_default();
+    Figures {
+        p50: ms(&p["p50"]),
+        p90: ms(&p["p90"]),
+        p99: ms(&p["p99"]),
+        p999: ms(&p["p99.9"]),
+        success: report["summary"]["successRate"].as_f64().unwrap_or(0.0) * 100.0,
+        rps: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
+        non_200: codes.iter().filter(|(k, _)| *k != "200").map(|(_, v)| v.as_u64().unwrap_or(0)).sum(),
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)?.parse().ok()).unwrap_or(default)
+}
+
+fn bin(name: &str) -> PathBuf {
+    let path = target_dir().join(name);
+    assert!(path.is_file(), "{} is missing: run `make bench-e2e`, which builds it", path.display());
+    path
+}
+
+/// A gateway from `config` (TOML without `listen` and `data_dir`), with its data in `dir`.
+fn gateway(name: &str, dir: &Path, config: &str) -> Proc {
+    std::fs::create_dir_all(dir).expect("gateway dir");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+        dir.join("data").display(),
+        config.replace("{target}", &target_dir().display().to_string()).replace("{dir}", &dir.display().to_string())
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("writing the gateway config");
+    let mut cmd = Command::new(bin("gateway"));
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+    Proc::listening(name, cmd)
+}
+
+fn upstream_config(mock: &Proc) -> String {
+    format!(
+        "[[upstreams]]\nname = \"mock\"\nkind = \"openai\"\nbase_url = \"http://{}/v1\"\n\n[[models]]\nname = \"mock-gpt\"\nupstream = \"mock\"\n",
+        mock.addr
+    )
+}
+
+/// The 8 plugins of the loaded run: every request phase, the response phases, three stream
+/// filters and a data collector. All are example plugins but the two bench plugins.
+const EIGHT_PLUGINS: &str = r#"
+[[plugins]]
+path = "{target}/libip_filter.so"
+[plugins.config]
+allow = ["127.0.0.0/8"]
+
+[[plugins]]
+path = "{target}/libapi_key_auth.so"
+[plugins.config.keys.sk-bench]
+app = "bench-app"
+user = "bench-user"
+
+[[plugins]]
+path = "{target}/librequest_validator.so"
+[plugins.config]
+max_messages = 64
+max_prompt_chars = 32000
+
+[[plugins]]
+path = "{target}/libbench_hooks.so"
+
+[[plugins]]
+path = "{target}/libheader_stamp.so"
+[plugins.config.headers]
+x-gateway = "llm-gateway"
+
+[[plugins]]
+path = "{target}/libpii_redact.so"
+[plugins.config]
+emails = true
+cards = true
+
+[[plugins]]
+path = "{target}/libbench_hooks_history.so"
+
+[[plugins]]
+path = "{target}/libusage_logger.so"
+[plugins.config]
+path = "{dir}/usage.jsonl"
+"#;
+
+fn fmt_ms(v: f64) -> String {
+    if v < 10.0 { format!("{v:.3}") } else { format!("{v:.1}") }
+}
+
+fn proxy(args: &[String]) {
+    let secs: u64 = arg(args, "--secs", 10);
+    let rates: Vec<u32> = arg(args, "--rates", "1000,5000".to_owned())
+        .split(',')
+        .map(|r| r.trim().parse().expect("--rates: comma-separated numbers"))
+        .collect();
+    let peers = args.iter().any(|a| a == "--peers");
+    let work = tempfile::tempdir().expect("temp dir");
+
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let bare = {
+        let mut cmd = Command::new(bin("bare-proxy"));
+        cmd.arg(format!("http://{}", mock.addr));
+        Proc::listening("bare hyper proxy", cmd)
+    };
+    let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
+    let gw8 =
+        gateway("gateway, 8 plugins", &work.path().join("gw8"), &format!("{}{EIGHT_PLUGINS}", upstream_config(&mock)));
+    let path = "/v1/chat/completions";
+    let mut targets: Vec<(String, Target)> = vec![
+        ("direct to the mock".into(), Target::to(&mock, path)),
+        ("bare hyper proxy".into(), Target::to(&bare, path)),
+        ("gateway, 0 plugins".into(), Target::to(&gw0, path)),
+        ("gateway, 8 plugins".into(), Target::to(&gw8, path).header("authorization", "Bearer sk-bench")),
+    ];
+    let mut keep = Vec::new();
+    if peers {
+        keep.extend(start_peers(&mock, work.path(), &mut targets));
+    }
+    // Every target answers correctly before it is measured; ours must, a peer that does not is
+    // reported and left out of that mode.
+    let mut broken: Vec<(String, bool, String)> = Vec::new();
+    for (i, (name, t)) in targets.iter().enumerate() {
+        for stream in [false, true] {
+            let checked = t.send(stream).and_then(|resp| {
+                let body = resp.into_string().unwrap_or_default();
+                if stream && !body.contains("[DONE]") {
+                    return Err(format!("the stream did not end with [DONE]: {body}"));
+                }
+                Ok(())
+            });
+            match checked {
+                Ok(()) => {}
+                Err(e) if i >= 4 => broken.push((name.clone(), stream, e)),
+                Err(e) => panic!("{name}: {e}"),
+            }
+        }
+    }
+    println!("Each row: oha, {CONNECTIONS} connections, {secs} s at the given rate, latency corrected; ms.\n");
+    for stream in [false, true] {
+        for &rate in &rates {
+            println!("### {} at {rate} req/s\n", if stream { "Streaming" } else { "Non-streaming" });
+            println!(
+                "| target | p50 | p90 | p99 | p99.9 | ok % | non-200 | achieved req/s | p50 ÷ bare | p99 ÷ bare |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            let mut floor: Option<Figures> = None;
+            for (name, target) in &targets {
+                if let Some((_, _, e)) = broken.iter().find(|(n, s, _)| n == name && *s == stream) {
+                    println!("| {name} | failed the check before the run: {} |||||||||", e.replace('|', "/"));
+                    continue;
+                }
+                let f = load(target, stream, rate, secs);
+                if name == "bare hyper proxy" {
+                    floor = Some(f);
+                }
+                let ratio = |ours: f64, base: Option<f64>| base.map_or("".into(), |b| format!("{:.2}", ours / b));
+                println!(
+                    "| {name} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} |",
+                    fmt_ms(f.p50),
+                    fmt_ms(f.p90),
+                    fmt_ms(f.p99),
+                    fmt_ms(f.p999),
+                    f.success,
+                    f.non_200,
+                    f.rps,
+                    ratio(f.p50, floor.map(|b| b.p50)),
+                    ratio(f.p99, floor.map(|b| b.p99)),
+                );
+            }
+            println!();
+        }
+    }
+    drop(keep);
+    for p in [gw8, gw0, bare, mock] {
+        eprintln!("stopping {}", p.name);
+    }
+}
+
+/// LiteLLM and Portkey on the same mock, where `make bench-peers` installed them.
+fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) -> Vec<Proc> {
+    let peers = target_dir().parent().expect("target").join("peers");
+    let path = "/v1/chat/completions";
+    let mut started = Vec::new();
+    let litellm = peers.join("litellm-venv/bin/litellm");
+    if litellm.is_file() {
+        let config = work.join("litellm.yaml");
+        std::fs::write(
+            &config,
+            format!(
+                "model_list:\n  - model_name: mock-gpt\n    litellm_params:\n      model: openai/mock-gpt\n      api_base: http://{}/v1\n      api_key: sk-mock\n",
+                mock.addr
+            ),
+        )
+        .expect("litellm config");
+        let port = free_port();
+        let mut cmd = Command::new(&litellm);
+        cmd.arg("--config").arg(&config).args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+        cmd.args(["--num_workers", "1"]).env("LITELLM_LOG", "ERROR").env("LITELLM_TELEMETRY", "False");
+        let probe = Target { url: path.into(), headers: Vec::new() };
+        let p = Proc::on_port("LiteLLM proxy", cmd, port, &probe);
+        targets.push(("LiteLLM proxy 1.74.9 (1 worker)".into(), Target::to(&p, path)));
+        started.push(p);
+    } else {
+        eprintln!("LiteLLM is not installed ({}): skipped", litellm.display());
+    }
+    let portkey = peers.join("portkey/node_modules/@portkey-ai/gateway/build/start-server.js");
+    if portkey.is_file() {
+        let port = free_port();
+        let mut cmd = Command::new("node");
+        cmd.arg(&portkey).arg(format!("--port={port}"));
+        let headers = vec![
+            ("x-portkey-provider".to_owned(), "openai".to_owned()),
+            ("x-portkey-custom-host".to_owned(), format!("http://{}/v1", mock.addr)),
+            ("authorization".to_owned(), "Bearer sk-mock".to_owned()),
+        ];
+        let probe = Target { url: path.into(), headers: headers.clone() };
+        let p = Proc::on_port("Portkey gateway", cmd, port, &probe);
+        let mut t = Target::to(&p, path);
+        t.headers = headers;
+        targets.push(("Portkey gateway 1.15.2 (Node)".into(), t));
+        started.push(p);
+    } else {
+        eprintln!("Portkey is not installed ({}): skipped", portkey.display());
+    }
+    started
+}
+
+fn admin(gw: &Proc, method: &str, path: &str) -> Result<serde_json::Value, String> {
+    let resp = ureq::request(method, &format!("http://{}{path}", gw.addr))
+        .set("authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .timeout(Duration::from_secs(30))
+        .call()
+        .map_err(|e| match e {
+            ureq::Error::Status(code, r) => format!("{code}: {}", r.into_string().unwrap_or_default()),
+            e => e.to_string(),
+        })?;
+    resp.into_json().map_err(|e| e.to_string())
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn swap(args: &[String]) {
+    let secs: u64 = arg(args, "--secs", 10);
+    let swaps: usize = arg(args, "--swaps", 200);
+    let rate: u32 = arg(args, "--rate", 1000);
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("plugins/swapper.so");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("plugins dir");
+    let build = |v: usize| target_dir().join(format!("libswap_v{v}.so"));
+    std::fs::copy(build(1), &file).expect("copying swap-v1 (built by `make build`)");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let config = format!(
+        "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{}\n[[plugins]]\npath = \"{}\"\n",
+        upstream_config(&mock),
+        file.display()
+    );
+    let gw = gateway("gateway with swapper", &work.path().join("gw"), &config);
+    let target = Target::to(&gw, "/v1/chat/completions");
+    // Warm up, then the steady state.
+    load(&target, false, rate, 2);
+    let steady = load(&target, false, rate, secs);
+    let rss_before = gw.rss_kib();
+
+    // The same load while swapping v1 <-> v2 through the admin API.
+    let swapping = std::thread::scope(|s| {
+        let during = s.spawn(|| load(&target, false, rate, secs));
+        let mut reloads = Vec::new();
+        let mut serving = Vec::new();
+        let mut done = 0usize;
+        let started = Instant::now();
+        // Spread the swaps over the run: about 10 per second, as many as fit.
+        while started.elapsed() < Duration::from_secs(secs.saturating_sub(1)) && done < swaps {
+            let (ms, serve_ms) = one_swap(&gw, &file, &build, done, &target);
+            reloads.push(ms);
+            serving.push(serve_ms);
+            done += 1;
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        (during.join().expect("load thread"), reloads, serving, done)
+    });
+    let (during, mut reloads, mut serving, during_count) = swapping;
+    // The rest of the swaps without load, for the memory figure.
+    for i in during_count..swaps {
+        let (ms, serve_ms) = one_swap(&gw, &file, &build, i, &target);
+        reloads.push(ms);
+        serving.push(serve_ms);
+    }
+    std::thread::sleep(Duration::from_millis(600));
+    let rss_after = gw.rss_kib();
+    let status = admin(&gw, "GET", "/admin/plugins").expect("admin status");
+    let mapped = status["plugins"][0]["retired_versions_mapped"].as_u64().unwrap_or(0);
+    let pending = status["plugins"][0]["retired_versions_pending"].as_u64().unwrap_or(0);
+    reloads.sort_by(f64::total_cmp);
+    serving.sort_by(f64::total_cmp);
+
+    println!("Hot swap of one plugin (`swapper` v1 <-> v2) through `POST /admin/plugins/swapper/reload`.\n");
+    println!(
+        "| load at {rate} req/s, {secs} s, oha latency corrected | p50 ms | p90 ms | p99 ms | p99.9 ms | ok % | non-200 |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    for (name, f) in [("steady state".to_owned(), steady), (format!("during {during_count} swaps"), during)] {
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.2} | {} |",
+            fmt_ms(f.p50),
+            fmt_ms(f.p90),
+            fmt_ms(f.p99),
+            fmt_ms(f.p999),
+            f.success,
+            f.non_200
+        );
+    }
+    println!(
+        "| ratio, during ÷ steady | {:.2} | {:.2} | {:.2} | {:.2} | | |\n",
+        during.p50 / steady.p50,
+        during.p90 / steady.p90,
+        during.p99 / steady.p99,
+        during.p999 / steady.p999
+    );
+    println!("| reload latency over {swaps} swaps | p50 ms | p90 ms | p99 ms | max ms |");
+    println!("|---|---|---|---|---|");
+    for (name, v) in [
+        ("admin call, trigger to response (new version published)", &reloads),
+        ("trigger to a request served by the new version", &serving),
+    ] {
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            fmt_ms(percentile(v, 0.5)),
+            fmt_ms(percentile(v, 0.9)),
+            fmt_ms(percentile(v, 0.99)),
+            fmt_ms(v.last().copied().unwrap_or(f64::NAN))
+        );
+    }
+    let growth = rss_after as f64 - rss_before as f64;
+    println!(
+        "\nRSS: {} KiB before the swaps, {} KiB after {swaps} swaps: {:+.0} KiB ({:+.1} KiB per swap). \
+         Retired versions still mapped: {mapped}; waiting for requests: {pending}.",
+        rss_before,
+        rss_after,
+        growth,
+        growth / swaps as f64
+    );
+    if mapped > 0 {
+        println!("Per retained mapped version: {:.1} KiB.", growth / mapped as f64);
+    }
+    drop(gw);
+    drop(mock);
+}
+
+/// Puts the other build in place, reloads, and checks that the next request is stamped by it.
+/// Returns (admin round trip, trigger to first response from the new version), in ms.
+fn one_swap(gw: &Proc, file: &Path, build: &dyn Fn(usize) -> PathBuf, i: usize, target: &Target) -> (f64, f64) {
+    let v = if i % 2 == 0 { 2 } else { 1 };
+    std::fs::copy(build(v), file).expect("copying a swap build");
+    let t0 = Instant::now();
+    let r = admin(gw, "POST", "/admin/plugins/swapper/reload").unwrap_or_else(|e| panic!("reload {i} failed: {e}"));
+    let reload_ms = t0.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(r["outcome"], "reloaded", "swap {i}: {r}");
+    let stamp = target.send(false).expect("a request after the swap");
+    assert_eq!(stamp.header("x-swapper"), Some(format!("v{v}").as_str()), "swap {i}: served by the old version");
+    (reload_ms, t0.elapsed().as_secs_f64() * 1e3)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    match args.get(1).map(String::as_str) {
+        Some("proxy") => proxy(&args[2..]),
+        Some("swap") => swap(&args[2..]),
+        _ => {
+            eprintln!(
+                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun swap [--secs N] [--swaps N] [--rate R]"
+            );
+            std::process::exit(2);
+        }
+    }
+}
