@@ -13,10 +13,13 @@ use gateway::pipeline::{Pipeline, Slot};
 use gateway::plugin::{self, LoadedPlugin};
 use plugin_abi::ffi::{RawContext, RawHeader, RawRequest};
 
-/// `target/<profile>`, where the bench plugins are built.
+/// `target/<profile>`, where the bench plugins are built: the directory of the running binary,
+/// or its parent for a bench binary (in `target/<profile>/deps`).
 pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("bench binary path");
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    let dir = exe.parent().expect("target/<profile>");
+    if dir.file_name().is_some_and(|n| n == "deps") { dir.parent().expect("target/<profile>") } else { dir }
+        .to_path_buf()
 }
 
 pub fn artifact(name: &str) -> PathBuf {

@@ -664,7 +664,8 @@ struct StreamTask {
     status: StatusCode,
 }
 
-fn sse_frame(payload: &[u8]) -> Bytes {
+/// One server-sent event: `data: PAYLOAD` and the blank line that ends it.
+pub fn sse_frame(payload: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(payload.len() + 8);
     frame.extend_from_slice(b"data: ");
     frame.extend_from_slice(payload);

@@ -7,7 +7,8 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use gateway::server::sse_frame;
 use gateway::upstream::mock::MockUpstream;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -67,17 +68,7 @@ async fn handle(mock: &MockUpstream, req: http::Request<Incoming>) -> Response<F
     if !peek.stream {
         return reply(StatusCode::OK, "application/json", VecDeque::from([answer.completion()]));
     }
-    let mut frames: VecDeque<Bytes> = answer
-        .chunks()
-        .into_iter()
-        .map(|c| {
-            let mut f = BytesMut::with_capacity(c.len() + 8);
-            f.extend_from_slice(b"data: ");
-            f.extend_from_slice(&c);
-            f.extend_from_slice(b"\n\n");
-            f.freeze()
-        })
-        .collect();
+    let mut frames: VecDeque<Bytes> = answer.chunks().iter().map(|c| sse_frame(c)).collect();
     frames.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
     reply(StatusCode::OK, "text/event-stream", frames)
 }
