@@ -27,8 +27,8 @@ fn loads_an_example_plugin_with_its_metadata() {
     assert_eq!(loaded.info.abi_version, plugin_abi::ABI_VERSION);
     assert_eq!(loaded.info.capabilities, ["Response", "ConfigProvider"]);
     assert!(loaded.info.config_schema.is_some());
-    assert!(loaded.capabilities().response.is_some());
-    assert!(loaded.capabilities().pre_auth.is_none());
+    assert!(loaded.cap::<ffi::ResponseV1>().is_some());
+    assert!(loaded.cap::<ffi::PreAuthV1>().is_none());
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn a_plugin_built_against_an_older_minor_abi_loads_and_works() {
     let loaded = load("old-minor", "").unwrap();
     assert_eq!(loaded.info.abi_version, "1.0.0");
     assert_eq!(loaded.info.capabilities, ["Response"]);
-    let response = loaded.capabilities().response.expect("Response table");
+    let response = loaded.cap::<ffi::ResponseV1>().expect("Response table");
     let ctx = ffi::RawContext {
         request_id: "r".into(),
         app_id: "".into(),
@@ -115,9 +115,7 @@ fn a_plugin_built_against_an_older_minor_abi_loads_and_works() {
         metadata: Default::default(),
     };
     let resp = ffi::RawResponse { status: 200, headers: Default::default(), body: Default::default() };
-    let HookOutcome::Modify(m) = (response.on_headers)(loaded.instance(), &ctx, &resp) else {
-        panic!("expected Modify")
-    };
+    let HookOutcome::Modify(m) = response.on_headers(&ctx, &resp) else { panic!("expected Modify") };
     assert_eq!(m.set_headers[0].name.as_str(), "x-old-minor");
 }
 

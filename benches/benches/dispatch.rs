@@ -15,6 +15,7 @@ use gateway_benches::{
     CountingAlloc, Payload, PluginAllocations, allocations_per_call, artifact, load_instances, load_with_config,
     read_frame,
 };
+use plugin_abi::ffi::PostAuthV1;
 use plugin_abi::{Decision, PluginError, Request};
 
 #[global_allocator]
@@ -49,8 +50,7 @@ struct JsonReply {
 fn dispatch(c: &mut Criterion) {
     let copies = tempfile::tempdir().unwrap();
     let plugin = &load_instances("libbench_hooks.so", 1, copies.path())[0];
-    let post_auth = plugin.capabilities().post_auth.expect("bench-hooks has PostAuth");
-    let instance = plugin.instance();
+    let post_auth = plugin.cap::<PostAuthV1>().expect("bench-hooks has PostAuth");
     let native: Box<dyn NativePostAuth> = Box::new(Native);
     let plugin_allocs = PluginAllocations::of(plugin);
 
@@ -75,7 +75,7 @@ fn dispatch(c: &mut Criterion) {
     for payload in Payload::all() {
         payload.with_raw(|raw| {
             // Zero copy, checked: the plugin sees the host's own body buffer.
-            (post_auth.on_post_auth)(instance, raw);
+            post_auth.on_post_auth(raw);
             if !payload.body.is_empty() {
                 assert_eq!(last_body_ptr(), payload.body.as_ptr() as usize, "the plugin saw a copy of the body");
             }
@@ -83,7 +83,7 @@ fn dispatch(c: &mut Criterion) {
                 10_000,
                 || plugin_allocs.get(),
                 || {
-                    black_box((post_auth.on_post_auth)(instance, black_box(raw)));
+                    black_box(post_auth.on_post_auth(black_box(raw)));
                 },
             );
             println!("allocations per call, b_plugin_abi, {}: host {host}, plugin {plugin}", payload.name);
@@ -92,7 +92,7 @@ fn dispatch(c: &mut Criterion) {
                 b.iter(|| black_box(native.on_post_auth(&Request::from_raw(black_box(raw)))))
             });
             group.bench_function(BenchmarkId::new("b_plugin_abi", payload.name), |b| {
-                b.iter(|| black_box((post_auth.on_post_auth)(instance, black_box(raw))))
+                b.iter(|| black_box(post_auth.on_post_auth(black_box(raw))))
             });
         });
         let (mut input, mut out) = (Vec::new(), vec![0u8; 256]);
@@ -132,10 +132,10 @@ fn dispatch(c: &mut Criterion) {
     let kv_dir = tempfile::tempdir().unwrap();
     let config: toml::Table = toml::from_str("kv_key = \"tier\"").unwrap();
     let with_kv = &load_with_config("libbench_hooks.so", 1, kv_dir.path(), config)[0];
-    let kv_post_auth = with_kv.capabilities().post_auth.expect("PostAuth");
+    let kv_post_auth = with_kv.cap::<PostAuthV1>().expect("PostAuth");
     Payload::all()[1].with_raw(|raw| {
         group.bench_function(BenchmarkId::new("b_plugin_abi_with_kv_read", "1KiB+16h"), |b| {
-            b.iter(|| black_box((kv_post_auth.on_post_auth)(with_kv.instance(), black_box(raw))))
+            b.iter(|| black_box(kv_post_auth.on_post_auth(black_box(raw))))
         });
     });
     group.finish();

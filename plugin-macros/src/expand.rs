@@ -35,7 +35,16 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
         quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ty>())
     });
     let export = Ident::new(&abi_stable_shared::mangled_root_module_loader_name(), Span::call_site());
+    let abort_message = format!(
+        "plugin `{}` is being built with `panic = \"abort\"`: the gateway contains a plugin's panics only \
+         when they unwind (with abort, any panic in the plugin ends the whole gateway, and the gateway \
+         refuses to load it); remove `panic = \"abort\"` from the Cargo profile or `-C panic=abort` from RUSTFLAGS",
+        name.value()
+    );
     quote! {
+        #[cfg(panic = "abort")]
+        ::core::compile_error!(#abort_message);
+
         const _: () = {
             use ::plugin_abi::__private as __p;
 
@@ -46,7 +55,7 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
                     author: __p::RStr::from_str(#author),
                     description: __p::RStr::from_str(#description),
                     repository: __p::RStr::from_str(#repository),
-                    capabilities: __p::RSlice::from_slice(&[#(#entries),*]),
+                    capabilities: __p::RSlice::from_slice(&[#(#entries,)* __p::entry::build()]),
                 };
             }
 
@@ -70,6 +79,14 @@ mod tests {
         assert!(out.contains("no_mangle"), "{out}");
         assert!(out.contains("CARGO_PKG_VERSION"), "{out}");
         assert_eq!(out.matches("LibHeader").count(), 1);
+        assert!(out.contains("entry :: build ()"), "{out}");
+    }
+
+    #[test]
+    fn refuses_to_build_with_panic_abort() {
+        let input: DeriveInput = syn::parse_str(r#"#[plugin(name = "x", capabilities(PostAuth))] struct X;"#).unwrap();
+        let out = derive(input).to_string();
+        assert!(out.contains(r#"# [cfg (panic = "abort")] :: core :: compile_error !"#), "{out}");
     }
 
     #[test]

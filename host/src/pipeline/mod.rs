@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use plugin_abi::ffi::{self, AuthOutcome, HookOutcome, InstancePtr, PluginError, RawHeader, RawResponse, RawUpstream};
+use plugin_abi::ffi::{self, AuthOutcome, Cap, HookOutcome, PluginError, RawHeader, RawResponse, RawUpstream};
 
 use crate::config::FailMode;
 use crate::error::ApiError;
@@ -112,10 +112,10 @@ impl Outcome for ffi::ChunkOutcome {
     }
 }
 
-impl Outcome for ffi::StreamStart {
+impl Outcome for ffi::StreamStarted {
     fn error(&self) -> Option<&PluginError> {
         match self {
-            ffi::StreamStart::Fail(e) => Some(e),
+            ffi::StreamStarted::Fail(e) => Some(e),
             _ => None,
         }
     }
@@ -130,32 +130,31 @@ impl<T> Outcome for RResult<T, PluginError> {
     }
 }
 
-/// One plugin's table for one capability, with a metrics handle per hook of that capability.
+/// One plugin's handle for one capability, with a metrics handle per hook of that capability.
 pub struct Hook<T: 'static> {
-    pub table: &'static T,
+    pub cap: Cap<T>,
     pub slot: Arc<Slot>,
     metrics: [(&'static str, Arc<HookMetrics>); 2],
 }
 
 impl<T> Hook<T> {
-    fn new(table: &'static T, slot: &Arc<Slot>, names: [&'static str; 2]) -> Self {
+    fn new(cap: Cap<T>, slot: &Arc<Slot>, names: [&'static str; 2]) -> Self {
         let m = |n| (n, slot.metrics.hook(slot.name(), n));
-        Hook { table, slot: slot.clone(), metrics: [m(names[0]), m(names[1])] }
+        Hook { cap, slot: slot.clone(), metrics: [m(names[0]), m(names[1])] }
     }
 
     /// Calls hook `which` (0 or 1) with accounting: metrics, a trace span, panic counting.
-    fn invoke<R: Outcome>(&self, which: usize, f: impl FnOnce(InstancePtr) -> R) -> R {
+    fn invoke<R: Outcome>(&self, which: usize, f: impl FnOnce(&Cap<T>) -> R) -> R {
         let (name, m) = &self.metrics[which];
         let span =
             tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
         let _entered = span.enter();
         m.calls.fetch_add(1, Relaxed);
-        let instance = self.slot.plugin.instance();
         let started = quanta::Instant::now();
         let r = if self.slot.isolate && can_block_in_place() {
-            tokio::task::block_in_place(|| f(instance))
+            tokio::task::block_in_place(|| f(&self.cap))
         } else {
-            f(instance)
+            f(&self.cap)
         };
         m.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
@@ -267,38 +266,38 @@ pub struct Pipeline {
     collectors: Vec<Hook<ffi::DataCollectorV1>>,
 }
 
-/// A request hook: the table's function applied to the instance and the request view.
-type RequestCall<T> = fn(&T, InstancePtr, &ffi::RawRequest<'_>, Option<&RawUpstream<'_>>) -> HookOutcome;
+/// A request hook: the capability's call for the request view.
+type RequestCall<T> = fn(&Cap<T>, &ffi::RawRequest<'_>, Option<&RawUpstream<'_>>) -> HookOutcome;
 
 impl Pipeline {
     /// `slots` in run order.
     pub fn new(slots: Vec<Arc<Slot>>) -> Self {
         let mut p = Pipeline::default();
         for slot in &slots {
-            let caps = *slot.plugin.capabilities();
-            if let Some(t) = caps.pre_auth {
-                p.pre_auth.push(Hook::new(t, slot, ["pre_auth", "pre_auth"]));
+            let plugin = &slot.plugin;
+            if let Some(c) = plugin.cap() {
+                p.pre_auth.push(Hook::new(c, slot, ["pre_auth", "pre_auth"]));
             }
-            if let Some(t) = caps.auth {
-                p.auth.push(Hook::new(t, slot, ["auth", "auth_lookup"]));
+            if let Some(c) = plugin.cap() {
+                p.auth.push(Hook::new(c, slot, ["auth", "auth_lookup"]));
             }
-            if let Some(t) = caps.post_auth {
-                p.post_auth.push(Hook::new(t, slot, ["post_auth", "post_auth"]));
+            if let Some(c) = plugin.cap() {
+                p.post_auth.push(Hook::new(c, slot, ["post_auth", "post_auth"]));
             }
-            if let Some(t) = caps.request_interceptor {
-                p.interceptors.push(Hook::new(t, slot, ["before_selection", "after_selection"]));
+            if let Some(c) = plugin.cap() {
+                p.interceptors.push(Hook::new(c, slot, ["before_selection", "after_selection"]));
             }
-            if let Some(t) = caps.response {
-                p.response.push(Hook::new(t, slot, ["response_headers", "response_body"]));
+            if let Some(c) = plugin.cap() {
+                p.response.push(Hook::new(c, slot, ["response_headers", "response_body"]));
             }
-            if let Some(t) = caps.stream_chunk {
-                p.stream_chunk.push(Hook::new(t, slot, ["stream_start", "stream_chunk"]));
+            if let Some(c) = plugin.cap() {
+                p.stream_chunk.push(Hook::new(c, slot, ["stream_start", "stream_chunk"]));
             }
-            if let Some(t) = caps.stream_complete {
-                p.stream_complete.push(Hook::new(t, slot, ["stream_complete", "stream_complete"]));
+            if let Some(c) = plugin.cap() {
+                p.stream_complete.push(Hook::new(c, slot, ["stream_complete", "stream_complete"]));
             }
-            if let Some(t) = caps.data_collector {
-                p.collectors.push(Hook::new(t, slot, ["collector", "collector"]));
+            if let Some(c) = plugin.cap() {
+                p.collectors.push(Hook::new(c, slot, ["collector", "collector"]));
             }
         }
         p.slots = slots;
@@ -335,7 +334,7 @@ impl Pipeline {
                     if hook.quarantine_check()? {
                         continue;
                     }
-                    match hook.invoke(which, |inst| call(hook.table, inst, &raw, upstream)) {
+                    match hook.invoke(which, |cap| call(cap, &raw, upstream)) {
                         HookOutcome::Continue => {}
                         other => {
                             found = Some((i, other));
@@ -376,20 +375,20 @@ impl Pipeline {
     }
 
     pub fn pre_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.pre_auth, 0, req, None, |t, i, r, _| (t.on_pre_auth)(i, r))
+        Self::run_request(&self.pre_auth, 0, req, None, |c, r, _| c.on_pre_auth(r))
     }
 
     pub fn post_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.post_auth, 0, req, None, |t, i, r, _| (t.on_post_auth)(i, r))
+        Self::run_request(&self.post_auth, 0, req, None, |c, r, _| c.on_post_auth(r))
     }
 
     pub fn before_selection(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.interceptors, 0, req, None, |t, i, r, _| (t.before_selection)(i, r))
+        Self::run_request(&self.interceptors, 0, req, None, |c, r, _| c.before_selection(r))
     }
 
     pub fn after_selection(&self, req: &mut RequestState, upstream: &RawUpstream<'_>) -> Result<(), Stop> {
-        Self::run_request(&self.interceptors, 1, req, Some(upstream), |t, i, r, u| {
-            (t.after_selection)(i, r, u.expect("after_selection always has an upstream"))
+        Self::run_request(&self.interceptors, 1, req, Some(upstream), |c, r, u| {
+            c.after_selection(r, u.expect("after_selection always has an upstream"))
         })
     }
 
@@ -404,7 +403,7 @@ impl Pipeline {
                 if hook.quarantine_check()? {
                     continue;
                 }
-                match hook.invoke(0, |inst| (hook.table.authenticate)(inst, credential.into(), &raw)) {
+                match hook.invoke(0, |cap| cap.authenticate(credential, &raw)) {
                     AuthOutcome::Pass => {}
                     AuthOutcome::Fail(e) => match hook.fail(0, &e) {
                         Some(err) => return Err(Stop::Error(err)),
@@ -439,7 +438,7 @@ impl Pipeline {
             if hook.quarantine_check()? {
                 continue;
             }
-            match hook.invoke(1, |inst| (hook.table.app_by_credential)(inst, credential.into())) {
+            match hook.invoke(1, |cap| cap.app_by_credential(credential)) {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
                 RErr(e) => {
@@ -454,12 +453,12 @@ impl Pipeline {
 
     /// The headers phase: every Response plugin, in order, over status and headers.
     pub fn response_headers(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
-        self.run_response(0, ctx, resp, |t, i, c, r| (t.on_headers)(i, c, r))
+        self.run_response(0, ctx, resp, |cap, c, r| cap.on_headers(c, r))
     }
 
     /// The body phase of a non-streaming upstream response.
     pub fn response_body(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
-        self.run_response(1, ctx, resp, |t, i, c, r| (t.on_body)(i, c, r))
+        self.run_response(1, ctx, resp, |cap, c, r| cap.on_body(c, r))
     }
 
     fn run_response(
@@ -467,7 +466,7 @@ impl Pipeline {
         which: usize,
         ctx: &ContextState,
         resp: &mut ResponseState,
-        call: fn(&ffi::ResponseV1, InstancePtr, &ffi::RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
+        call: fn(&Cap<ffi::ResponseV1>, &ffi::RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
     ) -> Result<(), ApiError> {
         let metadata = ctx.raw_metadata();
         let raw_ctx = ctx.raw(&metadata);
@@ -479,7 +478,7 @@ impl Pipeline {
             let outcome = {
                 let headers = raw_headers(&resp.headers, recycle(std::mem::take(&mut buf)));
                 let raw = resp.raw(&headers, which == 1);
-                let outcome = hook.invoke(which, |inst| call(hook.table, inst, &raw_ctx, &raw));
+                let outcome = hook.invoke(which, |cap| call(cap, &raw_ctx, &raw));
                 buf = recycle(headers);
                 outcome
             };
@@ -524,7 +523,7 @@ impl Pipeline {
             if hook.slot.is_quarantined() {
                 continue;
             }
-            if let RErr(e) = hook.invoke(0, |inst| (hook.table.on_stream_complete)(inst, &raw_ctx, summary)) {
+            if let RErr(e) = hook.invoke(0, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
                 tracing::warn!(plugin = hook.slot.name(), code = e.code, "stream_complete failed: {}", e.message);
             }
         }
@@ -537,13 +536,12 @@ impl Pipeline {
                 continue;
             }
             let log = rec.raw_proxy_log();
-            let mut failed = hook.invoke(0, |inst| (hook.table.on_proxy_log)(inst, &log)).into_result().err();
+            let mut failed = hook.invoke(0, |cap| cap.on_proxy_log(&log)).into_result().err();
             if let Some(analytics) = rec.raw_analytics() {
-                failed =
-                    failed.or(hook.invoke(0, |inst| (hook.table.on_analytics)(inst, &analytics)).into_result().err());
+                failed = failed.or(hook.invoke(0, |cap| cap.on_analytics(&analytics)).into_result().err());
             }
             if let Some(budget) = rec.raw_budget() {
-                failed = failed.or(hook.invoke(0, |inst| (hook.table.on_budget)(inst, &budget)).into_result().err());
+                failed = failed.or(hook.invoke(0, |cap| cap.on_budget(&budget)).into_result().err());
             }
             if let Some(e) = failed {
                 hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);

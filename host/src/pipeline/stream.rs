@@ -1,10 +1,11 @@
 //! Stream-chunk plugins over one stream: a header-only start, one call per chunk, and an end call
-//! that always happens (also when the client goes away), so plugin state is never leaked.
+//! that always happens (also when the client goes away: each [`Stream`] ends itself when dropped),
+//! so plugin state is never leaked.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
-use plugin_abi::ffi::{self, ChunkHistory, ChunkOutcome, RawChunk, StreamStart, StreamState};
+use plugin_abi::ffi::{ChunkHistory, ChunkOutcome, Stream, StreamStarted};
 
 use super::{ContextState, Pipeline, ResponseState};
 use crate::error::ApiError;
@@ -12,7 +13,8 @@ use crate::error::ApiError;
 struct Active {
     /// Index into `Pipeline::stream_chunk`.
     hook: usize,
-    state: StreamState,
+    /// Ends the stream in the plugin when dropped.
+    stream: Stream,
     /// Only for plugins that opted in; holds chunks as the client received them.
     history: Option<ChunkHistory<Bytes>>,
 }
@@ -38,15 +40,14 @@ impl StreamFilters {
             if hook.quarantine_check()? {
                 continue;
             }
-            match hook.invoke(0, |inst| (hook.table.on_stream_start)(inst, &raw_ctx, &raw)) {
-                StreamStart::Skip => {}
-                StreamStart::Observe(state) => {
-                    let limits = hook.table.history;
-                    let history = ChunkHistory::new(limits);
+            match hook.invoke(0, |cap| cap.on_stream_start(&raw_ctx, &raw)) {
+                StreamStarted::Skip => {}
+                StreamStarted::Observe(stream) => {
+                    let history = ChunkHistory::new(hook.cap.history());
                     let history = history.is_enabled().then_some(history);
-                    filters.active.push(Active { hook: i, state, history });
+                    filters.active.push(Active { hook: i, stream, history });
                 }
-                StreamStart::Fail(e) => {
+                StreamStarted::Fail(e) => {
                     // `filters` ends the streams already started when it drops.
                     if let Some(err) = hook.fail(0, &e) {
                         return Err(err);
@@ -70,15 +71,14 @@ impl StreamFilters {
             return Ok(Some(data));
         }
         let mut current = data;
-        for active in &self.active {
+        for active in &mut self.active {
             let hook = &self.pipeline.stream_chunk[active.hook];
             if hook.slot.is_quarantined() {
                 hook.quarantine_check()?;
                 continue;
             }
-            let history = active.history.as_ref().map_or(ffi::NO_HISTORY, ChunkHistory::raw);
-            let raw = RawChunk { index, data: current.as_ref().into(), history };
-            match hook.invoke(1, |inst| (hook.table.on_chunk)(inst, active.state, &raw)) {
+            let (stream, history) = (&mut active.stream, active.history.as_ref());
+            match hook.invoke(1, |_| stream.on_chunk(index, &current, history)) {
                 ChunkOutcome::Pass => {}
                 ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
                 ChunkOutcome::Drop => return Ok(None),
@@ -95,14 +95,5 @@ impl StreamFilters {
             }
         }
         Ok(Some(current))
-    }
-}
-
-impl Drop for StreamFilters {
-    fn drop(&mut self) {
-        for active in self.active.drain(..) {
-            let hook = &self.pipeline.stream_chunk[active.hook];
-            (hook.table.on_stream_end)(hook.slot.plugin.instance(), active.state);
-        }
     }
 }

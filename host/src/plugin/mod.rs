@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use plugin_abi::ffi::{self, InstancePtr, Library, OpenError, Table, TableEntry};
+use plugin_abi::ffi::{self, Cap, Capability, Instance, Library, OpenError, Table};
 use sha2::{Digest, Sha256};
 
 use crate::config::{FailMode, PluginConfig};
@@ -20,6 +20,7 @@ pub enum LoadError {
     NotAPlugin { path: PathBuf },
     IncompatibleAbi { path: PathBuf, expected: String, found: String },
     LayoutMismatch { path: PathBuf, detail: String },
+    PanicAbort { path: PathBuf },
     DuplicateName { name: String, path: PathBuf, first: PathBuf },
     InvalidSchema { name: String, detail: String },
     ConfigRejected { name: String, field: String, rule: String },
@@ -56,6 +57,13 @@ impl fmt::Display for LoadError {
                 "{} has a plugin ABI layout that does not match this gateway's (same version, different types): {detail}",
                 path.display()
             ),
+            LoadError::PanicAbort { path } => write!(
+                f,
+                "{} was built with `panic = \"abort\"`: expected a plugin whose panics unwind, so that the \
+                 gateway can contain them (with abort, any panic in it would end the gateway); rebuild it \
+                 without `panic = \"abort\"` in its Cargo profile or RUSTFLAGS",
+                path.display()
+            ),
             LoadError::DuplicateName { name, path, first } => write!(
                 f,
                 "plugin name `{name}` from {} is already taken by {}: expected each plugin name once",
@@ -90,73 +98,6 @@ impl std::error::Error for LoadError {
     }
 }
 
-/// The capability tables a plugin offers, checked against this host's layouts.
-///
-/// The references are valid as long as the [`Library`] they came from; [`LoadedPlugin`] keeps
-/// both together and never hands a table out on its own.
-#[derive(Default, Clone, Copy)]
-pub struct Capabilities {
-    pub pre_auth: Option<&'static ffi::PreAuthV1>,
-    pub auth: Option<&'static ffi::AuthV1>,
-    pub post_auth: Option<&'static ffi::PostAuthV1>,
-    pub request_interceptor: Option<&'static ffi::RequestInterceptorV1>,
-    pub response: Option<&'static ffi::ResponseV1>,
-    pub stream_chunk: Option<&'static ffi::StreamChunkV1>,
-    pub stream_complete: Option<&'static ffi::StreamCompleteV1>,
-    pub data_collector: Option<&'static ffi::DataCollectorV1>,
-    pub config_provider: Option<&'static ffi::ConfigProviderV1>,
-    pub lifecycle: Option<&'static ffi::LifecycleV1>,
-}
-
-impl Capabilities {
-    /// Reads every entry this host knows; unknown ids (from a newer plugin ABI) are skipped.
-    fn read(entries: &[TableEntry], path: &Path) -> Result<(Self, Vec<String>), LoadError> {
-        fn set<T: Table>(slot: &mut Option<&'static T>, entry: &TableEntry, path: &Path) -> Result<(), LoadError> {
-            let table =
-                entry.get::<T>().map_err(|e| LoadError::LayoutMismatch { path: path.into(), detail: e.to_string() })?;
-            *slot = Some(table);
-            Ok(())
-        }
-        let mut caps = Capabilities::default();
-        let mut names = Vec::new();
-        for entry in entries {
-            let name = match (entry.id, entry.version) {
-                (ffi::cap::PRE_AUTH, 1) => set(&mut caps.pre_auth, entry, path).map(|()| ffi::PreAuthV1::NAME),
-                (ffi::cap::AUTH, 1) => set(&mut caps.auth, entry, path).map(|()| ffi::AuthV1::NAME),
-                (ffi::cap::POST_AUTH, 1) => set(&mut caps.post_auth, entry, path).map(|()| ffi::PostAuthV1::NAME),
-                (ffi::cap::REQUEST_INTERCEPTOR, 1) => {
-                    set(&mut caps.request_interceptor, entry, path).map(|()| ffi::RequestInterceptorV1::NAME)
-                }
-                (ffi::cap::RESPONSE, 1) => set(&mut caps.response, entry, path).map(|()| ffi::ResponseV1::NAME),
-                (ffi::cap::STREAM_CHUNK, 1) => {
-                    set(&mut caps.stream_chunk, entry, path).map(|()| ffi::StreamChunkV1::NAME)
-                }
-                (ffi::cap::STREAM_COMPLETE, 1) => {
-                    set(&mut caps.stream_complete, entry, path).map(|()| ffi::StreamCompleteV1::NAME)
-                }
-                (ffi::cap::DATA_COLLECTOR, 1) => {
-                    set(&mut caps.data_collector, entry, path).map(|()| ffi::DataCollectorV1::NAME)
-                }
-                (ffi::cap::CONFIG_PROVIDER, 1) => {
-                    set(&mut caps.config_provider, entry, path).map(|()| ffi::ConfigProviderV1::NAME)
-                }
-                (ffi::cap::LIFECYCLE, 1) => set(&mut caps.lifecycle, entry, path).map(|()| ffi::LifecycleV1::NAME),
-                (id, version) => {
-                    tracing::warn!(
-                        path = %path.display(),
-                        id,
-                        version,
-                        "plugin offers a capability this gateway does not know; ignoring it"
-                    );
-                    continue;
-                }
-            }?;
-            names.push(name.to_owned());
-        }
-        Ok((caps, names))
-    }
-}
-
 /// What `gateway check` prints and `/admin/plugins` will list.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct PluginInfo {
@@ -173,8 +114,7 @@ pub struct PluginInfo {
 /// A library opened and checked, not yet initialised.
 pub struct Inspected {
     pub info: PluginInfo,
-    caps: Capabilities,
-    library: Library,
+    library: Arc<Library>,
 }
 
 fn open_error(path: &Path, e: OpenError) -> LoadError {
@@ -199,13 +139,26 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
         return Err(LoadError::FileMissing { path: path.into() });
     }
     let library = Library::open(path).map_err(|e| open_error(path, e))?;
+    if library.panic_strategy() == Some(ffi::panic_strategy::ABORT) {
+        return Err(LoadError::PanicAbort { path: path.into() });
+    }
+    for (id, version) in library.capabilities().unknown() {
+        tracing::warn!(
+            path = %path.display(),
+            id,
+            version,
+            "plugin offers a capability this gateway does not know; ignoring it"
+        );
+    }
     let meta = library.metadata();
-    let (caps, capabilities) = Capabilities::read(meta.capabilities.as_slice(), path)?;
     let name = meta.name.as_str().to_owned();
-    let config_schema = match caps.config_provider {
+    // `Build` is how the plugin was made, not something it does.
+    let capabilities =
+        library.capabilities().names().iter().filter(|n| **n != ffi::BuildV1::NAME).map(|n| (*n).to_owned()).collect();
+    let config_schema = match library.config_schema() {
         None => None,
-        Some(provider) => Some(
-            serde_json::from_str::<serde_json::Value>((provider.schema)().as_str())
+        Some(schema) => Some(
+            serde_json::from_str::<serde_json::Value>(schema)
                 .map_err(|e| LoadError::InvalidSchema { name: name.clone(), detail: e.to_string() })?,
         ),
     };
@@ -219,7 +172,7 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
         capabilities,
         config_schema,
     };
-    Ok(Inspected { info, caps, library })
+    Ok(Inspected { info, library })
 }
 
 /// Checks `config` against the plugin's schema, naming the first failing field and rule.
@@ -264,11 +217,8 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     pub on_error: FailMode,
     pub quarantine_after: u32,
-    caps: Capabilities,
-    instance: InstancePtr,
-    // Kept alive until the instance is destroyed: the plugin holds a pointer to it.
-    services: Arc<PluginServices>,
-    library: Library,
+    /// Shuts down (ending its subscriptions first) when the last handle to it goes.
+    instance: Arc<Instance>,
 }
 
 impl LoadedPlugin {
@@ -276,35 +226,23 @@ impl LoadedPlugin {
         &self.info.name
     }
 
-    pub fn capabilities(&self) -> &Capabilities {
-        &self.caps
-    }
-
-    pub fn instance(&self) -> InstancePtr {
-        self.instance
+    /// The capability `T` of this plugin, if it has it.
+    pub fn cap<T: Capability>(&self) -> Option<Cap<T>> {
+        self.instance.cap::<T>()
     }
 
     /// Tells the plugin every plugin is initialised (Lifecycle capability).
     pub fn ready(&self) {
-        if let Some(lifecycle) = self.caps.lifecycle {
-            (lifecycle.on_ready)(self.instance);
+        if let Some(lifecycle) = self.cap::<ffi::LifecycleV1>() {
+            lifecycle.on_ready();
         }
     }
 
     /// Tells the plugin a newer version is taking over (Lifecycle capability).
     pub fn quiesce(&self) {
-        if let Some(lifecycle) = self.caps.lifecycle {
-            (lifecycle.quiesce)(self.instance);
+        if let Some(lifecycle) = self.cap::<ffi::LifecycleV1>() {
+            lifecycle.quiesce();
         }
-    }
-}
-
-impl Drop for LoadedPlugin {
-    fn drop(&mut self) {
-        // Subscriptions end first (no callback runs or is referenced after this), then shutdown
-        // runs exactly once; fields (services, then the library) drop after it.
-        self.services.end();
-        self.library.destroy(self.instance);
     }
 }
 
@@ -332,7 +270,8 @@ pub fn load(
     })?;
     validate_config(&info, &config_json)?;
     let services = PluginServices::new(&info.name, &info.version, shared);
-    let instance = inspected.library.create(&config_json.to_string(), ffi::host_handle(&services)).map_err(|e| {
+    // A failed init also ends whatever the plugin registered before failing (subscriptions).
+    let instance = inspected.library.instantiate(&config_json.to_string(), services).map_err(|e| {
         LoadError::InitializeFailed { name: info.name.clone(), code: e.code, message: e.message.into() }
     })?;
     tracing::info!(plugin = %info.name, version = %info.version, abi = %info.abi_version, path = %config.path.display(), "plugin loaded");
@@ -344,10 +283,7 @@ pub fn load(
         loaded_at: SystemTime::now(),
         on_error: config.on_error,
         quarantine_after: config.quarantine_after,
-        caps: inspected.caps,
         instance,
-        services,
-        library: inspected.library,
     })
 }
 
@@ -367,6 +303,7 @@ fn with_source_path(e: LoadError, private: &Path, source: &Path) -> LoadError {
             LoadError::IncompatibleAbi { path: fix(path), expected, found }
         }
         LoadError::LayoutMismatch { path, detail } => LoadError::LayoutMismatch { path: fix(path), detail },
+        LoadError::PanicAbort { path } => LoadError::PanicAbort { path: fix(path) },
         LoadError::Other { path, detail } => LoadError::Other { path: fix(path), detail },
         other => other,
     }

@@ -2,6 +2,7 @@
 //! on the event thread, off the request path. Each subscription belongs to one plugin instance
 //! and ends with it.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
@@ -25,8 +26,16 @@ struct Event {
     source: String,
 }
 
+#[derive(Default)]
+struct Subscriptions {
+    live: Vec<Subscription>,
+    /// Owners whose subscriptions ended: they may not subscribe again (a plugin subscribing from
+    /// its shutdown, or from a thread racing it, would otherwise outlive its instance).
+    ended: HashSet<u64>,
+}
+
 pub struct EventBus {
-    subscriptions: Mutex<Vec<Subscription>>,
+    subscriptions: Mutex<Subscriptions>,
     /// Held by the event thread while it delivers one event: ending a plugin's subscriptions
     /// takes it too, so no callback into the plugin is still running once that returns.
     delivering: Arc<Mutex<()>>,
@@ -40,7 +49,7 @@ impl EventBus {
     pub fn start(capacity: usize) -> Arc<EventBus> {
         let (tx, rx) = bounded::<Event>(capacity);
         let bus = Arc::new(EventBus {
-            subscriptions: Mutex::new(Vec::new()),
+            subscriptions: Mutex::new(Subscriptions::default()),
             delivering: Arc::new(Mutex::new(())),
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
@@ -66,6 +75,7 @@ impl EventBus {
         let targets: Vec<Arc<Subscriber>> = self
             .subscriptions
             .lock()
+            .live
             .iter()
             .filter(|s| s.topic.is_empty() || s.topic == event.topic)
             .map(|s| s.subscriber.clone())
@@ -95,34 +105,37 @@ impl EventBus {
         }
     }
 
-    pub fn subscribe(&self, owner: u64, topic: &str, subscriber: Subscriber) -> u64 {
+    /// Refused once `owner`'s subscriptions have ended; the subscriber is then dropped here.
+    pub fn subscribe(&self, owner: u64, topic: &str, subscriber: Subscriber) -> Result<u64, String> {
+        let mut subs = self.subscriptions.lock();
+        if subs.ended.contains(&owner) {
+            drop(subs);
+            drop(subscriber);
+            return Err("cannot subscribe: this plugin instance is shutting down".into());
+        }
         let id = self.next_id.fetch_add(1, Relaxed);
-        self.subscriptions.lock().push(Subscription {
-            id,
-            owner,
-            topic: topic.to_owned(),
-            subscriber: Arc::new(subscriber),
-        });
-        id
+        subs.live.push(Subscription { id, owner, topic: topic.to_owned(), subscriber: Arc::new(subscriber) });
+        Ok(id)
     }
 
     /// Ends subscription `id` if `owner` holds it.
     pub fn unsubscribe(&self, owner: u64, id: u64) -> bool {
         let removed = {
             let mut subs = self.subscriptions.lock();
-            let at = subs.iter().position(|s| s.id == id && s.owner == owner);
-            at.map(|i| subs.remove(i))
+            let at = subs.live.iter().position(|s| s.id == id && s.owner == owner);
+            at.map(|i| subs.live.remove(i))
         };
         removed.is_some()
     }
 
-    /// Ends every subscription of `owner`, waiting for a delivery in progress, so that the
-    /// plugin's callbacks are neither running nor referenced when this returns.
+    /// Ends every subscription of `owner` for good, waiting for a delivery in progress, so that
+    /// the plugin's callbacks are neither running nor referenced when this returns.
     pub fn end_owner(&self, owner: u64) {
         let ended: Vec<Subscription> = {
             let mut subs = self.subscriptions.lock();
-            let (ended, kept) = std::mem::take(&mut *subs).into_iter().partition(|s| s.owner == owner);
-            *subs = kept;
+            subs.ended.insert(owner);
+            let (ended, kept) = std::mem::take(&mut subs.live).into_iter().partition(|s| s.owner == owner);
+            subs.live = kept;
             ended
         };
         let _wait = self.delivering.lock();

@@ -86,12 +86,6 @@ impl PluginServices {
         })
     }
 
-    /// Ends what the instance holds on to in the host (its event subscriptions). Called before
-    /// the instance is destroyed.
-    pub fn end(&self) {
-        self.shared.events.end_owner(self.instance);
-    }
-
     fn admit_log(&self) -> bool {
         let logging = &self.shared.logging;
         let mut b = self.bucket.lock();
@@ -159,7 +153,7 @@ impl HostServices for PluginServices {
     }
 
     fn subscribe(&self, topic: &str, subscriber: Subscriber) -> ServiceResult<u64> {
-        Ok(self.shared.events.subscribe(self.instance, topic, subscriber))
+        self.shared.events.subscribe(self.instance, topic, subscriber)
     }
 
     fn unsubscribe(&self, id: u64) -> bool {
@@ -180,5 +174,11 @@ impl HostServices for PluginServices {
 
     fn validate_credential(&self, credential: &str) -> Option<(String, String)> {
         self.shared.lookup.credential(credential)
+    }
+
+    /// Ends the instance's event subscriptions (and refuses new ones); called before it is
+    /// destroyed, and after a failed init.
+    fn end(&self) {
+        self.shared.events.end_owner(self.instance);
     }
 }

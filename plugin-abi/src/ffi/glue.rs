@@ -2,7 +2,6 @@
 //! instantiates them; each one catches panics so that none crosses the boundary (a panic there
 //! aborts the host, and the host cannot catch a plugin's unwind: each cdylib has its own std).
 
-use std::any::Any;
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
@@ -18,38 +17,45 @@ pub trait Exported: Plugin {
     const METADATA: &'static PluginMetadata;
 }
 
-fn panic_message(payload: &(dyn Any + Send)) -> &str {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        s
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s
-    } else {
-        "non-string panic payload"
-    }
-}
-
 /// Runs `f`, turning a panic into a [`code::PANIC`] error.
 fn guard<R>(f: impl FnOnce() -> R, on_panic: impl FnOnce(PluginError) -> R) -> R {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(payload) => on_panic(PluginError {
             code: code::PANIC,
-            message: format!("plugin panicked: {}", panic_message(&*payload)).into(),
+            message: format!("plugin panicked: {}", sdk::panic_message(&*payload)).into(),
         }),
     }
 }
 
 /// What an [`InstancePtr`] points to.
-struct Instance<P> {
+struct Boxed<P> {
     plugin: P,
     stop: sdk::StopSignal,
+    /// For reporting panics that have no caller to return an error to (shutdown, lifecycle
+    /// notifications, the end of a stream).
+    host: Host,
 }
 
 /// # Safety
 /// `inst` must come from `create::<P>` and not have been destroyed.
+unsafe fn boxed<'a, P>(inst: InstancePtr) -> &'a Boxed<P> {
+    // SAFETY: per the function contract, `inst` is a live `Box<Boxed<P>>` turned into a pointer.
+    unsafe { &*(inst.0 as *const Boxed<P>) }
+}
+
+/// # Safety
+/// As for [`boxed`].
 unsafe fn instance<'a, P>(inst: InstancePtr) -> &'a P {
-    // SAFETY: per the function contract, `inst` is a live `Box<Instance<P>>` turned into a pointer.
-    unsafe { &(*(inst.0 as *const Instance<P>)).plugin }
+    // SAFETY: as for `boxed`.
+    unsafe { &boxed::<P>(inst).plugin }
+}
+
+/// Runs `f`, reporting a panic to the gateway's log: for calls whose outcome nobody receives.
+fn report(host: &Host, what: &str, f: impl FnOnce()) {
+    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
+        host.error(&format!("panicked in {what}: {}", sdk::panic_message(&*payload)));
+    }
 }
 
 fn hook<P>(inst: InstancePtr, f: impl FnOnce(&P) -> Result<sdk::Decision, sdk::PluginError>) -> HookOutcome {
@@ -77,8 +83,9 @@ extern "C" fn create<P: Plugin>(config: RStr<'_>, host: HostHandle) -> RResult<I
     guard(
         || {
             let stop = sdk::StopSignal::default();
-            match P::init(Config::new(config.as_str()), Host::with_stop(host, stop.clone())) {
-                Ok(plugin) => ROk(InstancePtr(Box::into_raw(Box::new(Instance { plugin, stop })) as *const c_void)),
+            let host = Host::with_stop(host, stop.clone());
+            match P::init(Config::new(config.as_str()), host.clone()) {
+                Ok(plugin) => ROk(InstancePtr(Box::into_raw(Box::new(Boxed { plugin, stop, host })) as *const c_void)),
                 Err(e) => RErr(e.into()),
             }
         },
@@ -88,10 +95,13 @@ extern "C" fn create<P: Plugin>(config: RStr<'_>, host: HostHandle) -> RResult<I
 
 extern "C" fn destroy<P: Plugin>(inst: InstancePtr) {
     // SAFETY: `inst` came from `create::<P>`; the host destroys each instance exactly once.
-    let mut instance = unsafe { Box::from_raw(inst.0 as *mut Instance<P>) };
-    instance.stop.fire();
-    // A panicking shutdown is dropped here: there is nobody left to report it to.
-    let _ = catch_unwind(AssertUnwindSafe(move || instance.plugin.shutdown()));
+    let mut boxed = unsafe { Box::from_raw(inst.0 as *mut Boxed<P>) };
+    boxed.stop.fire();
+    let host = boxed.host.clone();
+    // Shutdown and drop are guarded apart: a `Drop` that panics while a panicking shutdown
+    // unwinds would abort the process.
+    report(&host, "shutdown", || boxed.plugin.shutdown());
+    report(&host, "drop", move || drop(boxed));
 }
 
 fn root_module<P: Exported>() -> PluginRootRef {
@@ -111,6 +121,12 @@ pub const fn lib_header<P: Exported>() -> LibHeader {
 /// Table entries, one per capability, in `capabilities(...)` order.
 pub mod entry {
     use super::*;
+
+    /// How this plugin was built; the derive adds it to every plugin.
+    pub const fn build() -> TableEntry {
+        const PANIC: u8 = if cfg!(panic = "unwind") { panic_strategy::UNWIND } else { panic_strategy::ABORT };
+        TableEntry::new(const { &BuildV1 { panic: PANIC } })
+    }
     use crate::sdk::{
         Auth, Chunk, ConfigProvider, Context, DataCollector, Lifecycle, PostAuth, PreAuth, Request, RequestInterceptor,
         Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
@@ -213,7 +229,9 @@ pub mod entry {
             // SAFETY: `s` is the `Box<P::State>` made by `start::<P>`; the host ends it exactly once.
             let state = unsafe { Box::from_raw(s.0 as *mut P::State) };
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.on_stream_end(*state)));
+            let boxed = unsafe { boxed::<P>(i) };
+            // The state moves into `on_stream_end`, so a panicking drop of it is caught too.
+            report(&boxed.host, "on_stream_end", || boxed.plugin.on_stream_end(*state));
         }
         TableEntry::new(
             const {
@@ -303,11 +321,13 @@ pub mod entry {
     pub const fn lifecycle<P: Lifecycle>() -> TableEntry {
         extern "C" fn on_ready<P: Lifecycle>(i: InstancePtr) {
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.on_ready()));
+            let boxed = unsafe { boxed::<P>(i) };
+            report(&boxed.host, "on_ready", || boxed.plugin.on_ready());
         }
         extern "C" fn quiesce<P: Lifecycle>(i: InstancePtr) {
             // SAFETY: the host passes the instance it got from `create` for this plugin type.
-            let _ = catch_unwind(AssertUnwindSafe(|| unsafe { instance::<P>(i) }.quiesce()));
+            let boxed = unsafe { boxed::<P>(i) };
+            report(&boxed.host, "quiesce", || boxed.plugin.quiesce());
         }
         TableEntry::new(const { &LifecycleV1 { on_ready: on_ready::<P>, quiesce: quiesce::<P> } })
     }

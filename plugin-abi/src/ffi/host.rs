@@ -4,15 +4,21 @@
 
 use std::ffi::c_void;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
 
 use abi_stable::std_types::{RErr, RNone, ROk, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
 
+use super::loader::Ctx;
 use super::*;
 
-/// A subscriber's callback as a plugin registered it. Dropping it frees the plugin's state, so
-/// the host must drop it while the plugin's library is loaded (it does so before unloading).
-pub struct Subscriber(RawSubscriber);
+/// A subscriber's callback as a plugin registered it. It keeps the plugin's library loaded, so
+/// delivering to it or dropping it (which frees the plugin's closure) is always sound; the host
+/// still ends subscriptions when their instance goes away ([`HostServices::end`]).
+pub struct Subscriber {
+    raw: RawSubscriber,
+    _library: Option<Arc<Library>>,
+}
 
 // SAFETY: the SDK only registers `Send + Sync` closures as `user`.
 unsafe impl Send for Subscriber {}
@@ -21,13 +27,14 @@ unsafe impl Sync for Subscriber {}
 
 impl Subscriber {
     pub fn deliver(&self, event: &RawEvent<'_>) {
-        (self.0.callback)(self.0.user, event)
+        (self.raw.callback)(self.raw.user, event)
     }
 }
 
 impl Drop for Subscriber {
     fn drop(&mut self) {
-        (self.0.drop_user)(self.0.user)
+        // Runs before the fields drop: the library is still loaded here.
+        (self.raw.drop_user)(self.raw.user)
     }
 }
 
@@ -54,11 +61,43 @@ pub trait HostServices: Send + Sync + 'static {
     fn model_info(&self, model: &str) -> Option<ModelInfo>;
     /// The (app id, user id) of an API key.
     fn validate_credential(&self, credential: &str) -> Option<(String, String)>;
+    /// The instance is going away: end what it holds in the host (its subscriptions) and refuse
+    /// new subscriptions. No callback into the plugin may run or start once this returns.
+    /// Default: nothing to end.
+    fn end(&self) {}
 }
 
-/// A handle for plugins to reach `services`; valid as long as that `Arc` is kept alive.
-pub fn host_handle<S: HostServices>(services: &Arc<S>) -> HostHandle {
-    HostHandle { ctx: Arc::as_ptr(services) as *const c_void, service: service::<S> }
+/// What a plugin's [`HostHandle`] points to: the services, whether the instance is shut down,
+/// and (for a real library) a way to keep that library loaded from its subscriptions. Counted:
+/// the host holds one reference per instance, the plugin's SDK one per `Host` value, so a
+/// handle a plugin keeps past `destroy` still points at live memory.
+pub(crate) struct HostCtx<S> {
+    services: Arc<S>,
+    closed: AtomicBool,
+    /// `None` for the mock host, which has no library.
+    library: Option<Weak<Library>>,
+}
+
+impl<S: HostServices> HostCtx<S> {
+    pub(crate) fn new(services: Arc<S>, library: Option<Weak<Library>>) -> Arc<Self> {
+        Arc::new(HostCtx { services, closed: AtomicBool::new(false), library })
+    }
+}
+
+impl<S: HostServices> Ctx for HostCtx<S> {
+    fn end(&self) {
+        self.services.end();
+    }
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+}
+
+/// A handle for plugins to reach `ctx`; valid as long as that `Arc` (or a count the plugin took
+/// through [`HandleV1`]) is kept alive.
+pub(crate) fn host_handle<S: HostServices>(ctx: &Arc<HostCtx<S>>) -> HostHandle {
+    HostHandle { ctx: Arc::as_ptr(ctx) as *const c_void, service: service::<S> }
 }
 
 extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry> {
@@ -78,6 +117,9 @@ extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u3
         (service::EVENTS, 1) => RSome(TableEntry::new(
             const { &EventsV1 { publish: publish::<S>, subscribe: subscribe::<S>, unsubscribe: unsubscribe::<S> } },
         )),
+        (service::HANDLE, 1) => {
+            RSome(TableEntry::new(const { &HandleV1 { retain: retain::<S>, release: release::<S> } }))
+        }
         (service::LOOKUP, 1) => RSome(TableEntry::new(
             const {
                 &LookupV1 {
@@ -92,13 +134,34 @@ extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u3
     }
 }
 
-/// Runs `f` on the services behind `ctx`; a host panic becomes an error instead of unwinding
-/// into the plugin's frames.
-fn with<S: HostServices, R>(ctx: *const c_void, on_panic: R, f: impl FnOnce(&S) -> R) -> R {
-    // SAFETY: plugins only get `ctx` inside a handle made by `host_handle::<S>`, and the host
-    // keeps the services alive for as long as the instance exists.
-    let services = unsafe { &*(ctx as *const S) };
-    catch_unwind(AssertUnwindSafe(|| f(services))).unwrap_or(on_panic)
+/// # Safety
+/// `ctx` must come from `host_handle::<S>` and still be counted (by the host's instance or by a
+/// `retain` the plugin has not released yet).
+unsafe fn ctx_ref<'a, S>(ctx: *const c_void) -> &'a HostCtx<S> {
+    // SAFETY: per the contract, `ctx` points to a live `HostCtx<S>`.
+    unsafe { &*(ctx as *const HostCtx<S>) }
+}
+
+/// Runs `f` on the services behind `ctx`. A call after the instance shut down gets `closed`; a
+/// host panic becomes `on_panic` instead of unwinding into the plugin's frames.
+fn with<S: HostServices, R>(ctx: *const c_void, closed: R, on_panic: R, f: impl FnOnce(&HostCtx<S>) -> R) -> R {
+    // SAFETY: plugins only get `ctx` inside a handle made by `host_handle::<S>`; the host counts
+    // it until the instance is destroyed and the SDK counts every `Host` the plugin keeps.
+    let ctx = unsafe { ctx_ref::<S>(ctx) };
+    if ctx.closed.load(Ordering::Acquire) {
+        return closed;
+    }
+    catch_unwind(AssertUnwindSafe(|| f(ctx))).unwrap_or(on_panic)
+}
+
+extern "C" fn retain<S: HostServices>(ctx: *const c_void) {
+    // SAFETY: the SDK retains only a handle it holds, which is counted (see `with`).
+    unsafe { Arc::increment_strong_count(ctx as *const HostCtx<S>) }
+}
+
+extern "C" fn release<S: HostServices>(ctx: *const c_void) {
+    // SAFETY: the SDK releases exactly the counts it retained, once each.
+    unsafe { Arc::decrement_strong_count(ctx as *const HostCtx<S>) }
 }
 
 fn service_error(message: impl Into<String>) -> PluginError {
@@ -116,8 +179,14 @@ fn panicked<T>() -> RResult<T, PluginError> {
     RErr(service_error("the host panicked serving this call"))
 }
 
+fn closed<T>() -> RResult<T, PluginError> {
+    RErr(service_error(
+        "this plugin instance has been shut down: host services are only available between init and shutdown",
+    ))
+}
+
 extern "C" fn log<S: HostServices>(ctx: *const c_void, level: u8, message: RStr<'_>) {
-    with::<S, _>(ctx, (), |s| s.log(level, message.as_str()))
+    with::<S, _>(ctx, (), (), |c| c.services.log(level, message.as_str()))
 }
 
 extern "C" fn kv_get<S: HostServices>(
@@ -125,8 +194,8 @@ extern "C" fn kv_get<S: HostServices>(
     key: RStr<'_>,
     read: ReadCallback,
 ) -> RResult<bool, PluginError> {
-    with::<S, _>(ctx, panicked(), |s| {
-        rresult(s.kv_get(key.as_str(), &mut |value| (read.read)(read.user, RSlice::from_slice(value))))
+    with::<S, _>(ctx, closed(), panicked(), |c| {
+        rresult(c.services.kv_get(key.as_str(), &mut |value| (read.read)(read.user, RSlice::from_slice(value))))
     })
 }
 
@@ -136,11 +205,11 @@ extern "C" fn kv_set<S: HostServices>(
     value: RSlice<'_, u8>,
     ttl_ms: u64,
 ) -> RResult<(), PluginError> {
-    with::<S, _>(ctx, panicked(), |s| rresult(s.kv_set(key.as_str(), value.as_slice(), ttl_ms)))
+    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_set(key.as_str(), value.as_slice(), ttl_ms)))
 }
 
 extern "C" fn kv_delete<S: HostServices>(ctx: *const c_void, key: RStr<'_>) -> RResult<bool, PluginError> {
-    with::<S, _>(ctx, panicked(), |s| rresult(s.kv_delete(key.as_str())))
+    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_delete(key.as_str())))
 }
 
 extern "C" fn kv_list<S: HostServices>(
@@ -148,8 +217,12 @@ extern "C" fn kv_list<S: HostServices>(
     prefix: RStr<'_>,
     limit: u32,
 ) -> RResult<RVec<RString>, PluginError> {
-    with::<S, _>(ctx, panicked(), |s| {
-        rresult(s.kv_list(prefix.as_str(), limit as usize).map(|keys| keys.into_iter().map(RString::from).collect()))
+    with::<S, _>(ctx, closed(), panicked(), |c| {
+        rresult(
+            c.services
+                .kv_list(prefix.as_str(), limit as usize)
+                .map(|keys| keys.into_iter().map(RString::from).collect()),
+        )
     })
 }
 
@@ -159,7 +232,7 @@ extern "C" fn kv_increment<S: HostServices>(
     delta: i64,
     ttl_ms: u64,
 ) -> RResult<i64, PluginError> {
-    with::<S, _>(ctx, panicked(), |s| rresult(s.kv_increment(key.as_str(), delta, ttl_ms)))
+    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_increment(key.as_str(), delta, ttl_ms)))
 }
 
 extern "C" fn publish<S: HostServices>(
@@ -168,7 +241,9 @@ extern "C" fn publish<S: HostServices>(
     payload: RSlice<'_, u8>,
     direction: u8,
 ) -> RResult<(), PluginError> {
-    with::<S, _>(ctx, panicked(), |s| rresult(s.publish(topic.as_str(), payload.as_slice(), direction)))
+    with::<S, _>(ctx, closed(), panicked(), |c| {
+        rresult(c.services.publish(topic.as_str(), payload.as_slice(), direction))
+    })
 }
 
 extern "C" fn subscribe<S: HostServices>(
@@ -176,29 +251,39 @@ extern "C" fn subscribe<S: HostServices>(
     topic: RStr<'_>,
     raw: RawSubscriber,
 ) -> RResult<u64, PluginError> {
-    let subscriber = Subscriber(raw);
-    with::<S, _>(ctx, panicked(), |s| rresult(s.subscribe(topic.as_str(), subscriber)))
+    // Made first, so that every way out of here (closed, refused, panicked) frees the closure.
+    let mut subscriber = Subscriber { raw, _library: None };
+    with::<S, _>(ctx, closed(), panicked(), |c| {
+        if let Some(library) = &c.library {
+            match library.upgrade() {
+                Some(library) => subscriber._library = Some(library),
+                None => return closed(),
+            }
+        }
+        rresult(c.services.subscribe(topic.as_str(), subscriber))
+    })
 }
 
 extern "C" fn unsubscribe<S: HostServices>(ctx: *const c_void, id: u64) -> bool {
-    with::<S, _>(ctx, false, |s| s.unsubscribe(id))
+    with::<S, _>(ctx, false, false, |c| c.services.unsubscribe(id))
 }
 
 extern "C" fn get_app<S: HostServices>(ctx: *const c_void, id: RStr<'_>) -> ROption<AppInfo> {
-    with::<S, _>(ctx, RNone, |s| s.get_app(id.as_str()).into())
+    with::<S, _>(ctx, RNone, RNone, |c| c.services.get_app(id.as_str()).into())
 }
 
 extern "C" fn list_apps<S: HostServices>(ctx: *const c_void) -> RVec<AppInfo> {
-    with::<S, _>(ctx, RVec::new(), |s| s.list_apps().into())
+    with::<S, _>(ctx, RVec::new(), RVec::new(), |c| c.services.list_apps().into())
 }
 
 extern "C" fn model_info<S: HostServices>(ctx: *const c_void, model: RStr<'_>) -> ROption<ModelInfo> {
-    with::<S, _>(ctx, RNone, |s| s.model_info(model.as_str()).into())
+    with::<S, _>(ctx, RNone, RNone, |c| c.services.model_info(model.as_str()).into())
 }
 
 extern "C" fn validate_credential<S: HostServices>(ctx: *const c_void, credential: RStr<'_>) -> ROption<Identity> {
-    with::<S, _>(ctx, RNone, |s| {
-        s.validate_credential(credential.as_str())
+    with::<S, _>(ctx, RNone, RNone, |c| {
+        c.services
+            .validate_credential(credential.as_str())
             .map(|(app, user)| Identity { app_id: app.into(), user_id: user.into() })
             .into()
     })
@@ -206,12 +291,14 @@ extern "C" fn validate_credential<S: HostServices>(ctx: *const c_void, credentia
 
 // The plugin side: trampolines the SDK passes to the host.
 
-/// Hands `value` to the `FnMut(&[u8])` behind `user`.
+/// Hands `value` to the `FnMut(&[u8])` behind `user`. The SDK's closure catches the plugin's
+/// panics itself and re-raises them in the plugin once the host call returned; this guard only
+/// keeps any other panic from crossing into the host (which would abort the process).
 pub(crate) extern "C" fn read_trampoline<F: FnMut(&[u8])>(user: *mut c_void, value: RSlice<'_, u8>) {
     // SAFETY: the SDK passes a pointer to its own `F`, alive for the duration of the `get` call
     // that invokes this.
     let f = unsafe { &mut *(user as *mut F) };
-    f(value.as_slice())
+    let _ = catch_unwind(AssertUnwindSafe(|| f(value.as_slice())));
 }
 
 /// A subscriber closure as the SDK boxes it.
@@ -227,7 +314,9 @@ pub(crate) extern "C" fn event_trampoline(user: *const c_void, event: &RawEvent<
 
 pub(crate) extern "C" fn drop_event_closure(user: *const c_void) {
     // SAFETY: as above; the host calls this exactly once per subscription.
-    drop(unsafe { Box::from_raw(user as *mut EventClosure) });
+    let closure = unsafe { Box::from_raw(user as *mut EventClosure) };
+    // A closure whose captures panic on drop must not unwind into the host.
+    let _ = catch_unwind(AssertUnwindSafe(move || drop(closure)));
 }
 
 /// A subscription for `f`.

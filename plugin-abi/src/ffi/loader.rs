@@ -2,10 +2,12 @@
 //! reading abi_stable's header symbol; everything after it is checked (version, then layout).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use abi_stable::library::{LibraryError, RawLibrary, RootModule, abi_header_from_raw_library};
 use abi_stable::std_types::{RErr, ROk, RStr};
 
+use super::handle::Capability;
 use super::*;
 
 /// Why a file could not be opened as a plugin. The host adds the path and its own wording.
@@ -25,22 +27,25 @@ pub enum OpenError {
     Other(String),
 }
 
-/// An open plugin library: its root module, valid as long as this value lives.
+/// An open plugin library: its root module and its checked capability tables, valid as long as
+/// this value lives. Shared (`Arc`) by the instances made from it and by the event subscriptions
+/// those register, so its code stays mapped while anything can still call into it.
 pub struct Library {
     root: PluginRootRef,
     abi_version: String,
-    // Dropped last: unmapping the library (best effort, see PRIOR_ART.md) invalidates `root`.
+    capabilities: Capabilities,
+    // Dropped last: unmapping the library (best effort, see PRIOR_ART.md) invalidates the rest.
     _raw: RawLibrary,
 }
 
 impl Library {
-    pub fn open(path: &Path) -> Result<Library, OpenError> {
+    pub fn open(path: &Path) -> Result<Arc<Library>, OpenError> {
         let raw = RawLibrary::load_at(path).map_err(|e| match e {
             LibraryError::OpenError { err, .. } => OpenError::NotSharedLibrary(err.to_string()),
             other => OpenError::Other(other.to_string()),
         })?;
         // SAFETY: the header is only used while `raw` is alive: `Library` owns both, and the root
-        // module and all tables read through it are handed out borrowing `self`.
+        // module and all tables read through it are only reachable through `self`.
         let header = unsafe { abi_header_from_raw_library(&raw) }.map_err(|_| OpenError::NotAPlugin)?;
         let header = header.upgrade().map_err(|e| OpenError::IncompatibleAbiStable(e.to_string()))?;
         let found = header.version_strings().version.as_str().to_owned();
@@ -51,7 +56,9 @@ impl Library {
             LibraryError::AbiInstability(e) => OpenError::LayoutMismatch(summarize_layout_errors(&e.to_string())),
             other => OpenError::Other(other.to_string()),
         })?;
-        Ok(Library { root, abi_version: found, _raw: raw })
+        let capabilities = Capabilities::check(root.metadata().capabilities.as_slice())
+            .map_err(|e| OpenError::LayoutMismatch(e.to_string()))?;
+        Ok(Arc::new(Library { root, abi_version: found, capabilities, _raw: raw }))
     }
 
     /// The ABI version the plugin was built against.
@@ -63,18 +70,80 @@ impl Library {
         self.root.metadata()
     }
 
-    /// Creates an instance. The host must keep whatever `host.ctx` points to alive until
-    /// [`Library::destroy`] has returned for it.
-    pub fn create(&self, config_json: &str, host: HostHandle) -> Result<InstancePtr, PluginError> {
-        match (self.root.create())(RStr::from_str(config_json), host) {
-            ROk(instance) => Ok(instance),
-            RErr(e) => Err(e),
-        }
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
     }
 
-    /// Shuts the instance down and frees it. Must be called exactly once per created instance.
-    pub fn destroy(&self, instance: InstancePtr) {
-        (self.root.destroy())(instance)
+    /// The JSON Schema of the plugin's config (`ConfigProvider`), if it has one.
+    pub fn config_schema(&self) -> Option<&str> {
+        let provider = self.capabilities.table::<ConfigProviderV1>()?;
+        Some((provider.schema)().as_str())
+    }
+
+    /// How the plugin handles panics ([`panic_strategy`]); `None` for plugins built before ABI 1.3,
+    /// which do not say.
+    pub fn panic_strategy(&self) -> Option<u8> {
+        self.capabilities.table::<BuildV1>().map(|b| b.panic)
+    }
+
+    /// Creates an instance with `services` as its host. The instance shuts down (the plugin's
+    /// `shutdown`, exactly once) when the last handle to it is dropped. If the plugin fails to
+    /// initialise, whatever it registered with the host meanwhile is ended before this returns.
+    pub fn instantiate<S: HostServices>(
+        self: &Arc<Self>,
+        config_json: &str,
+        services: Arc<S>,
+    ) -> Result<Arc<Instance>, PluginError> {
+        let ctx = HostCtx::new(services, Some(Arc::downgrade(self)));
+        match (self.root.create())(RStr::from_str(config_json), host_handle(&ctx)) {
+            ROk(ptr) => Ok(Arc::new(Instance { ptr, ctx, library: self.clone() })),
+            RErr(e) => {
+                ctx.end();
+                ctx.close();
+                Err(e)
+            }
+        }
+    }
+}
+
+/// What [`Instance`] needs of its host context, whatever the services' type.
+pub(crate) trait Ctx: Send + Sync {
+    /// Ends what the instance holds in the host (event subscriptions): no callback into the
+    /// plugin is running or can start once this returns.
+    fn end(&self);
+    /// Every later service call from the plugin gets an error.
+    fn close(&self);
+}
+
+/// One initialised plugin instance. Dropping the last `Arc` ends its subscriptions, runs the
+/// plugin's shutdown exactly once, then closes its host handle; the library stays loaded until
+/// the instance (and every subscription it made) is gone.
+pub struct Instance {
+    ptr: InstancePtr,
+    ctx: Arc<dyn Ctx>,
+    library: Arc<Library>,
+}
+
+impl Instance {
+    pub fn library(&self) -> &Arc<Library> {
+        &self.library
+    }
+
+    pub(crate) fn ptr(&self) -> InstancePtr {
+        self.ptr
+    }
+
+    /// The capability `T` of this instance, if the plugin has it.
+    pub fn cap<T: Capability>(self: &Arc<Self>) -> Option<Cap<T>> {
+        Cap::new(self)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.ctx.end();
+        (self.library.root.destroy())(self.ptr);
+        self.ctx.close();
     }
 }
 

@@ -39,10 +39,12 @@ impl HostServices for MockServices {
     }
 
     fn kv_get(&self, key: &str, read: &mut dyn FnMut(&[u8])) -> ServiceResult<bool> {
-        let kv = lock(&self.kv);
-        match kv.get(key).filter(|e| live(e)) {
-            Some((value, _)) => {
-                read(value);
+        // A copy, so that `read` runs unlocked and may call the host again, as it may on the
+        // gateway.
+        let value = lock(&self.kv).get(key).filter(|e| live(e)).map(|(value, _)| value.clone());
+        match value {
+            Some(value) => {
+                read(&value);
                 Ok(true)
             }
             None => Ok(false),
@@ -176,7 +178,7 @@ impl<B: AsRef<[u8]>> ChunkHistory<B> {
     }
 
     /// A view valid while `self` is neither moved nor changed.
-    pub fn raw(&self) -> RawHistory {
+    pub(crate) fn raw(&self) -> RawHistory {
         RawHistory {
             ctx: self as *const Self as *const c_void,
             len: self.chunks.len() as u32,

@@ -42,6 +42,8 @@ pub mod cap {
     pub const CONFIG_PROVIDER: u32 = 9;
     /// Added in ABI 1.2.
     pub const LIFECYCLE: u32 = 10;
+    /// Added in ABI 1.3. Not listed by plugin authors: `#[derive(Plugin)]` always exports it.
+    pub const BUILD: u32 = 11;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.
@@ -53,6 +55,8 @@ pub mod service {
     pub const EVENTS: u32 = 3;
     /// Added in ABI 1.2.
     pub const LOOKUP: u32 = 4;
+    /// Added in ABI 1.3.
+    pub const HANDLE: u32 = 5;
 }
 
 /// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
@@ -84,10 +88,11 @@ pub mod level {
     pub const TRACE: u8 = 5;
 }
 
-/// An opaque pointer to one initialised plugin instance, owned by the plugin.
+/// An opaque pointer to one initialised plugin instance, owned by the plugin. Only this crate
+/// makes or dereferences one: the host reaches an instance through [`Instance`] and [`Cap`].
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, Debug)]
-pub struct InstancePtr(pub *const c_void);
+pub struct InstancePtr(pub(crate) *const c_void);
 
 // SAFETY: the pointee is the plugin's `Plugin` value, which the SDK requires to be `Send + Sync`.
 unsafe impl Send for InstancePtr {}
@@ -101,8 +106,9 @@ pub struct TableEntry {
     pub id: u32,
     pub version: u32,
     pub layout: &'static TypeLayout,
-    /// Points to a `'static`, immutable table of the type `layout` describes.
-    pub table: *const c_void,
+    /// Points to an immutable table of the type `layout` describes, valid as long as the library
+    /// (or host) that made it is loaded.
+    pub(crate) table: *const c_void,
 }
 
 // SAFETY: `table` points to an immutable `'static` table of function pointers and plain data.
@@ -144,12 +150,13 @@ impl RootModule for PluginRootRef {
     const VERSION_STRINGS: VersionStrings = package_version_strings!();
 }
 
-/// What the host hands a plugin at `create`: a way to look up host services.
+/// What the host hands a plugin at `create`: a way to look up host services. Made only by
+/// [`Library::instantiate`] (and the mock host), which keep `ctx` alive as long as needed.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct HostHandle {
-    pub ctx: *const c_void,
-    pub service: extern "C" fn(ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry>,
+    pub(crate) ctx: *const c_void,
+    pub(crate) service: extern "C" fn(ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry>,
 }
 
 // SAFETY: the host guarantees that `ctx` is usable from any thread for as long as the instance lives.
@@ -348,7 +355,7 @@ pub struct HistoryLimits {
 /// Per-stream state owned by the plugin, from `on_stream_start` until `on_stream_end`.
 #[repr(transparent)]
 #[derive(StableAbi, Clone, Copy, Debug)]
-pub struct StreamState(pub *mut c_void);
+pub struct StreamState(pub(crate) *mut c_void);
 
 // SAFETY: the SDK requires the state type to be `Send`; the host uses it from one task at a time.
 unsafe impl Send for StreamState {}
@@ -580,6 +587,33 @@ pub struct LookupV1 {
     pub validate_credential: extern "C" fn(ctx: *const c_void, credential: RStr<'_>) -> ROption<Identity>,
 }
 
+/// Service [`service::HANDLE`], version 1: the plugin's SDK counts its copies of the host handle,
+/// so that a handle kept past `destroy` (a plugin thread, a static) still points at live memory
+/// and gets "shut down" errors instead of a use-after-free.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HandleV1 {
+    pub retain: extern "C" fn(ctx: *const c_void),
+    pub release: extern "C" fn(ctx: *const c_void),
+}
+
+/// Panic strategies for [`BuildV1::panic`].
+pub mod panic_strategy {
+    /// Panics unwind: the SDK's guards catch them at the boundary.
+    pub const UNWIND: u8 = 0;
+    /// `panic = "abort"`: any panic ends the gateway process. The host refuses such plugins.
+    pub const ABORT: u8 = 1;
+}
+
+/// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
+/// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct BuildV1 {
+    /// One of [`panic_strategy`].
+    pub panic: u8,
+}
+
 /// Capability [`cap::LIFECYCLE`], version 1.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
@@ -619,10 +653,12 @@ tables! {
     DataCollectorV1 => cap::DATA_COLLECTOR, 1, "DataCollector";
     ConfigProviderV1 => cap::CONFIG_PROVIDER, 1, "ConfigProvider";
     LifecycleV1 => cap::LIFECYCLE, 1, "Lifecycle";
+    BuildV1 => cap::BUILD, 1, "Build";
     LogV1 => service::LOG, 1, "Log";
     KvV1 => service::KV, 1, "Kv";
     EventsV1 => service::EVENTS, 1, "Events";
     LookupV1 => service::LOOKUP, 1, "Lookup";
+    HandleV1 => service::HANDLE, 1, "Handle";
 }
 
 impl TableEntry {
@@ -632,7 +668,12 @@ impl TableEntry {
     }
 
     /// The table, if this entry is `T` with a compatible layout.
-    pub fn get<T: Table>(&self) -> Result<&'static T, LayoutError> {
+    ///
+    /// # Safety
+    /// `self.table` must point to a live table of the type `self.layout` describes (true for an
+    /// entry made by [`TableEntry::new`], or read from a library that is still loaded), and the
+    /// returned reference must not be used after that library is unloaded.
+    pub(crate) unsafe fn get<T: Table>(&self) -> Result<&'static T, LayoutError> {
         if self.id != T::ID || self.version != T::VERSION {
             return Err(LayoutError {
                 table: T::NAME,
@@ -647,8 +688,8 @@ impl TableEntry {
         }
         abi_stable::abi_stability::abi_checking::check_layout_compatibility(T::LAYOUT, self.layout)
             .map_err(|errors| LayoutError { table: T::NAME, detail: summarize_layout_errors(&errors.to_string()) })?;
-        // SAFETY: id and version match and abi_stable found the layouts compatible, and `table`
-        // points to a `'static` table by construction (`TableEntry::new`).
+        // SAFETY: id and version match, abi_stable found the layouts compatible, and the caller
+        // guarantees that `table` points to a live table.
         Ok(unsafe { &*(self.table as *const T) })
     }
 }
@@ -708,11 +749,13 @@ impl std::error::Error for LayoutError {}
 
 #[doc(hidden)]
 pub mod glue;
+mod handle;
 mod host;
 mod loader;
 mod mock;
-pub(crate) use host::{EventClosure, raw_subscriber, read_trampoline};
-pub use host::{HostServices, ServiceResult, Subscriber, host_handle};
-pub use loader::{Library, OpenError, host_abi_version};
+pub use handle::{Cap, Capabilities, Capability, Stream, StreamStarted};
+pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
+pub use host::{HostServices, ServiceResult, Subscriber};
+pub use loader::{Instance, Library, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};

@@ -12,16 +12,47 @@ use crate::sdk::PluginError;
 /// Host services, handed to [`crate::Plugin::init`]. Cheap to clone; usable from any thread for the
 /// life of the plugin instance. A service the host does not offer (an older gateway) answers with
 /// an error, or `None` for lookups; logging to such a host is a no-op.
-#[derive(Clone)]
+///
+/// A `Host` kept past the instance's shutdown (by a thread of the plugin's, say) stays safe to
+/// use: every call then fails with a "shut down" error ([`crate::PluginError`] code `SERVICE`),
+/// lookups answer `None` and logging does nothing.
 pub struct Host {
     raw: ffi::HostHandle,
     log: Option<&'static ffi::LogV1>,
     kv: Option<&'static ffi::KvV1>,
     events: Option<&'static ffi::EventsV1>,
     lookup: Option<&'static ffi::LookupV1>,
+    /// Counts this handle in the host, so that what it points to outlives it.
+    handle: Option<&'static ffi::HandleV1>,
     stop: StopSignal,
     /// Keeps a mock host's state alive; the real host owns its own.
-    _mock: Option<Arc<ffi::MockServices>>,
+    _mock: Option<Arc<ffi::HostCtx<ffi::MockServices>>>,
+}
+
+impl Clone for Host {
+    fn clone(&self) -> Self {
+        if let Some(handle) = self.handle {
+            (handle.retain)(self.raw.ctx);
+        }
+        Host {
+            raw: self.raw,
+            log: self.log,
+            kv: self.kv,
+            events: self.events,
+            lookup: self.lookup,
+            handle: self.handle,
+            stop: self.stop.clone(),
+            _mock: self._mock.clone(),
+        }
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle {
+            (handle.release)(self.raw.ctx);
+        }
+    }
 }
 
 /// Set when the plugin instance is shutting down, before [`crate::Plugin::shutdown`] runs: hand a
@@ -116,24 +147,39 @@ fn missing(service: &str) -> PluginError {
 
 fn lookup<T: ffi::Table>(raw: &ffi::HostHandle) -> Option<&'static T> {
     match (raw.service)(raw.ctx, T::ID, T::VERSION) {
-        RSome(entry) => entry.get::<T>().ok(),
+        // SAFETY: the host's service tables are statics of the host executable, which outlives
+        // every plugin.
+        RSome(entry) => unsafe { entry.get::<T>() }.ok(),
         RNone => None,
     }
 }
 
 impl Host {
-    /// Wraps the handle the host passed to `create`, resolving and layout-checking services once.
-    pub fn from_raw(raw: ffi::HostHandle) -> Self {
-        Self::with_stop(raw, StopSignal::default())
-    }
-
+    /// Wraps the handle the host passed to `create`, resolving and layout-checking services once,
+    /// and counting this handle in the host (hosts from ABI 1.3 on).
     pub(crate) fn with_stop(raw: ffi::HostHandle, stop: StopSignal) -> Self {
-        Host { raw, log: lookup(&raw), kv: lookup(&raw), events: lookup(&raw), lookup: lookup(&raw), stop, _mock: None }
+        let handle: Option<&'static ffi::HandleV1> = lookup(&raw);
+        if let Some(handle) = handle {
+            (handle.retain)(raw.ctx);
+        }
+        Host {
+            raw,
+            log: lookup(&raw),
+            kv: lookup(&raw),
+            events: lookup(&raw),
+            lookup: lookup(&raw),
+            handle,
+            stop,
+            _mock: None,
+        }
     }
 
     pub(crate) fn mock(services: Arc<ffi::MockServices>) -> Self {
-        let raw = ffi::host_handle(&services);
-        Host { _mock: Some(services), ..Host::from_raw(raw) }
+        let ctx = ffi::HostCtx::new(services, None);
+        let raw = ffi::host_handle(&ctx);
+        let mut host = Host::with_stop(raw, StopSignal::default());
+        host._mock = Some(ctx);
+        host
     }
 
     /// Fires when this instance shuts down (also on unload), before `Plugin::shutdown`.
@@ -170,19 +216,28 @@ impl Host {
     }
 
     /// Reads `key` in place, without copying it: `f` sees the stored bytes. `None` if absent.
+    /// `f` runs while no lock is held, so it may call the host again. If `f` panics, the panic
+    /// resumes here, in the plugin, once the host has returned (the hook's guard then reports it).
     pub fn kv_read<R>(&self, key: &str, f: impl FnOnce(&[u8]) -> R) -> Result<Option<R>, PluginError> {
         let kv = self.kv()?;
         let mut f = Some(f);
         let mut out = None;
+        let mut panic = None;
         let mut read = |value: &[u8]| {
             if let Some(f) = f.take() {
-                out = Some(f(value));
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(value))) {
+                    Ok(r) => out = Some(r),
+                    Err(payload) => panic = Some(payload),
+                }
             }
         };
         let callback =
             ffi::ReadCallback { read: trampoline_for(&read), user: &mut read as *mut _ as *mut std::ffi::c_void };
-        let found = (kv.get)(self.raw.ctx, key.into(), callback).into_result().map_err(PluginError::from)?;
-        Ok(if found { out } else { None })
+        let found = (kv.get)(self.raw.ctx, key.into(), callback).into_result().map_err(PluginError::from);
+        if let Some(payload) = panic {
+            std::panic::resume_unwind(payload);
+        }
+        Ok(if found? { out } else { None })
     }
 
     /// A copy of the value of `key`, if any.
@@ -234,13 +289,21 @@ impl Host {
     /// the subscription also ends when the plugin unloads. `f` runs on the host's event thread.
     pub fn subscribe(&self, topic: &str, f: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Result<u64, PluginError> {
         let events = self.events.ok_or_else(|| missing("events"))?;
+        let host = self.clone();
         let closure: ffi::EventClosure = Box::new(move |raw: &ffi::RawEvent<'_>| {
-            f(&Event {
+            let event = Event {
                 topic: raw.topic.as_str(),
                 payload: raw.payload.as_slice(),
                 direction: Direction::from_u8(raw.direction),
                 source: raw.source.as_str(),
-            })
+            };
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&event))) {
+                host.error(&format!(
+                    "event subscriber panicked on topic `{}`: {}",
+                    event.topic,
+                    crate::sdk::panic_message(&*payload)
+                ));
+            }
         });
         match (events.subscribe)(self.raw.ctx, topic.into(), ffi::raw_subscriber(closure)) {
             ROk(id) => Ok(id),
