@@ -70,8 +70,11 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
+/// The expiry of a write with `ttl`: 0 (never) without one, else now + `ttl` in unix ms. A TTL too
+/// large for that saturates to `u64::MAX`, which is as good as never and is not 0.
 fn expiry(ttl: Option<Duration>) -> u64 {
-    ttl.filter(|t| !t.is_zero()).map_or(0, |t| now_ms() + t.as_millis() as u64)
+    ttl.filter(|t| !t.is_zero())
+        .map_or(0, |t| now_ms().saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX)))
 }
 
 enum Op {
@@ -386,6 +389,25 @@ mod tests {
         let err = kv.set("a", "k", &[0; 33], None).unwrap_err();
         assert_eq!(err.0, "value too large: expected at most 32 bytes, found 33");
         assert!(kv.set("a", "", b"v", None).unwrap_err().0.starts_with("empty key"));
+    }
+
+    #[test]
+    fn a_huge_ttl_saturates_instead_of_expiring_at_once() {
+        assert_eq!(expiry(Some(Duration::MAX)), u64::MAX);
+        assert_eq!(expiry(Some(Duration::from_millis(u64::MAX))), u64::MAX);
+        assert_eq!(expiry(Some(Duration::ZERO)), 0, "a zero TTL means no expiry");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kv.redb");
+        {
+            let kv = EmbeddedKv::open(&path, LIMITS).unwrap();
+            kv.set("a", "k", b"v", Some(Duration::MAX)).unwrap();
+            assert_eq!(kv.increment("a", "n", 1, Some(Duration::from_secs(u64::MAX))).unwrap(), 1);
+            assert_eq!(value(&kv, "a", "k").as_deref(), Some(&b"v"[..]));
+            assert_eq!(kv.increment("a", "n", 1, None).unwrap(), 2, "expected the counter to live on");
+            kv.close();
+        }
+        let kv = EmbeddedKv::open(&path, LIMITS).unwrap();
+        assert_eq!(value(&kv, "a", "k").as_deref(), Some(&b"v"[..]), "expected the key to survive a reopen");
     }
 
     #[test]
