@@ -1,7 +1,9 @@
 //! Plugin key-value storage: the [`KvStore`] trait plugins reach through the host, and its
 //! embedded implementation, an in-memory mirror backed by redb.
 //!
-//! Reads never touch the disk: a read lock and two map lookups. Writes update the mirror, then
+//! Reads never touch the disk: under a read lock, two map lookups and a clone of the value's
+//! `Arc` (no copy, no allocation); the caller's closure then runs on the bytes with no lock held,
+//! so it may call back into the store. Writes update the mirror, then
 //! wait for a commit by the writer thread, which batches every write queued meanwhile into one
 //! redb transaction (group commit), so a write is durable when it returns and concurrent
 //! writers share an fsync. redb's commits are crash-safe: a `kill -9` loses nothing that was
@@ -55,7 +57,8 @@ pub struct KvLimits {
 }
 
 struct Entry {
-    value: Vec<u8>,
+    /// Shared, so that a read clones the handle under the lock and reads the bytes after it.
+    value: Arc<[u8]>,
     /// Unix ms; 0 never expires.
     expires: u64,
 }
@@ -78,7 +81,7 @@ fn expiry(ttl: Option<Duration>) -> u64 {
 }
 
 enum Op {
-    Put { key: String, value: Vec<u8>, expires: u64 },
+    Put { key: String, value: Arc<[u8]>, expires: u64 },
     Delete { key: String },
 }
 
@@ -116,7 +119,7 @@ impl EmbeddedKv {
                 let (full, raw) = (k.value(), v.value());
                 let (Some((ns, key)), Some(expires)) = (full.split_once('/'), raw.get(..8)) else { continue };
                 let entry = Entry {
-                    value: raw[8..].to_vec(),
+                    value: Arc::from(&raw[8..]),
                     expires: u64::from_le_bytes(expires.try_into().expect("8 bytes")),
                 };
                 if entry.live(now) {
@@ -262,14 +265,15 @@ fn commit(db: &Database, batch: &[Write]) -> Result<(), String> {
 
 impl KvStore for EmbeddedKv {
     fn get(&self, ns: &str, key: &str, read: &mut dyn FnMut(&[u8])) -> Result<bool, KvError> {
-        let mirror = self.mirror.read();
-        match mirror.get(ns).and_then(|m| m.get(key)) {
-            Some(e) if e.live(now_ms()) => {
-                read(&e.value);
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        let now = now_ms();
+        // Clone the handle (one atomic increment) and release the lock before the closure runs:
+        // it is plugin code, which may call back into the store or take its time.
+        let value = match self.mirror.read().get(ns).and_then(|m| m.get(key)) {
+            Some(e) if e.live(now) => Arc::clone(&e.value),
+            _ => return Ok(false),
+        };
+        read(&value);
+        Ok(true)
     }
 
     fn set(&self, ns: &str, key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), KvError> {
@@ -277,8 +281,9 @@ impl KvStore for EmbeddedKv {
         let expires = expiry(ttl);
         let wait = {
             let mut mirror = self.mirror.write();
-            let wait = self.queue(Op::Put { key: format!("{ns}/{key}"), value: value.to_vec(), expires })?;
-            mirror.entry(ns.to_owned()).or_default().insert(key.to_owned(), Entry { value: value.to_vec(), expires });
+            let value: Arc<[u8]> = Arc::from(value);
+            let wait = self.queue(Op::Put { key: format!("{ns}/{key}"), value: Arc::clone(&value), expires })?;
+            mirror.entry(ns.to_owned()).or_default().insert(key.to_owned(), Entry { value, expires });
             wait
         };
         Self::wait(wait)
@@ -315,7 +320,7 @@ impl KvStore for EmbeddedKv {
             let entries = mirror.entry(ns.to_owned()).or_default();
             let (current, expires) = match entries.get(key).filter(|e| e.live(now_ms())) {
                 Some(e) => {
-                    let bytes: [u8; 8] = e.value.as_slice().try_into().map_err(|_| {
+                    let bytes: [u8; 8] = e.value[..].try_into().map_err(|_| {
                         KvError(format!(
                             "`{key}` is not a counter: expected an 8-byte value, found {} bytes",
                             e.value.len()
@@ -326,8 +331,8 @@ impl KvStore for EmbeddedKv {
                 None => (0, expiry(ttl)),
             };
             let next = current.checked_add(delta).ok_or_else(|| KvError(format!("counter `{key}` would overflow")))?;
-            let value = next.to_le_bytes().to_vec();
-            let wait = self.queue(Op::Put { key: format!("{ns}/{key}"), value: value.clone(), expires })?;
+            let value: Arc<[u8]> = Arc::from(next.to_le_bytes().as_slice());
+            let wait = self.queue(Op::Put { key: format!("{ns}/{key}"), value: Arc::clone(&value), expires })?;
             entries.insert(key.to_owned(), Entry { value, expires });
             (next, wait)
         };
@@ -378,6 +383,27 @@ mod tests {
         assert_eq!(kv.list("a", "", 10).unwrap(), ["k1", "n"]);
         assert_eq!(kv.increment("a", "n", 1, None).unwrap(), 4);
         assert!(kv.increment("a", "k1", 1, None).unwrap_err().0.contains("not a counter"));
+    }
+
+    #[test]
+    fn a_read_closure_runs_without_the_lock_on_the_stored_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let kv = EmbeddedKv::open(&dir.path().join("kv.redb"), LIMITS).unwrap();
+        kv.set("a", "k", b"old", None).unwrap();
+        let stored = Arc::clone(&kv.mirror.read()["a"]["k"].value);
+        let mut calls = 0;
+        let found = kv
+            .get("a", "k", &mut |v| {
+                calls += 1;
+                assert_eq!(v.as_ptr(), stored.as_ptr(), "expected the stored bytes in place, found a copy");
+                assert!(kv.mirror.try_write().is_some(), "expected no KV lock held while the closure runs");
+                // What deadlocked: a write from inside the read closure.
+                kv.set("a", "k", b"new", None).unwrap();
+                assert_eq!(v, b"old", "expected the closure's bytes to stay as they were");
+            })
+            .unwrap();
+        assert!(found && calls == 1, "expected one call on a present key, found {calls}");
+        assert_eq!(value(&kv, "a", "k").as_deref(), Some(&b"new"[..]));
     }
 
     #[test]
