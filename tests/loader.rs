@@ -163,7 +163,7 @@ fn check_prints_metadata_and_fails_on_a_bad_file() {
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     for want in
-        ["name:         header-stamp", "abi:          1.2.0", "capabilities: Response, ConfigProvider", "\"headers\""]
+        ["name:         header-stamp", "abi:          1.3.0", "capabilities: Response, ConfigProvider", "\"headers\""]
     {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }

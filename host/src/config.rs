@@ -14,7 +14,8 @@ pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 pub struct GatewayConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Private plugin copies and (later) durable plugin state live here.
+    /// Private plugin copies and the KV store live here; a relative path is resolved against the
+    /// config file's directory (the executable's, for the embedded default).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -299,6 +300,9 @@ impl GatewayConfig {
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
         let mut config: GatewayConfig =
             toml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.into(), source })?;
+        if config.data_dir.is_relative() {
+            config.data_dir = base_dir.join(&config.data_dir);
+        }
         for plugin in &mut config.plugins {
             if plugin.path.is_relative() {
                 plugin.path = base_dir.join(&plugin.path);
@@ -381,6 +385,17 @@ mod tests {
         assert!(!config.plugins.is_empty());
         assert!(config.plugins.iter().all(|p| p.path.starts_with("/x")));
         assert!(config.models.iter().any(|m| m.upstream == "mock"));
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_directory() {
+        let config =
+            GatewayConfig::parse("data_dir = \"state\"\n[[plugins]]\npath = \"p.so\"\n", "t", Path::new("/etc/gw"))
+                .unwrap();
+        assert_eq!(config.data_dir, Path::new("/etc/gw/state"));
+        assert_eq!(config.plugins[0].path, Path::new("/etc/gw/p.so"));
+        let config = GatewayConfig::parse("data_dir = \"/var/gw\"\n", "t", Path::new("/etc/gw")).unwrap();
+        assert_eq!(config.data_dir, Path::new("/var/gw"));
     }
 
     #[test]

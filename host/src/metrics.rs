@@ -68,6 +68,8 @@ pub struct Metrics {
     pub collector_dropped: AtomicU64,
     pub collector_errors: AtomicU64,
     pub quarantined: AtomicU64,
+    /// Plugin events refused because the event queue was full (shared with the event bus).
+    pub events_dropped: Arc<AtomicU64>,
     hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
     /// Counters by (metric name, plugin).
     plugin_counters: Mutex<Vec<(&'static str, String, Arc<AtomicU64>)>>,
@@ -83,6 +85,7 @@ impl Default for Metrics {
             collector_dropped: AtomicU64::new(0),
             collector_errors: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            events_dropped: Arc::default(),
             hooks: Mutex::default(),
             plugin_counters: Mutex::default(),
         }
@@ -145,10 +148,12 @@ impl Metrics {
             ("gateway_collector_dropped_total", &self.collector_dropped),
             ("gateway_collector_errors_total", &self.collector_errors),
             ("gateway_plugins_quarantined_total", &self.quarantined),
+            ("gateway_events_dropped_total", &*self.events_dropped),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }
         let mut names: Vec<&'static str> = self.plugin_counters.lock().iter().map(|(n, _, _)| *n).collect();
+        names.sort_unstable();
         names.dedup();
         for name in names {
             let _ = writeln!(out, "# TYPE {name} counter");

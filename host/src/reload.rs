@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
@@ -27,6 +27,7 @@ pub enum ReloadError {
     Config(String),
     Load(LoadError),
     Renamed { expected: String, found: String },
+    ShuttingDown,
 }
 
 impl std::fmt::Display for ReloadError {
@@ -37,6 +38,7 @@ impl std::fmt::Display for ReloadError {
             }
             ReloadError::Config(e) => write!(f, "cannot re-read the gateway config: {e}"),
             ReloadError::Load(e) => write!(f, "{e}"),
+            ReloadError::ShuttingDown => f.write_str("the gateway is shutting down: no more reloads"),
             ReloadError::Renamed { expected, found } => write!(
                 f,
                 "the new file is plugin `{found}`, expected `{expected}`: a reload replaces a plugin with a version of itself"
@@ -77,6 +79,8 @@ pub struct Registry {
     config_path: Option<PathBuf>,
     /// One reload at a time.
     reloading: Mutex<()>,
+    /// Set when shutdown begins: reloads (file watcher, SIGHUP, admin) are refused from then on.
+    stopped: AtomicBool,
 }
 
 fn file_hash(path: &Path) -> Result<String, LoadError> {
@@ -100,6 +104,7 @@ impl Registry {
             retired: Mutex::new(Vec::new()),
             config_path,
             reloading: Mutex::new(()),
+            stopped: AtomicBool::new(false),
         }
     }
 
@@ -114,9 +119,20 @@ impl Registry {
         Ok(Some(config.enabled_plugins().into_iter().cloned().collect()))
     }
 
+    /// Refuses every later reload, and waits for one under way to finish.
+    pub fn stop_reloads(&self) {
+        self.stopped.store(true, Relaxed);
+        drop(self.reloading.lock());
+    }
+
+    fn check_running(&self) -> Result<(), ReloadError> {
+        if self.stopped.load(Relaxed) { Err(ReloadError::ShuttingDown) } else { Ok(()) }
+    }
+
     /// Reloads plugin `name` if its file or its config (re-read from the config file) changed.
     pub fn reload(&self, app: &App, name: &str) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock();
+        self.check_running()?;
         let fresh = self.reread()?;
         self.reload_locked(app, name, fresh.as_deref())
     }
@@ -124,6 +140,9 @@ impl Registry {
     /// Reloads every plugin whose file or config changed. One failure does not stop the others.
     pub fn reload_changed(&self, app: &App) -> Vec<(String, Result<Reloaded, ReloadError>)> {
         let _one = self.reloading.lock();
+        if let Err(e) = self.check_running() {
+            return vec![("(all)".into(), Err(e))];
+        }
         let fresh = match self.reread() {
             Ok(f) => f,
             Err(e) => return vec![("(config)".into(), Err(e))],
@@ -209,9 +228,10 @@ impl Registry {
             return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.info.name.clone() });
         }
         let new = Arc::new(new);
-        new.ready();
-        // The old version lets go of what the new one takes over, then the swap is one store.
+        // As `Lifecycle` documents: the old version lets go of what the new one takes over, the
+        // new one is told it is ready, then the swap is one store.
         old.quiesce();
+        new.ready();
         let slot = Arc::new(Slot::new(new.clone(), config.isolate, app.metrics.clone()));
         let slots = pipeline.slots.iter().map(|s| if s.name() == name { slot.clone() } else { s.clone() }).collect();
         app.pipeline.store(Arc::new(Pipeline::new(slots)));

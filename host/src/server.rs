@@ -99,7 +99,7 @@ impl App {
         let kv = EmbeddedKv::open(&config.data_dir.join("kv.redb"), limits).map_err(GatewayError::Kv)?;
         let services = Services::new(
             kv,
-            EventBus::start(config.event_queue),
+            EventBus::start(config.event_queue, metrics.events_dropped.clone()),
             Lookup::from_config(&config, &upstreams),
             config.logging.clone(),
             metrics.clone(),
@@ -224,10 +224,17 @@ pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), Ga
         tracing::info!(%local, plugins = app.pipeline.load().slots.len(), "gateway listening");
         // Tests and scripts read this line to find the port.
         println!("listening on http://{local}");
-        serve(app.clone(), listener, shutdown_signal()).await;
+        let stopping = app.clone();
+        let shutdown = async move {
+            shutdown_signal().await;
+            // No reload may start while connections drain and plugins shut down.
+            let _ = tokio::task::spawn_blocking(move || stopping.registry.stop_reloads()).await;
+        };
+        serve(app.clone(), listener, shutdown).await;
         Ok::<(), GatewayError>(())
     })?;
     drop(runtime);
+    drop(_watcher);
     app.shutdown();
     tracing::info!("gateway stopped");
     Ok(())

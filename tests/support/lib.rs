@@ -194,11 +194,21 @@ impl Gateway {
         false
     }
 
+    /// SIGTERM, then SIGKILL if the gateway has not stopped within 20 s (a gateway a test
+    /// wedged must not hang the suite).
     fn terminate(&mut self) -> std::process::ExitStatus {
         if let Ok(Some(status)) = self.child.try_wait() {
             return status;
         }
         sigterm(self.child.id());
+        for _ in 0..2000 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        eprintln!("the gateway did not stop within 20 s of SIGTERM: killing it");
+        self.kill9();
         self.child.wait().unwrap()
     }
 }

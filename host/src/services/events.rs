@@ -42,11 +42,13 @@ pub struct EventBus {
     tx: Mutex<Option<Sender<Event>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
     next_id: AtomicU64,
-    pub dropped: AtomicU64,
+    /// Events refused because the queue was full (`gateway_events_dropped_total`).
+    dropped: Arc<AtomicU64>,
 }
 
 impl EventBus {
-    pub fn start(capacity: usize) -> Arc<EventBus> {
+    /// A bus with a queue of `capacity` events; refusals are counted in `dropped`.
+    pub fn start(capacity: usize, dropped: Arc<AtomicU64>) -> Arc<EventBus> {
         let (tx, rx) = bounded::<Event>(capacity);
         let bus = Arc::new(EventBus {
             subscriptions: Mutex::new(Subscriptions::default()),
@@ -54,7 +56,7 @@ impl EventBus {
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
             next_id: AtomicU64::new(1),
-            dropped: AtomicU64::new(0),
+            dropped,
         });
         let weak = Arc::downgrade(&bus);
         let worker = std::thread::Builder::new()

@@ -48,12 +48,13 @@ impl Services {
         let config = crate::config::KvConfig::default();
         let limits = kv::KvLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
         let kv = kv::EmbeddedKv::open(&dir.join("kv.redb"), limits)?;
+        let metrics = Arc::new(Metrics::default());
         Ok(Services::new(
             kv,
-            EventBus::start(64),
+            EventBus::start(64, metrics.events_dropped.clone()),
             Lookup::default(),
             LoggingConfig::default(),
-            Arc::new(Metrics::default()),
+            metrics,
         ))
     }
 }

@@ -1,0 +1,158 @@
+//! The safety boundary: a plugin written in safe Rust (the `hostile` fixture) misuses the SDK in
+//! every way it offers, and the gateway keeps serving with nothing lost or corrupted.
+
+use std::time::Duration;
+
+use gateway_tests::{Gateway, chat_body, plugin_so};
+
+const TOKEN: &str = "admin-test-token";
+
+/// A gateway with the mock upstream and one plugin (`plugin`, a fixture crate name) configured
+/// by `settings` (TOML lines for `[plugins.config]`).
+fn start(plugin: &str, settings: &str, extra: &str) -> Gateway {
+    Gateway::start(&config(plugin, settings, extra))
+}
+
+fn config(plugin: &str, settings: &str, extra: &str) -> String {
+    format!(
+        "{extra}\n[admin]\ntoken = \"{TOKEN}\"\n[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\nchunks = 4\n\n\
+         [[models]]\nname = \"m\"\nupstream = \"mock\"\n\n[[plugins]]\npath = \"{}\"\n[plugins.config]\n{settings}\n",
+        plugin_so(plugin).display()
+    )
+}
+
+/// Rewrites the plugin config in the gateway's config file and reloads through the admin API.
+fn reconfigure(gw: &Gateway, from: &str, to: &str) -> gateway_tests::Reply {
+    let path = gw.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains(from), "{from:?} not in the config:\n{text}");
+    std::fs::write(&path, text.replace(from, to)).unwrap();
+    gw.admin("POST", "/admin/reload", Some(TOKEN))
+}
+
+/// The `x-hostile-report` fields of a fresh request: stale deliveries, late call answer, and
+/// the answer to subscribing in shutdown.
+fn report(gw: &Gateway) -> (u64, String, String) {
+    let r = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let report = r.header("x-hostile-report").expect("x-hostile-report").to_owned();
+    let field =
+        |name: &str| report.split(';').find_map(|f| f.strip_prefix(&format!("{name}="))).unwrap_or_default().to_owned();
+    (field("stale").parse().unwrap(), field("late"), field("shutdown_subscribe"))
+}
+
+/// Waits until no retired plugin version waits to be shut down.
+fn wait_retired(gw: &Gateway) {
+    for _ in 0..500 {
+        let status = gw.admin("GET", "/admin/plugins", Some(TOKEN)).json();
+        if status["plugins"][0]["retired_versions_pending"] == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the retired version was never shut down");
+}
+
+fn assert_serving(gw: &Gateway) {
+    assert_eq!(gw.get("/healthz").status, 200);
+    assert_eq!(gw.chat(None, &chat_body("m", "still there?", false)).status, 200);
+}
+
+#[test]
+fn a_panic_inside_a_kv_read_closure_fails_the_request_not_the_gateway() {
+    let gw = start("hostile", "panic_in_kv_read = true", "");
+    let r = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!(r.status, 500, "{}", r.body);
+    assert_eq!(r.error()["code"], "plugin_failed");
+    assert!(r.error()["message"].as_str().unwrap().contains("`hostile`"), "{}", r.body);
+    assert!(gw.logs().contains("hostile panics inside kv_read"), "{}", gw.logs());
+    assert_eq!(gw.metric("gateway_plugin_hook_panics_total{plugin=\"hostile\",hook=\"post_auth\"}"), Some(1.0));
+    assert_eq!(gw.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_kv_write_inside_a_kv_read_closure_neither_deadlocks_nor_stalls_the_store() {
+    let gw = start("hostile", "kv_set_in_kv_read = true", "");
+    for _ in 0..3 {
+        let r = gw.chat(None, &chat_body("m", "hi", false));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+#[test]
+fn a_failed_init_leaves_no_subscription_behind() {
+    let gw = start("hostile", "publish = true", "");
+    let r = reconfigure(&gw, "publish = true", "publish = true\nsubscribe_then_fail_init = true");
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert!(r.body.contains("hostile subscribed, then failed its init"), "{}", r.body);
+    // The running version publishes on every request; nothing may reach the failed instance.
+    for _ in 0..5 {
+        report(&gw);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(report(&gw).0, 0, "events reached a subscription of an instance that failed to initialise");
+}
+
+#[test]
+fn a_host_kept_past_shutdown_gets_errors_and_subscribing_in_shutdown_is_refused() {
+    let settings = "keep_host_in_static = true\nsubscribe_in_shutdown = true\npublish = true\ngeneration = 1";
+    let gw = start("hostile", settings, "");
+    // Generation 2 calls generation 1's host while it still serves: that works.
+    assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
+    assert_eq!(report(&gw).1, "ok");
+    wait_retired(&gw);
+    // Generation 1 has shut down: its kept host answers with an error, and its subscribe from
+    // shutdown was refused.
+    assert_eq!(reconfigure(&gw, "generation = 2", "generation = 3").status, 200);
+    let (_, late, shutdown_subscribe) = report(&gw);
+    assert!(late.contains("has been shut down"), "late call answered {late:?}");
+    assert!(shutdown_subscribe.contains("shutting down"), "subscribe in shutdown answered {shutdown_subscribe:?}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(report(&gw).0, 0, "events reached a subscription made during shutdown");
+    assert_serving(&gw);
+}
+
+#[test]
+fn panicking_subscribers_stream_state_shutdown_and_drop_are_contained() {
+    let settings = "publish = true\npanicking_subscriber = true\npanic_in_shutdown_and_drop = true\n\
+                    panicking_stream_state = true\ngeneration = 1";
+    let gw = start("hostile", settings, "");
+    for _ in 0..3 {
+        assert_eq!(gw.chat(None, &chat_body("m", "hi", false)).status, 200);
+    }
+    let r = gw.chat(None, &chat_body("m", "hi", true));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.events().last().map(String::as_str), Some("[DONE]"), "{}", r.body);
+    assert!(gw.wait_for_log("event subscriber panicked on topic `hostile`"), "{}", gw.logs());
+    assert!(gw.wait_for_log("panicked in on_stream_end"), "{}", gw.logs());
+    // Retire generation 1: its shutdown panics, then its drop panics, then its subscriber's drop.
+    assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
+    wait_retired(&gw);
+    assert!(gw.wait_for_log("panicked in shutdown: hostile panics in shutdown"), "{}", gw.logs());
+    assert!(gw.wait_for_log("panicked in drop: hostile panics while being dropped"), "{}", gw.logs());
+    assert_serving(&gw);
+    let (status, logs, _) = gw.stop();
+    assert!(status.success(), "the gateway did not stop cleanly ({status}):\n{logs}");
+}
+
+#[test]
+fn a_reload_quiesces_the_old_version_before_the_new_one_is_ready() {
+    let gw = start("faulty", "label = \"one\"", "");
+    assert!(gw.wait_for_log("faulty ready"));
+    assert_eq!(reconfigure(&gw, "label = \"one\"", "label = \"two\"").status, 200);
+    assert!(gw.wait_for_log("faulty quiesced"));
+    let logs = gw.logs();
+    let quiesced = logs.find("faulty quiesced").unwrap();
+    let second_ready = logs.rfind("faulty ready").unwrap();
+    assert!(quiesced < second_ready, "the new version was ready before the old one quiesced:\n{logs}");
+}
+
+#[test]
+fn a_full_event_queue_refuses_and_counts_events_and_requests_go_on() {
+    let gw = start("hostile", "publish = true\nslow_subscriber_ms = 50", "event_queue = 1");
+    for _ in 0..20 {
+        assert_eq!(gw.chat(None, &chat_body("m", "hi", false)).status, 200);
+    }
+    let dropped = gw.metric("gateway_events_dropped_total").unwrap();
+    assert!(dropped >= 1.0, "dropped {dropped} of 20 events");
+}
