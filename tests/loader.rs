@@ -171,3 +171,30 @@ fn check_prints_metadata_and_fails_on_a_bad_file() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("plugin ABI 2.0.0"));
 }
+
+#[test]
+fn a_plugin_built_with_panic_abort_is_refused_at_load() {
+    let err = load("panic-abort-by-hand", "").err().expect("a panic=abort plugin must not load");
+    assert!(matches!(err, LoadError::PanicAbort { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("built with `panic = \"abort\"`") && msg.contains("expected a plugin whose panics unwind"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn the_derive_refuses_to_compile_a_plugin_under_panic_abort() {
+    let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/panic-abort/Cargo.toml");
+    let target = gateway_tests::target_dir().parent().expect("the target dir").to_path_buf();
+    let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--quiet", "-p", "panic-abort-derived", "--manifest-path"])
+        .arg(&manifest)
+        .arg("--target-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the derive compiled a plugin under panic = \"abort\"");
+    assert!(stderr.contains("plugin `panic-abort-derived` is being built with `panic = \"abort\"`"), "{stderr}");
+}
