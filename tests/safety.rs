@@ -156,3 +156,54 @@ fn a_full_event_queue_refuses_and_counts_events_and_requests_go_on() {
     let dropped = gw.metric("gateway_events_dropped_total").unwrap();
     assert!(dropped >= 1.0, "dropped {dropped} of 20 events");
 }
+
+#[test]
+fn quarantine_counts_panics_in_a_window_and_a_successful_probe_re_enables_the_plugin() {
+    let gw = Gateway::start(&format!(
+        r#"
+[[upstreams]]
+name = "mock"
+kind = "mock"
+
+[[models]]
+name = "boom"
+upstream = "mock"
+
+[[models]]
+name = "m"
+upstream = "mock"
+
+[[plugins]]
+path = "{}"
+quarantine_after = 2
+quarantine_window_secs = 1
+quarantine_probe_secs = 2
+[plugins.config]
+hook = "panic"
+only_model = "boom"
+"#,
+        plugin_so("faulty").display()
+    ));
+    let chat = |model: &str| gw.chat(None, &chat_body(model, "hi", false)).status;
+    // Two panics further apart than the window do not quarantine.
+    assert_eq!(chat("boom"), 500);
+    std::thread::sleep(Duration::from_millis(1200));
+    assert_eq!(chat("boom"), 500);
+    assert_eq!(chat("m"), 200);
+    // A second one within the window does.
+    assert_eq!(chat("boom"), 500);
+    assert_eq!(chat("m"), 503);
+    assert_eq!(gw.metric("gateway_plugin_quarantines_total{plugin=\"faulty\"}"), Some(1.0));
+    // The probe is due: a request that panics again keeps it quarantined...
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(chat("boom"), 500);
+    assert_eq!(chat("m"), 503);
+    assert!(gw.wait_for_log("quarantine probe panicked: the plugin stays quarantined"), "{}", gw.logs());
+    // ...and a probe that does not panic re-enables it.
+    std::thread::sleep(Duration::from_millis(2200));
+    assert_eq!(chat("m"), 200);
+    assert_eq!(chat("m"), 200);
+    assert!(gw.wait_for_log("quarantine probe succeeded"), "{}", gw.logs());
+    assert_eq!(gw.metric("gateway_plugin_quarantine_probes_total{plugin=\"faulty\"}"), Some(2.0));
+    assert_eq!(gw.metric("gateway_plugin_quarantine_recoveries_total{plugin=\"faulty\"}"), Some(1.0));
+}

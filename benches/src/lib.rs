@@ -174,6 +174,8 @@ pub fn load_with_config(lib: &str, count: usize, copies: &Path, config: toml::Ta
         on_error: FailMode::FailClosed,
         isolate: false,
         quarantine_after: 0,
+        quarantine_window_secs: 60.0,
+        quarantine_probe_secs: 30.0,
         config,
     };
     // Each call gets its own host state: one KV store per directory.

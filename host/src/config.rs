@@ -247,9 +247,17 @@ pub struct PluginConfig {
     /// sleeps): the worker's other requests move to another thread meanwhile.
     #[serde(default)]
     pub isolate: bool,
-    /// Panics after which the plugin is quarantined (skipped, as if disabled). 0 never quarantines.
+    /// Panics within `quarantine_window_secs` after which the plugin is quarantined (not called;
+    /// its requests fail with 503 if fail-closed, skip it if fail-open). 0 never quarantines.
     #[serde(default = "default_quarantine")]
     pub quarantine_after: u32,
+    /// The window in which `quarantine_after` panics are counted.
+    #[serde(default = "default_quarantine_window")]
+    pub quarantine_window_secs: f64,
+    /// Time after which one request probes a quarantined plugin: if that call does not panic the
+    /// plugin is re-enabled, otherwise it waits as long again. 0 never probes (until reloaded).
+    #[serde(default = "default_quarantine_probe")]
+    pub quarantine_probe_secs: f64,
     /// The plugin's own config, validated against its JSON Schema and handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
@@ -261,6 +269,35 @@ fn yes() -> bool {
 
 fn default_quarantine() -> u32 {
     3
+}
+
+fn default_quarantine_window() -> f64 {
+    60.0
+}
+
+fn default_quarantine_probe() -> f64 {
+    30.0
+}
+
+/// A plugin's quarantine settings, as the pipeline uses them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct QuarantinePolicy {
+    /// `None`: never quarantine.
+    pub after: Option<u32>,
+    pub window: std::time::Duration,
+    /// `None`: never probe.
+    pub probe_after: Option<std::time::Duration>,
+}
+
+impl PluginConfig {
+    pub fn quarantine(&self) -> QuarantinePolicy {
+        let secs = |s: f64| std::time::Duration::from_secs_f64(s);
+        QuarantinePolicy {
+            after: (self.quarantine_after > 0).then_some(self.quarantine_after),
+            window: secs(self.quarantine_window_secs),
+            probe_after: (self.quarantine_probe_secs > 0.0).then(|| secs(self.quarantine_probe_secs)),
+        }
+    }
 }
 
 /// A config file that could not be used.
@@ -358,6 +395,19 @@ impl GatewayConfig {
                 "logging.plugin_level: expected one of error, warn, info, debug, trace, found {:?}",
                 self.logging.plugin_level
             ));
+        }
+        for plugin in &self.plugins {
+            for (name, value) in [
+                ("quarantine_window_secs", plugin.quarantine_window_secs),
+                ("quarantine_probe_secs", plugin.quarantine_probe_secs),
+            ] {
+                if !(value.is_finite() && (0.0..=1e9).contains(&value)) {
+                    return Err(format!(
+                        "plugin {}: {name} must be between 0 and 1e9 seconds, found {value}",
+                        plugin.path.display()
+                    ));
+                }
+            }
         }
         for key in &self.api_keys {
             if !self.apps.iter().any(|a| a.id == key.app) {

@@ -201,7 +201,7 @@ impl Registry {
         let same_config = config.config == old_config.config
             && config.isolate == old_config.isolate
             && config.on_error == old_config.on_error
-            && config.quarantine_after == old_config.quarantine_after;
+            && config.quarantine() == old_config.quarantine();
         let outcome = match (sha256 == old.sha256, same_config) {
             (true, true) => {
                 return Ok(Reloaded {

@@ -35,6 +35,8 @@ pub fn plugin_config(path: PathBuf, config_toml: &str) -> PluginConfig {
         on_error: FailMode::FailClosed,
         isolate: false,
         quarantine_after: 3,
+        quarantine_window_secs: 60.0,
+        quarantine_probe_secs: 30.0,
         config: toml::from_str(config_toml).expect("test config is valid TOML"),
     }
 }

@@ -8,15 +8,18 @@
 mod request;
 mod stream;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use parking_lot::Mutex;
 use plugin_abi::ffi::{self, AuthOutcome, Cap, HookOutcome, PluginError, RawHeader, RawResponse, RawUpstream};
 
-use crate::config::FailMode;
+use crate::config::{FailMode, QuarantinePolicy};
 use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
@@ -24,47 +27,128 @@ pub use request::{ContextState, RequestState};
 use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
 pub use stream::StreamFilters;
 
-/// One loaded plugin as the pipeline runs it: failure policy, panic count, quarantine.
+/// One loaded plugin as the pipeline runs it: failure policy, and its quarantine breaker.
 pub struct Slot {
     pub plugin: Arc<LoadedPlugin>,
     pub on_error: FailMode,
     pub isolate: bool,
-    quarantine_after: u32,
-    panics: AtomicU32,
-    quarantined: AtomicBool,
+    breaker: Breaker,
     metrics: Arc<Metrics>,
+}
+
+/// Breaker states.
+const CLOSED: u8 = 0;
+/// Quarantined: not called until a probe is due.
+const OPEN: u8 = 1;
+/// One request is probing the plugin; the others still treat it as quarantined.
+const PROBING: u8 = 2;
+
+/// Quarantine as a circuit breaker: `after` panics within `window` open it (the plugin is no
+/// longer called); after `probe_after`, one request calls the plugin again (half-open): if that
+/// call does not panic the plugin is re-enabled, otherwise it stays quarantined for another
+/// `probe_after`. So a few crafted requests cannot switch a plugin off for good.
+struct Breaker {
+    state: AtomicU8,
+    /// Times of recent panics (only touched when a plugin panics).
+    panics: Mutex<VecDeque<Instant>>,
+    /// When the breaker last opened, in ns since `epoch`.
+    opened_ns: AtomicU64,
+    epoch: Instant,
+    policy: QuarantinePolicy,
+    quarantines: Arc<AtomicU64>,
+    probes: Arc<AtomicU64>,
+    recoveries: Arc<AtomicU64>,
 }
 
 impl Slot {
     pub fn new(plugin: Arc<LoadedPlugin>, isolate: bool, metrics: Arc<Metrics>) -> Self {
-        Slot {
-            on_error: plugin.on_error,
-            quarantine_after: plugin.quarantine_after,
-            plugin,
-            isolate,
-            panics: AtomicU32::new(0),
-            quarantined: AtomicBool::new(false),
-            metrics,
-        }
+        let name = plugin.name().to_owned();
+        let breaker = Breaker {
+            state: AtomicU8::new(CLOSED),
+            panics: Mutex::new(VecDeque::new()),
+            opened_ns: AtomicU64::new(0),
+            epoch: Instant::now(),
+            policy: plugin.quarantine,
+            quarantines: metrics.plugin_counter("gateway_plugin_quarantines_total", &name),
+            probes: metrics.plugin_counter("gateway_plugin_quarantine_probes_total", &name),
+            recoveries: metrics.plugin_counter("gateway_plugin_quarantine_recoveries_total", &name),
+        };
+        Slot { on_error: plugin.on_error, plugin, isolate, breaker, metrics }
     }
 
     pub fn name(&self) -> &str {
         self.plugin.name()
     }
 
+    /// Whether the plugin is quarantined (a probe in progress counts).
     pub fn is_quarantined(&self) -> bool {
-        self.quarantined.load(Relaxed)
+        self.breaker.state.load(Relaxed) != CLOSED
+    }
+
+    /// Whether a call may go to the plugin now: always when the breaker is closed; when it is
+    /// open, once per probe period, to the one caller that becomes the probe.
+    fn admit(&self) -> bool {
+        let b = &self.breaker;
+        match b.state.load(Relaxed) {
+            CLOSED => true,
+            OPEN => {
+                let Some(probe_after) = b.policy.probe_after else { return false };
+                let due = Duration::from_nanos(b.opened_ns.load(Relaxed)) + probe_after;
+                if b.epoch.elapsed() < due || b.state.compare_exchange(OPEN, PROBING, Relaxed, Relaxed).is_err() {
+                    return false;
+                }
+                b.probes.fetch_add(1, Relaxed);
+                tracing::info!(plugin = self.name(), "quarantined plugin: probing it with one request");
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn open(&self) {
+        let b = &self.breaker;
+        b.opened_ns.store(b.epoch.elapsed().as_nanos() as u64, Relaxed);
+        b.state.store(OPEN, Relaxed);
     }
 
     fn on_panic(&self) {
-        let panics = self.panics.fetch_add(1, Relaxed) + 1;
-        if self.quarantine_after > 0 && panics >= self.quarantine_after && !self.quarantined.swap(true, Relaxed) {
+        let b = &self.breaker;
+        if b.state.load(Relaxed) == PROBING {
+            self.open();
+            tracing::error!(plugin = self.name(), "quarantine probe panicked: the plugin stays quarantined");
+            return;
+        }
+        let Some(after) = b.policy.after else { return };
+        let now = Instant::now();
+        let panics = {
+            let mut panics = b.panics.lock();
+            panics.push_back(now);
+            while panics.front().is_some_and(|t| now.duration_since(*t) > b.policy.window) {
+                panics.pop_front();
+            }
+            panics.len()
+        };
+        if panics >= after as usize && b.state.compare_exchange(CLOSED, OPEN, Relaxed, Relaxed).is_ok() {
+            self.open();
+            b.panics.lock().clear();
+            b.quarantines.fetch_add(1, Relaxed);
             self.metrics.quarantined.fetch_add(1, Relaxed);
             tracing::error!(
                 plugin = self.name(),
                 panics,
-                "plugin quarantined after repeated panics: it is no longer called until it is reloaded"
+                window_secs = b.policy.window.as_secs_f64(),
+                probe_after_secs = b.policy.probe_after.map(|d| d.as_secs_f64()),
+                "plugin quarantined after repeated panics: it is not called until a probe succeeds or it is reloaded"
             );
+        }
+    }
+
+    /// A call that did not panic: if it was the probe, the plugin is re-enabled.
+    fn on_success(&self) {
+        let b = &self.breaker;
+        if b.state.load(Relaxed) == PROBING && b.state.compare_exchange(PROBING, CLOSED, Relaxed, Relaxed).is_ok() {
+            b.recoveries.fetch_add(1, Relaxed);
+            tracing::info!(plugin = self.name(), "quarantine probe succeeded: the plugin is called again");
         }
     }
 }
@@ -158,12 +242,17 @@ impl<T> Hook<T> {
         };
         m.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
-        if let Some(e) = r.error() {
-            m.errors.fetch_add(1, Relaxed);
-            if e.code == ffi::code::PANIC {
+        match r.error() {
+            Some(e) if e.code == ffi::code::PANIC => {
+                m.errors.fetch_add(1, Relaxed);
                 m.panics.fetch_add(1, Relaxed);
                 self.slot.on_panic();
             }
+            Some(_) => {
+                m.errors.fetch_add(1, Relaxed);
+                self.slot.on_success();
+            }
+            None => self.slot.on_success(),
         }
         r
     }
@@ -190,13 +279,19 @@ impl<T> Hook<T> {
         }
     }
 
-    /// `Some(true)` to skip this quarantined plugin, `Err` to fail the request, `None` to call it.
+    /// `Ok(false)` to call the plugin (it is not quarantined, or this call is its probe),
+    /// `Ok(true)` to skip it, `Err` to fail the request.
     fn quarantine_check(&self) -> Result<bool, ApiError> {
-        if !self.slot.is_quarantined() {
+        if self.slot.admit() {
             return Ok(false);
         }
+        self.skip_quarantined().map(|()| true)
+    }
+
+    /// The failure policy for a quarantined plugin: skip it (fail-open) or fail the request.
+    fn skip_quarantined(&self) -> Result<(), ApiError> {
         match self.slot.on_error {
-            FailMode::FailOpen => Ok(true),
+            FailMode::FailOpen => Ok(()),
             FailMode::FailClosed => Err(ApiError::plugin_quarantined(self.slot.name())),
         }
     }

@@ -74,7 +74,8 @@ impl StreamFilters {
         for active in &mut self.active {
             let hook = &self.pipeline.stream_chunk[active.hook];
             if hook.slot.is_quarantined() {
-                hook.quarantine_check()?;
+                // Quarantined mid-stream: no probing here (a probe is one request's whole call).
+                hook.skip_quarantined()?;
                 continue;
             }
             let (stream, history) = (&mut active.stream, active.history.as_ref());

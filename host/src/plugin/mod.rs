@@ -8,7 +8,7 @@ use std::time::SystemTime;
 use plugin_abi::ffi::{self, Cap, Capability, Instance, Library, OpenError, Table};
 use sha2::{Digest, Sha256};
 
-use crate::config::{FailMode, PluginConfig};
+use crate::config::{FailMode, PluginConfig, QuarantinePolicy};
 use crate::services::{PluginServices, Services};
 
 /// Why a plugin could not be loaded. Every variant names the file or plugin, what was expected
@@ -216,7 +216,7 @@ pub struct LoadedPlugin {
     pub sha256: String,
     pub loaded_at: SystemTime,
     pub on_error: FailMode,
-    pub quarantine_after: u32,
+    pub quarantine: QuarantinePolicy,
     /// Shuts down (ending its subscriptions first) when the last handle to it goes.
     instance: Arc<Instance>,
 }
@@ -282,7 +282,7 @@ pub fn load(
         sha256,
         loaded_at: SystemTime::now(),
         on_error: config.on_error,
-        quarantine_after: config.quarantine_after,
+        quarantine: config.quarantine(),
         instance,
     })
 }
