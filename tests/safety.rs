@@ -207,3 +207,17 @@ only_model = "boom"
     assert_eq!(gw.metric("gateway_plugin_quarantine_probes_total{plugin=\"faulty\"}"), Some(2.0));
     assert_eq!(gw.metric("gateway_plugin_quarantine_recoveries_total{plugin=\"faulty\"}"), Some(1.0));
 }
+
+#[test]
+fn the_request_validator_fails_closed_on_a_body_it_cannot_read() {
+    let gw = start("request-validator", "max_prompt_chars = 5", "");
+    let body = r#"{"model":"m","messages":[{"role":"user","content":"\ud800 far more than five characters"}]}"#;
+    let r = gateway_tests::Reply::from(
+        gateway_tests::agent()
+            .post(&gw.url("/v1/chat/completions"))
+            .set("content-type", "application/json")
+            .send_string(body),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.error()["code"], "request_rejected");
+}

@@ -35,7 +35,7 @@ fn streams(c: &mut Criterion) {
                 b.iter(|| {
                     let mut filters = pipeline.stream_start(&ctx, &head).unwrap();
                     for _ in 0..len {
-                        black_box(filters.on_chunk(chunk.clone()).unwrap());
+                        black_box(filters.on_chunk(chunk.clone(), "bench").unwrap());
                     }
                 })
             });

@@ -84,12 +84,16 @@ impl ApiError {
         )
     }
 
-    pub fn plugin_failed(plugin: &str, hook: &str, code: u32, message: &str) -> Self {
+    /// A plugin failed (fail-closed). What it said stays in the gateway log: a plugin's error
+    /// or panic text can hold anything, so the client only learns where to look.
+    pub fn plugin_failed(plugin: &str, hook: &str, code: u32, request_id: &str) -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "plugin_error",
             "plugin_failed",
-            format!("plugin `{plugin}` failed in {hook} (code {code}): {message}"),
+            format!(
+                "plugin `{plugin}` failed in {hook} (code {code}); the gateway log has the details under request id {request_id}"
+            ),
         )
     }
 

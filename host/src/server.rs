@@ -703,7 +703,7 @@ impl StreamTask {
             if let Some(usage) = usage_of(&data) {
                 self.record.usage = Some(usage);
             }
-            let out = match self.filters.on_chunk(data) {
+            let out = match self.filters.on_chunk(data, &self.ctx.request_id) {
                 Ok(Some(out)) => out,
                 Ok(None) => continue,
                 Err(e) => {

@@ -259,22 +259,33 @@ impl<T> Hook<T> {
 
     /// A failed hook under the plugin's failure policy: `None` to go on without it (fail-open),
     /// or the error the client gets (fail-closed).
-    fn fail(&self, which: usize, e: &PluginError) -> Option<ApiError> {
+    ///
+    /// The plugin's message (a panic's text, say) goes to the log only: the client learns the
+    /// plugin, the hook and the request id to look it up by.
+    fn fail(&self, which: usize, e: &PluginError, request_id: &str) -> Option<ApiError> {
         let (hook, plugin) = (self.metrics[which].0, self.slot.name());
         match self.slot.on_error {
             FailMode::FailOpen => {
-                tracing::warn!(plugin, hook, code = e.code, "plugin failed, skipped (fail-open): {}", e.message);
+                tracing::warn!(
+                    plugin,
+                    hook,
+                    request_id,
+                    code = e.code,
+                    "plugin failed, skipped (fail-open): {}",
+                    e.message
+                );
                 None
             }
             FailMode::FailClosed => {
                 tracing::error!(
                     plugin,
                     hook,
+                    request_id,
                     code = e.code,
                     "plugin failed, request refused (fail-closed): {}",
                     e.message
                 );
-                Some(ApiError::plugin_failed(plugin, hook, e.code, &e.message))
+                Some(ApiError::plugin_failed(plugin, hook, e.code, request_id))
             }
         }
     }
@@ -323,9 +334,11 @@ pub struct ResponseState {
 }
 
 impl ResponseState {
-    fn from_reply(reply: ffi::Reply, plugin: &str) -> Result<Self, ApiError> {
-        let (status, headers, body) =
-            reply_parts(reply).map_err(|e| ApiError::plugin_failed(plugin, "respond", ffi::code::INTERNAL, &e))?;
+    fn from_reply(reply: ffi::Reply, plugin: &str, request_id: &str) -> Result<Self, ApiError> {
+        let (status, headers, body) = reply_parts(reply).map_err(|e| {
+            tracing::error!(plugin, request_id, "plugin answered with an invalid response: {e}");
+            ApiError::plugin_failed(plugin, "respond", ffi::code::INTERNAL, request_id)
+        })?;
         Ok(ResponseState { status, headers, body })
     }
 
@@ -449,16 +462,17 @@ impl Pipeline {
                 HookOutcome::Modify(m) => {
                     if let Err(e) = req.apply(m) {
                         let e = PluginError { code: ffi::code::INTERNAL, message: e.into() };
-                        if let Some(err) = hook.fail(which, &e) {
+                        if let Some(err) = hook.fail(which, &e, &req.ctx.request_id) {
                             return Err(Stop::Error(err));
                         }
                     }
                 }
                 HookOutcome::Respond(reply) => {
-                    return Err(Stop::Respond(ResponseState::from_reply(reply, hook.slot.name())?));
+                    let resp = ResponseState::from_reply(reply, hook.slot.name(), &req.ctx.request_id)?;
+                    return Err(Stop::Respond(resp));
                 }
                 HookOutcome::Fail(e) => {
-                    if let Some(err) = hook.fail(which, &e) {
+                    if let Some(err) = hook.fail(which, &e, &req.ctx.request_id) {
                         return Err(Stop::Error(err));
                     }
                 }
@@ -500,7 +514,7 @@ impl Pipeline {
                 }
                 match hook.invoke(0, |cap| cap.authenticate(credential, &raw)) {
                     AuthOutcome::Pass => {}
-                    AuthOutcome::Fail(e) => match hook.fail(0, &e) {
+                    AuthOutcome::Fail(e) => match hook.fail(0, &e, &req.ctx.request_id) {
                         Some(err) => return Err(Stop::Error(err)),
                         None => continue,
                     },
@@ -527,8 +541,9 @@ impl Pipeline {
         }
     }
 
-    /// The app owning `credential`, from the first auth plugin that knows it.
-    pub fn app_by_credential(&self, credential: &str) -> Result<Option<(String, String)>, ApiError> {
+    /// The app owning `credential`, from the first auth plugin that knows it; `request_id` names
+    /// the call in logs and errors.
+    pub fn app_by_credential(&self, credential: &str, request_id: &str) -> Result<Option<(String, String)>, ApiError> {
         for hook in &self.auth {
             if hook.quarantine_check()? {
                 continue;
@@ -537,7 +552,7 @@ impl Pipeline {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
                 RErr(e) => {
-                    if let Some(err) = hook.fail(1, &e) {
+                    if let Some(err) = hook.fail(1, &e, request_id) {
                         return Err(err);
                     }
                 }
@@ -582,17 +597,17 @@ impl Pipeline {
                 HookOutcome::Modify(m) => {
                     if let Err(e) = resp.apply(m) {
                         let e = PluginError { code: ffi::code::INTERNAL, message: e.into() };
-                        if let Some(err) = hook.fail(which, &e) {
+                        if let Some(err) = hook.fail(which, &e, &ctx.request_id) {
                             return Err(err);
                         }
                     }
                 }
                 HookOutcome::Respond(reply) => {
-                    *resp = ResponseState::from_reply(reply, hook.slot.name())?;
+                    *resp = ResponseState::from_reply(reply, hook.slot.name(), &ctx.request_id)?;
                     return Ok(());
                 }
                 HookOutcome::Fail(e) => {
-                    if let Some(err) = hook.fail(which, &e) {
+                    if let Some(err) = hook.fail(which, &e, &ctx.request_id) {
                         return Err(err);
                     }
                 }
@@ -619,7 +634,13 @@ impl Pipeline {
                 continue;
             }
             if let RErr(e) = hook.invoke(0, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
-                tracing::warn!(plugin = hook.slot.name(), code = e.code, "stream_complete failed: {}", e.message);
+                tracing::warn!(
+                    plugin = hook.slot.name(),
+                    request_id = ctx.request_id,
+                    code = e.code,
+                    "stream_complete failed: {}",
+                    e.message
+                );
             }
         }
     }

@@ -49,7 +49,7 @@ impl StreamFilters {
                 }
                 StreamStarted::Fail(e) => {
                     // `filters` ends the streams already started when it drops.
-                    if let Some(err) = hook.fail(0, &e) {
+                    if let Some(err) = hook.fail(0, &e, &ctx.request_id) {
                         return Err(err);
                     }
                 }
@@ -63,8 +63,9 @@ impl StreamFilters {
         self.active.is_empty()
     }
 
-    /// Runs one chunk through the observing plugins in order. `Ok(None)`: a plugin dropped it.
-    pub fn on_chunk(&mut self, data: Bytes) -> Result<Option<Bytes>, ApiError> {
+    /// Runs one chunk of request `request_id` through the observing plugins in order.
+    /// `Ok(None)`: a plugin dropped it.
+    pub fn on_chunk(&mut self, data: Bytes, request_id: &str) -> Result<Option<Bytes>, ApiError> {
         let index = self.index;
         self.index += 1;
         if self.active.is_empty() {
@@ -84,7 +85,7 @@ impl StreamFilters {
                 ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
                 ChunkOutcome::Drop => return Ok(None),
                 ChunkOutcome::Fail(e) => {
-                    if let Some(err) = hook.fail(1, &e) {
+                    if let Some(err) = hook.fail(1, &e, request_id) {
                         return Err(err);
                     }
                 }

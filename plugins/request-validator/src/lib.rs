@@ -71,9 +71,11 @@ fn reject(message: String) -> Decision {
 
 impl PostAuth for RequestValidator {
     fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
-        // The gateway has already checked that the body is a JSON chat request.
-        let Ok(chat) = serde_json::from_slice::<Chat>(req.body()) else {
-            return Ok(Decision::Continue);
+        // Fail closed: a body this validator cannot read (a lone surrogate such as `\ud800` in a
+        // string, which the gateway's own check lets through) must not skip the limits.
+        let chat = match serde_json::from_slice::<Chat>(req.body()) {
+            Ok(chat) => chat,
+            Err(e) => return Ok(reject(format!("expected a chat request with valid JSON strings, found: {e}"))),
         };
         if chat.messages.len() > self.max_messages {
             return Ok(reject(format!(
@@ -115,5 +117,16 @@ mod tests {
             String::from_utf8_lossy(r.body_bytes())
                 .contains("prompt too long: expected at most 10 characters, found 11")
         );
+    }
+
+    #[test]
+    fn a_body_it_cannot_read_is_rejected_not_waved_through() {
+        let p: RequestValidator = MockHost::new().init(r#"{"max_prompt_chars": 5}"#).unwrap();
+        let body = r#"{"messages":[{"role":"user","content":"\ud800 far more than five characters"}]}"#;
+        let Decision::Respond(r) = TestRequest::post("/").body(body).with(|r| p.on_post_auth(r)).unwrap() else {
+            panic!("a lone surrogate let the request through unchecked")
+        };
+        assert_eq!(r.status(), 400);
+        assert!(String::from_utf8_lossy(r.body_bytes()).contains("expected a chat request with valid JSON strings"));
     }
 }
