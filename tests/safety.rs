@@ -221,3 +221,60 @@ fn the_request_validator_fails_closed_on_a_body_it_cannot_read() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.error()["code"], "request_rejected");
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_releases_the_retired_plugin_version() {
+    use std::io::{Read, Write};
+    let gw = Gateway::start(&format!(
+        "[limits]\nwrite_timeout_ms = 300\n[admin]\ntoken = \"{TOKEN}\"\n\
+         [[upstreams]]\nname = \"mock\"\nkind = \"mock\"\nchunks = 100000\n\
+         [[models]]\nname = \"m\"\nupstream = \"mock\"\n\
+         [[plugins]]\npath = \"{}\"\n[plugins.config]\ngeneration = 1\n",
+        plugin_so("hostile").display()
+    ));
+    // A streaming request whose client reads a little, then stops reading (but stays connected).
+    // The mock echoes the prompt: 100k words make a stream (~15 MB) larger than socket buffers.
+    let body = chat_body("m", &"word ".repeat(100_000), true).to_string();
+    let mut stalled = std::net::TcpStream::connect(gw.addr).unwrap();
+    write!(
+        stalled,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut first = [0u8; 256];
+    stalled.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&first));
+    // Retire the version that stream runs on: it is released once the stalled client is cut off.
+    assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
+    wait_retired(&gw);
+    assert_eq!(gw.metric("gateway_write_timeouts_total"), Some(1.0));
+    assert!(gw.logs().contains("client stopped reading: connection cut after 300 ms"), "{}", gw.logs());
+    assert_serving(&gw);
+    drop(stalled);
+}
+
+#[test]
+fn connections_beyond_the_cap_get_a_503_and_the_gateway_keeps_serving() {
+    use std::io::Read;
+    let gw = start("hostile", "", "[limits]\nmax_connections = 2");
+    let held: Vec<_> = (0..2).map(|_| std::net::TcpStream::connect(gw.addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut over = std::net::TcpStream::connect(gw.addr).unwrap();
+    let mut answer = String::new();
+    over.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("too_many_connections") && answer.contains("at most 2 connections"), "{answer}");
+    drop(held);
+    // The held connections' slots come back once the gateway sees them close.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = gateway_tests::agent().get(&gw.url("/healthz")).call().map_or(0, |r| r.status());
+        if status == 200 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(status, 200);
+    assert!(gw.metric("gateway_connections_refused_total").unwrap() >= 1.0);
+}

@@ -152,6 +152,12 @@ pub struct Limits {
     pub header_timeout_ms: u64,
     /// Time a client has to send its request body.
     pub body_timeout_ms: u64,
+    /// Open client connections at most; a connection beyond it gets a 503 and is closed.
+    pub max_connections: usize,
+    /// A write to a client that stays blocked this long (the client stopped reading) cuts the
+    /// connection, so that a stalled client cannot pin its stream, upstream connection and
+    /// plugin version.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -161,6 +167,8 @@ impl Default for Limits {
             max_header_bytes: 16 << 10,
             header_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
+            max_connections: 4096,
+            write_timeout_ms: 30_000,
         }
     }
 }
@@ -386,6 +394,9 @@ impl GatewayConfig {
         }
         if self.limits.max_body_bytes == 0 {
             return Err("limits.max_body_bytes must be at least 1".into());
+        }
+        if self.limits.max_connections == 0 || self.limits.write_timeout_ms == 0 {
+            return Err("limits.max_connections and limits.write_timeout_ms must be at least 1".into());
         }
         if self.collector_queue == 0 || self.event_queue == 0 {
             return Err("collector_queue and event_queue must be at least 1".into());

@@ -68,6 +68,10 @@ pub struct Metrics {
     pub collector_dropped: AtomicU64,
     pub collector_errors: AtomicU64,
     pub quarantined: AtomicU64,
+    /// Connections refused at `limits.max_connections`.
+    pub connections_refused: AtomicU64,
+    /// Connections cut because a write to the client stalled past `limits.write_timeout_ms`.
+    pub write_timeouts: AtomicU64,
     /// Plugin events refused because the event queue was full (shared with the event bus).
     pub events_dropped: Arc<AtomicU64>,
     hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
@@ -85,6 +89,8 @@ impl Default for Metrics {
             collector_dropped: AtomicU64::new(0),
             collector_errors: AtomicU64::new(0),
             quarantined: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+            write_timeouts: AtomicU64::new(0),
             events_dropped: Arc::default(),
             hooks: Mutex::default(),
             plugin_counters: Mutex::default(),
@@ -149,6 +155,8 @@ impl Metrics {
             ("gateway_collector_errors_total", &self.collector_errors),
             ("gateway_plugins_quarantined_total", &self.quarantined),
             ("gateway_events_dropped_total", &*self.events_dropped),
+            ("gateway_connections_refused_total", &self.connections_refused),
+            ("gateway_write_timeouts_total", &self.write_timeouts),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }

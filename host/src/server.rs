@@ -29,7 +29,8 @@ use plugin_abi::ffi::{RawUpstream, StreamSummary};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use tokio::net::TcpListener;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_io_timeout::TimeoutStream;
 
 use crate::body::GatewayBody;
 use crate::collector::{Collector, Record};
@@ -162,12 +163,16 @@ impl Drop for Gauge<'_> {
 }
 
 /// Serves `listener` until `shutdown` resolves, then lets open connections finish (up to 10 s).
+/// At most `limits.max_connections` connections are served at once, and a write to a client
+/// that stays blocked for `limits.write_timeout_ms` cuts its connection.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::future::Future<Output = ()>) {
     let graceful = GracefulShutdown::new();
     let limits = &app.config.limits;
     // hyper refuses heads beyond its buffer outright; our own, friendlier check runs below that.
     let max_buf = (limits.max_header_bytes * 4).max(8192);
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+    let write_timeout = Duration::from_millis(limits.write_timeout_ms);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -181,7 +186,14 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
             },
             () = &mut shutdown => break,
         };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            app.metrics.connections_refused.fetch_add(1, Relaxed);
+            tokio::spawn(refuse(stream, limits.max_connections));
+            continue;
+        };
         let _ = stream.set_nodelay(true);
+        let mut io = TimeoutStream::new(stream);
+        io.set_write_timeout(Some(write_timeout));
         let app = app.clone();
         let svc_app = app.clone();
         let service = service_fn(move |req| {
@@ -192,12 +204,18 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
             .max_buf_size(max_buf)
-            .serve_connection(TokioIo::new(stream), service);
+            .serve_connection(TokioIo::new(Box::pin(io)), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
+            let _slot = slot;
             let _open = Gauge::new(&app.metrics.open_connections);
             if let Err(e) = conn.await {
-                tracing::debug!(%peer, "connection ended: {e}");
+                if is_timeout(&e) {
+                    app.metrics.write_timeouts.fetch_add(1, Relaxed);
+                    tracing::info!(%peer, "client stopped reading: connection cut after {} ms", write_timeout.as_millis());
+                } else {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
             }
         });
     }
@@ -205,6 +223,41 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
         tracing::warn!("connections still open after 10 s; stopping anyway");
     }
+}
+
+/// Whether `e` (or what caused it) is an I/O timeout.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut) {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Answers a connection over the cap with a 503 and closes it, without reading its request.
+async fn refuse(mut stream: tokio::net::TcpStream, cap: usize) {
+    use tokio::io::AsyncWriteExt;
+    let body = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        "too_many_connections",
+        format!("the gateway serves at most {cap} connections at once; try again shortly"),
+    )
+    .body();
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\nretry-after: 1\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(&body).await?;
+        stream.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write).await;
 }
 
 /// Builds the runtime, loads plugins, serves until SIGINT or SIGTERM, then shuts plugins down.
