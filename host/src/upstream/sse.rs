@@ -85,4 +85,18 @@ mod tests {
         p.push(b"event: x\ndata: a\ndata: b\n\n");
         assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"a\nb"))));
     }
+
+    #[test]
+    fn sse_frame_puts_a_one_line_payload_on_one_data_line() {
+        assert_eq!(&crate::server::sse_frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&crate::server::sse_frame(b"")[..], b"data: \n\n");
+    }
+
+    #[test]
+    fn sse_frame_puts_each_line_of_a_payload_on_its_own_data_line() {
+        assert_eq!(&crate::server::sse_frame(b"a\nb")[..], b"data: a\ndata: b\n\n");
+        assert_eq!(&crate::server::sse_frame(b"a\r\nb\rc")[..], b"data: a\ndata: b\ndata: c\n\n");
+        assert_eq!(&crate::server::sse_frame(b"a\n\nb\n")[..], b"data: a\ndata: \ndata: b\ndata: \n\n");
+        assert_eq!(&crate::server::sse_frame(b"\r\n")[..], b"data: \ndata: \n\n");
+    }
 }
