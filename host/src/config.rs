@@ -187,6 +187,8 @@ pub enum UpstreamKind {
     },
     /// Any OpenAI-compatible HTTP API.
     Openai {
+        /// `https://…` (TLS, HTTP/1.1); `http://` only to a loopback host or with
+        /// `allow_insecure_http`.
         base_url: String,
         /// Name of the environment variable that holds the API key.
         #[serde(default)]
@@ -195,7 +197,86 @@ pub enum UpstreamKind {
         connect_timeout_ms: u64,
         #[serde(default = "default_request_timeout")]
         timeout_ms: u64,
+        /// A PEM file of CA certificates to trust for this upstream besides the built-in
+        /// (Mozilla) roots; relative paths are resolved against the config file's directory.
+        #[serde(default)]
+        ca_file: Option<PathBuf>,
+        /// Allows an `http://` base URL to a host that is not loopback (the API key and the
+        /// prompts then cross the network in cleartext).
+        #[serde(default)]
+        allow_insecure_http: bool,
+        /// Largest accepted non-streamed response body; a larger one gives the client a 502.
+        #[serde(default = "default_max_response_bytes")]
+        max_response_bytes: usize,
+        /// Largest accepted SSE event in a streamed response; a larger one ends the stream with
+        /// an error (a 502 if it is the first event).
+        #[serde(default = "default_max_event_bytes")]
+        max_event_bytes: usize,
+        /// The certificates of `ca_file`, read when the config is loaded.
+        #[serde(skip)]
+        ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
+}
+
+fn default_max_response_bytes() -> usize {
+    16 << 20
+}
+
+fn default_max_event_bytes() -> usize {
+    8 << 20
+}
+
+/// Whether `host` (as in a URL: IPv6 in brackets) is `localhost` or a loopback address.
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_end_matches('.');
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    bare.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks an `openai` upstream's `base_url`: https, or http to loopback, or http allowed.
+fn check_base_url(upstream: &str, base_url: &str, allow_insecure_http: bool) -> Result<(), String> {
+    let uri: http::Uri = base_url
+        .parse()
+        .map_err(|e| format!("upstream `{upstream}`: base_url {base_url:?} is not a valid URL: {e}"))?;
+    let host = uri.host().filter(|h| !h.is_empty()).ok_or_else(|| {
+        format!("upstream `{upstream}`: base_url {base_url:?}: expected an absolute URL with a host, found none")
+    })?;
+    match uri.scheme_str() {
+        Some("https") => Ok(()),
+        Some("http") if allow_insecure_http || is_loopback_host(host) => Ok(()),
+        Some("http") => Err(format!(
+            "upstream `{upstream}`: base_url is http:// to host `{host}`, which is not loopback: the API key \
+             and prompts would cross the network in cleartext; expected https://, or set \
+             `allow_insecure_http = true` on this upstream to allow it"
+        )),
+        other => Err(format!(
+            "upstream `{upstream}`: base_url {base_url:?}: expected scheme http or https, found {}",
+            other.unwrap_or("none")
+        )),
+    }
+}
+
+/// Reads the CA certificates of an upstream's `ca_file`.
+fn read_ca_file(upstream: &str, path: &Path) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let what = || format!("upstream `{upstream}`: ca_file {}", path.display());
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{}: expected a readable PEM file of certificates: {e}", what()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: expected at least one PEM certificate, found none", what()));
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, cert) in certs.iter().enumerate() {
+        roots
+            .add(cert.clone())
+            .map_err(|e| format!("{}: certificate {} is not usable as a trust anchor: {e}", what(), i + 1))?;
+    }
+    Ok(certs)
 }
 
 fn default_chunks() -> usize {
@@ -353,7 +434,16 @@ impl GatewayConfig {
                 plugin.path = base_dir.join(&plugin.path);
             }
         }
-        config.validate().map_err(|message| ConfigError::Invalid { origin: origin.into(), message })?;
+        let invalid = |message| ConfigError::Invalid { origin: origin.into(), message };
+        for up in &mut config.upstreams {
+            if let UpstreamKind::Openai { ca_file: Some(path), ca_certs, .. } = &mut up.kind {
+                if path.is_relative() {
+                    *path = base_dir.join(&*path);
+                }
+                *ca_certs = read_ca_file(&up.name, path).map_err(invalid)?;
+            }
+        }
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 
@@ -390,6 +480,19 @@ impl GatewayConfig {
         for (i, up) in self.upstreams.iter().enumerate() {
             if self.upstreams[..i].iter().any(|u| u.name == up.name) {
                 return Err(format!("upstream `{}` is listed twice", up.name));
+            }
+        }
+        for up in &self.upstreams {
+            if let UpstreamKind::Openai { base_url, allow_insecure_http, max_response_bytes, max_event_bytes, .. } =
+                &up.kind
+            {
+                check_base_url(&up.name, base_url, *allow_insecure_http)?;
+                if *max_response_bytes == 0 || *max_event_bytes == 0 {
+                    return Err(format!(
+                        "upstream `{}`: max_response_bytes and max_event_bytes must be at least 1, found {} and {}",
+                        up.name, max_response_bytes, max_event_bytes
+                    ));
+                }
             }
         }
         if self.limits.max_body_bytes == 0 {
@@ -465,6 +568,46 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("routes to upstream `nope`"), "{err}");
+    }
+
+    fn openai(base_url: &str, extra: &str) -> Result<GatewayConfig, String> {
+        let text = format!("[[upstreams]]\nname = \"up\"\nkind = \"openai\"\nbase_url = \"{base_url}\"\n{extra}");
+        GatewayConfig::parse(&text, "t", Path::new("/")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn cleartext_http_is_refused_off_loopback_unless_allowed() {
+        let err = openai("http://api.example.com/v1", "").unwrap_err();
+        assert!(err.contains("upstream `up`"), "{err}");
+        assert!(err.contains("host `api.example.com`"), "{err}");
+        assert!(err.contains("allow_insecure_http = true"), "{err}");
+        assert!(openai("http://10.0.0.1:8000/v1", "").is_err());
+        assert!(openai("http://api.example.com/v1", "allow_insecure_http = true").is_ok());
+        for ok in [
+            "https://api.example.com/v1",
+            "http://127.0.0.1:9/v1",
+            "http://127.8.0.1/v1",
+            "http://localhost:1/v1",
+            "http://[::1]:1/v1",
+        ] {
+            assert!(openai(ok, "").is_ok(), "{ok}: {:?}", openai(ok, "").err());
+        }
+        let err = openai("ftp://x/v1", "").unwrap_err();
+        assert!(err.contains("expected scheme http or https, found ftp"), "{err}");
+        let err = openai("/v1", "").unwrap_err();
+        assert!(err.contains("expected an absolute URL with a host"), "{err}");
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_certificates() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let err = openai("https://x/v1", &format!("ca_file = {:?}", missing.display().to_string())).unwrap_err();
+        assert!(err.contains("expected a readable PEM file"), "{err}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not pem\n").unwrap();
+        let err = openai("https://x/v1", &format!("ca_file = {:?}", empty.display().to_string())).unwrap_err();
+        assert!(err.contains("expected at least one PEM certificate, found none"), "{err}");
     }
 
     #[test]

@@ -724,12 +724,29 @@ struct StreamTask {
     status: StatusCode,
 }
 
-/// One server-sent event: `data: PAYLOAD` and the blank line that ends it.
+/// One server-sent event: `data: PAYLOAD` and the blank line that ends it. A payload of several
+/// lines (split at `\n`, `\r\n` or `\r`) becomes one `data: ` line per line, which a client
+/// joins back with `\n`.
 pub fn sse_frame(payload: &[u8]) -> Bytes {
-    let mut frame = BytesMut::with_capacity(payload.len() + 8);
-    frame.extend_from_slice(b"data: ");
-    frame.extend_from_slice(payload);
-    frame.extend_from_slice(b"\n\n");
+    let Some(first_break) = memchr::memchr2(b'\n', b'\r', payload) else {
+        let mut frame = BytesMut::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\n\n");
+        return frame.freeze();
+    };
+    let mut frame = BytesMut::with_capacity(payload.len() + 8 + 6 * 4);
+    let (mut line, mut rest) = (&payload[..first_break], &payload[first_break..]);
+    loop {
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(line);
+        frame.extend_from_slice(b"\n");
+        let Some(&end) = rest.first() else { break };
+        rest = &rest[if end == b'\r' && rest.get(1) == Some(&b'\n') { 2 } else { 1 }..];
+        let next = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+        (line, rest) = (&rest[..next], &rest[next..]);
+    }
+    frame.extend_from_slice(b"\n");
     frame.freeze()
 }
 

@@ -2,7 +2,7 @@
 
 pub mod mock;
 mod openai;
-mod sse;
+pub mod sse;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -19,7 +19,7 @@ use openai::{OpenAiUpstream, SseEvents};
 
 pub enum Upstream {
     Mock { name: String, mock: MockUpstream },
-    OpenAi(OpenAiUpstream),
+    OpenAi(Box<OpenAiUpstream>),
 }
 
 /// What a model resolves to.
@@ -47,15 +47,28 @@ impl Upstreams {
                     name: u.name.clone(),
                     mock: MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms)),
                 },
-                UpstreamKind::Openai { base_url, api_key_env, connect_timeout_ms, timeout_ms } => {
-                    Upstream::OpenAi(OpenAiUpstream::new(
-                        &u.name,
+                UpstreamKind::Openai {
+                    base_url,
+                    api_key_env,
+                    connect_timeout_ms,
+                    timeout_ms,
+                    ca_certs,
+                    max_response_bytes,
+                    max_event_bytes,
+                    ca_file: _,
+                    allow_insecure_http: _,
+                } => Upstream::OpenAi(Box::new(OpenAiUpstream::new(
+                    &u.name,
+                    openai::Settings {
                         base_url,
-                        api_key_env.as_deref(),
-                        Duration::from_millis(*connect_timeout_ms),
-                        Duration::from_millis(*timeout_ms),
-                    ))
-                }
+                        api_key_env: api_key_env.as_deref(),
+                        connect_timeout: Duration::from_millis(*connect_timeout_ms),
+                        timeout: Duration::from_millis(*timeout_ms),
+                        ca_certs,
+                        max_response_bytes: *max_response_bytes,
+                        max_event_bytes: *max_event_bytes,
+                    },
+                ))),
             })
             .collect();
         let mut routes = HashMap::new();
@@ -124,11 +137,15 @@ impl Upstream {
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())
                     .is_some_and(|v| v.starts_with("text/event-stream"));
+                let declared =
+                    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
                 let headers = forwardable(headers);
                 if stream && status.is_success() && is_sse {
-                    Ok(UpstreamReply::Stream { status, headers, events: Events::Sse(SseEvents::new(incoming, client)) })
+                    let mut events = SseEvents::new(incoming, client);
+                    events.start().await.map_err(ApiError::upstream)?;
+                    Ok(UpstreamReply::Stream { status, headers, events: Events::Sse(events) })
                 } else {
-                    let body = client.collect(incoming).await?;
+                    let body = client.collect(declared, incoming).await?;
                     Ok(UpstreamReply::Full { status, headers, body })
                 }
             }

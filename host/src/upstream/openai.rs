@@ -1,49 +1,95 @@
-//! An OpenAI-compatible HTTP upstream, over hyper's pooled client.
+//! An OpenAI-compatible HTTP upstream, over hyper's pooled client with rustls (HTTP/1.1).
+//!
+//! Clients see the upstream's name and a short reason when a call fails; the URL and the
+//! underlying error go to the log.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::CertificateDer;
 
 use super::sse::{SseEvent, SseParser};
 use crate::error::ApiError;
+
+/// What an `openai` upstream is built from (its config, with `ca_file` already read).
+pub struct Settings<'a> {
+    pub base_url: &'a str,
+    pub api_key_env: Option<&'a str>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+    pub ca_certs: &'a [CertificateDer<'static>],
+    pub max_response_bytes: usize,
+    pub max_event_bytes: usize,
+}
 
 pub struct OpenAiUpstream {
     pub name: String,
     pub base_url: String,
     api_key: Option<HeaderValue>,
     timeout: Duration,
-    client: Client<HttpConnector, Full<Bytes>>,
+    max_response_bytes: usize,
+    max_event_bytes: usize,
+    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+/// TLS with the `ring` provider, trusting Mozilla's roots (compiled in) and `extra`.
+fn tls_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    // Each one was checked when the config was loaded.
+    roots.add_parsable_certificates(extra.iter().cloned());
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_no_client_auth()
+}
+
+/// An error and its sources, for the log.
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl OpenAiUpstream {
-    pub fn new(
-        name: &str,
-        base_url: &str,
-        api_key_env: Option<&str>,
-        connect_timeout: Duration,
-        timeout: Duration,
-    ) -> Self {
-        let api_key = api_key_env.and_then(|var| match std::env::var(var) {
+    pub fn new(name: &str, s: Settings<'_>) -> Self {
+        let api_key = s.api_key_env.and_then(|var| match std::env::var(var) {
             Ok(key) => HeaderValue::from_str(&format!("Bearer {key}")).ok(),
             Err(_) => {
                 tracing::warn!(upstream = name, var, "API key variable is not set: calling the upstream without a key");
                 None
             }
         });
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(connect_timeout));
-        connector.set_nodelay(true);
+        let mut http = HttpConnector::new();
+        http.set_connect_timeout(Some(s.connect_timeout));
+        http.set_nodelay(true);
+        // The TLS layer above decides the scheme; plain http passed the config's check.
+        http.enforce_http(false);
+        let connector = HttpsConnectorBuilder::new()
+            .with_tls_config(tls_config(s.ca_certs))
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
         OpenAiUpstream {
             name: name.to_owned(),
-            base_url: base_url.trim_end_matches('/').to_owned(),
+            base_url: s.base_url.trim_end_matches('/').to_owned(),
             api_key,
-            timeout,
+            timeout: s.timeout,
+            max_response_bytes: s.max_response_bytes,
+            max_event_bytes: s.max_event_bytes,
             client: Client::builder(TokioExecutor::new()).build(connector),
         }
     }
@@ -53,24 +99,52 @@ impl OpenAiUpstream {
         let mut req = Request::post(&url)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
-            .map_err(|e| ApiError::upstream(format!("upstream `{}`: invalid URL {url}: {e}", self.name)))?;
+            .map_err(|e| {
+                tracing::warn!(upstream = %self.name, %url, "cannot build the upstream request: {e}");
+                ApiError::upstream(format!("upstream `{}`: its configured URL is invalid", self.name))
+            })?;
         if let Some(key) = &self.api_key {
             req.headers_mut().insert(http::header::AUTHORIZATION, key.clone());
         }
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name))?
-            .map_err(|e| ApiError::upstream(format!("upstream `{}` unreachable: {e}", self.name)))?;
+            .map_err(|e| {
+                tracing::warn!(upstream = %self.name, %url, "upstream call failed: {}", chain(&e));
+                let reason = if e.is_connect() {
+                    "could not connect (connection or TLS handshake failed)"
+                } else {
+                    "the call failed before a response arrived"
+                };
+                ApiError::upstream(format!("upstream `{}`: {reason}", self.name))
+            })?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body))
     }
 
-    pub async fn collect(&self, body: Incoming) -> Result<Bytes, ApiError> {
-        tokio::time::timeout(self.timeout, body.collect())
-            .await
-            .map_err(|_| ApiError::upstream_timeout(&self.name))?
-            .map(|c| c.to_bytes())
-            .map_err(|e| ApiError::upstream(format!("upstream `{}` broke off its response: {e}", self.name)))
+    /// Reads a whole response body of at most `max_response_bytes`; `declared` is its
+    /// content-length, if it gave one.
+    pub async fn collect(&self, declared: Option<u64>, body: Incoming) -> Result<Bytes, ApiError> {
+        let limit = self.max_response_bytes;
+        let too_large = |found: String| {
+            tracing::warn!(upstream = %self.name, limit, found, "upstream response body over the limit");
+            ApiError::upstream(format!(
+                "upstream `{}`: response body too large: expected at most {limit} bytes, found {found}",
+                self.name
+            ))
+        };
+        if let Some(len) = declared.filter(|len| *len > limit as u64) {
+            return Err(too_large(format!("{len} (its content-length)")));
+        }
+        match tokio::time::timeout(self.timeout, Limited::new(body, limit).collect()).await {
+            Err(_) => Err(ApiError::upstream_timeout(&self.name)),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large("more".into())),
+            Ok(Err(e)) => {
+                tracing::warn!(upstream = %self.name, "upstream broke off its response: {}", chain(&*e));
+                Err(ApiError::upstream(format!("upstream `{}` broke off its response", self.name)))
+            }
+        }
     }
 }
 
@@ -80,6 +154,8 @@ pub struct SseEvents {
     parser: SseParser,
     idle_timeout: Duration,
     upstream: String,
+    /// An event read ahead by [`SseEvents::start`].
+    first: Option<Bytes>,
     done: bool,
 }
 
@@ -87,25 +163,48 @@ impl SseEvents {
     pub fn new(body: Incoming, upstream: &OpenAiUpstream) -> Self {
         SseEvents {
             body,
-            parser: SseParser::default(),
+            parser: SseParser::new(upstream.max_event_bytes),
             idle_timeout: upstream.timeout,
             upstream: upstream.name.clone(),
+            first: None,
             done: false,
         }
     }
 
+    /// Reads the first event ahead, so that a stream failing before it can be answered with an
+    /// error status rather than a 200 that carries an error event.
+    pub async fn start(&mut self) -> Result<(), String> {
+        match self.next().await {
+            Some(Ok(data)) => {
+                self.first = Some(data);
+                Ok(())
+            }
+            Some(Err(message)) => Err(message),
+            None => Ok(()),
+        }
+    }
+
+    /// The next event payload; an error message (fit for the client) ends the stream.
     pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+        if let Some(first) = self.first.take() {
+            return Some(Ok(first));
+        }
         loop {
             if self.done {
                 return None;
             }
             match self.parser.next_event() {
-                Some(SseEvent::Data(d)) => return Some(Ok(d)),
-                Some(SseEvent::Done) => {
+                Ok(Some(SseEvent::Data(d))) => return Some(Ok(d)),
+                Ok(Some(SseEvent::Done)) => {
                     self.done = true;
                     return None;
                 }
-                None => {}
+                Ok(None) => {}
+                Err(e) => {
+                    self.done = true;
+                    tracing::warn!(upstream = %self.upstream, "upstream stream refused: {e}");
+                    return Some(Err(format!("upstream `{}`: {e}", self.upstream)));
+                }
             }
             match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
                 Err(_) => {
@@ -118,7 +217,8 @@ impl SseEvents {
                 }
                 Ok(Some(Err(e))) => {
                     self.done = true;
-                    return Some(Err(format!("upstream `{}` broke off the stream: {e}", self.upstream)));
+                    tracing::warn!(upstream = %self.upstream, "upstream broke off the stream: {}", chain(&e));
+                    return Some(Err(format!("upstream `{}` broke off the stream", self.upstream)));
                 }
                 Ok(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {

@@ -1,11 +1,30 @@
 //! Splits a server-sent-events byte stream into event payloads (the `data:` lines), zero-copy
 //! for the common one-line event.
+//!
+//! Lines end with `\n`, `\r\n` or `\r`; an event ends at a blank line. Parsing is linear: the
+//! scan for the end of the current event resumes where the previous push left it, so a large
+//! event arriving in many small reads is scanned once. An event longer than the parser's limit
+//! is an error (and the parser drops what it buffered), so the buffer never holds more than the
+//! limit plus one push.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-#[derive(Default)]
+/// Default for the largest accepted event (its bytes up to the blank line that ends it).
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 << 20;
+
 pub struct SseParser {
     buf: BytesMut,
+    /// Start of the line of `buf` whose end has not been seen yet.
+    line_start: usize,
+    /// Where the search for that line's end resumes (`line_start..scan` holds no terminator).
+    scan: usize,
+    max_event: usize,
+}
+
+impl Default for SseParser {
+    fn default() -> Self {
+        SseParser::new(DEFAULT_MAX_EVENT_BYTES)
+    }
 }
 
 /// What one event carried.
@@ -16,51 +35,140 @@ pub enum SseEvent {
     Done,
 }
 
-fn event_end(buf: &[u8]) -> Option<(usize, usize)> {
-    // An event ends at a blank line: "\n\n" or "\r\n\r\n".
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| (i, 4));
-    match (lf, crlf) {
-        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
-        (a, b) => a.or(b),
+/// An event longer than the parser's limit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventTooLarge {
+    pub limit: usize,
+    /// The event's length, or as much of it as had arrived without its end.
+    pub found: usize,
+    /// Whether `found` is the whole event (`false`: it is at least that long).
+    pub complete: bool,
+}
+
+impl std::fmt::Display for EventTooLarge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let at_least = if self.complete { "" } else { "at least " };
+        write!(f, "SSE event too large: expected at most {} bytes, found {at_least}{} bytes", self.limit, self.found)
     }
 }
 
+/// Splits `event` into its lines (terminators removed), `\n`, `\r\n` and `\r` alike.
+fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = event;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        match memchr::memchr2(b'\n', b'\r', rest) {
+            None => Some(std::mem::take(&mut rest)),
+            Some(i) => {
+                let line = &rest[..i];
+                let skip = if rest[i] == b'\r' && rest.get(i + 1) == Some(&b'\n') { 2 } else { 1 };
+                rest = &rest[i + skip..];
+                Some(line)
+            }
+        }
+    })
+}
+
+/// The value of a `data` field line, if it is one.
+fn data_value(line: &[u8]) -> Option<&[u8]> {
+    if line == b"data" {
+        return Some(&[]);
+    }
+    let value = line.strip_prefix(b"data:")?;
+    Some(value.strip_prefix(b" ").unwrap_or(value))
+}
+
 impl SseParser {
+    /// A parser that refuses events longer than `max_event` bytes.
+    pub fn new(max_event: usize) -> Self {
+        SseParser { buf: BytesMut::new(), line_start: 0, scan: 0, max_event }
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
 
-    /// The next complete event, if the buffer holds one. Comments and events without data are
-    /// skipped.
-    pub fn next_event(&mut self) -> Option<SseEvent> {
+    /// Bytes held, for tests of the bound.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Finds the blank line that ends the event at the start of `buf`, resuming the scan where
+    /// the last call stopped. Returns the event's length and where the next one starts.
+    fn event_end(&mut self) -> Option<(usize, usize)> {
+        let buf = &self.buf[..];
         loop {
-            let (at, sep) = event_end(&self.buf)?;
-            let event = self.buf.split_to(at).freeze();
-            self.buf.advance(sep);
-            let mut data: Option<Bytes> = None;
-            for line in event.split(|b| *b == b'\n') {
-                let line = line.strip_suffix(b"\r").unwrap_or(line);
-                let Some(value) = line.strip_prefix(b"data:") else {
-                    continue;
-                };
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                data = Some(match data {
-                    None => event.slice_ref(value),
-                    Some(prev) => {
-                        let mut joined = BytesMut::from(&prev[..]);
-                        joined.extend_from_slice(b"\n");
-                        joined.extend_from_slice(value);
-                        joined.freeze()
+            let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[self.scan..]) else {
+                self.scan = buf.len();
+                return None;
+            };
+            let t = self.scan + i;
+            let len = match buf[t] {
+                b'\r' => match buf.get(t + 1) {
+                    // A CR last: it may be the first half of a CRLF.
+                    None => {
+                        self.scan = t;
+                        return None;
                     }
-                });
+                    Some(b'\n') => 2,
+                    Some(_) => 1,
+                },
+                _ => 1,
+            };
+            if t == self.line_start {
+                // A blank line: the event is everything before it.
+                let (at, next) = (self.line_start, t + len);
+                self.line_start = 0;
+                self.scan = 0;
+                return Some((at, next));
             }
-            match data {
-                Some(d) if &d[..] == b"[DONE]" => return Some(SseEvent::Done),
-                Some(d) => return Some(SseEvent::Data(d)),
-                None => continue,
-            }
+            self.line_start = t + len;
+            self.scan = t + len;
         }
+    }
+
+    /// The next complete event, if the buffer holds one. Comments and events without data are
+    /// skipped. An event longer than the limit is an error; the parser then holds nothing, and
+    /// the stream should be abandoned (the rest of the oversized event would parse as garbage).
+    pub fn next_event(&mut self) -> Result<Option<SseEvent>, EventTooLarge> {
+        loop {
+            let Some((at, next)) = self.event_end() else {
+                if self.buf.len() > self.max_event {
+                    return Err(self.overflow(self.buf.len(), false));
+                }
+                return Ok(None);
+            };
+            if at > self.max_event {
+                return Err(self.overflow(at, true));
+            }
+            let event = self.buf.split_to(at).freeze();
+            self.buf.advance(next - at);
+            let mut data_lines = lines(&event).filter_map(data_value);
+            let Some(first) = data_lines.next() else { continue };
+            let data = match data_lines.next() {
+                None => event.slice_ref(first),
+                Some(second) => {
+                    // Several data lines: joined with "\n", one copy.
+                    let mut joined = BytesMut::with_capacity(event.len());
+                    joined.extend_from_slice(first);
+                    for line in std::iter::once(second).chain(data_lines) {
+                        joined.extend_from_slice(b"\n");
+                        joined.extend_from_slice(line);
+                    }
+                    joined.freeze()
+                }
+            };
+            return Ok(Some(if &data[..] == b"[DONE]" { SseEvent::Done } else { SseEvent::Data(data) }));
+        }
+    }
+
+    fn overflow(&mut self, found: usize, complete: bool) -> EventTooLarge {
+        self.buf = BytesMut::new();
+        self.line_start = 0;
+        self.scan = 0;
+        EventTooLarge { limit: self.max_event, found, complete }
     }
 }
 
@@ -68,21 +176,181 @@ impl SseParser {
 mod tests {
     use super::*;
 
+    fn data(s: &'static [u8]) -> Option<SseEvent> {
+        Some(SseEvent::Data(Bytes::from_static(s)))
+    }
+
     #[test]
     fn splits_events_across_reads() {
         let mut p = SseParser::default();
         p.push(b"data: {\"a\":1}\n\n: comment\n\ndata: {\"b\"");
-        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"{\"a\":1}"))));
-        assert_eq!(p.next_event(), None);
+        assert_eq!(p.next_event(), Ok(data(b"{\"a\":1}")));
+        assert_eq!(p.next_event(), Ok(None));
         p.push(b":2}\r\n\r\ndata: [DONE]\n\n");
-        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"{\"b\":2}"))));
-        assert_eq!(p.next_event(), Some(SseEvent::Done));
+        assert_eq!(p.next_event(), Ok(data(b"{\"b\":2}")));
+        assert_eq!(p.next_event(), Ok(Some(SseEvent::Done)));
     }
 
     #[test]
     fn joins_multi_line_data() {
         let mut p = SseParser::default();
-        p.push(b"event: x\ndata: a\ndata: b\n\n");
-        assert_eq!(p.next_event(), Some(SseEvent::Data(Bytes::from_static(b"a\nb"))));
+        p.push(b"event: x\ndata: a\ndata: b\ndata\n\n");
+        assert_eq!(p.next_event(), Ok(data(b"a\nb\n")));
+    }
+
+    #[test]
+    fn every_line_ending_counts() {
+        let mut p = SseParser::default();
+        p.push(b"data: a\rdata: b\r\rdata: c\r\ndata: d\n\r\ndata: e\r");
+        assert_eq!(p.next_event(), Ok(data(b"a\nb")));
+        assert_eq!(p.next_event(), Ok(data(b"c\nd")));
+        // A CR last may be half a CRLF: nothing is decided until the next byte.
+        assert_eq!(p.next_event(), Ok(None));
+        p.push(b"\n\n");
+        assert_eq!(p.next_event(), Ok(data(b"e")));
+    }
+
+    #[test]
+    fn a_single_line_event_is_not_copied() {
+        let mut p = SseParser::default();
+        p.push(b"data: {\"a\":1}\n\n");
+        let start = p.buf.as_ptr() as usize;
+        let Ok(Some(SseEvent::Data(d))) = p.next_event() else { panic!("expected an event") };
+        assert_eq!(d.as_ptr() as usize, start + 6);
+    }
+
+    #[test]
+    fn an_event_over_the_limit_is_refused_complete_or_not() {
+        let mut p = SseParser::new(16);
+        p.push(b"data: 0123456789");
+        assert_eq!(p.next_event(), Ok(None), "16 bytes without an end are within the limit");
+        p.push(b"a");
+        assert_eq!(p.next_event(), Err(EventTooLarge { limit: 16, found: 17, complete: false }));
+        assert_eq!(p.buffered(), 0);
+
+        let mut p = SseParser::new(16);
+        p.push(b"data: 0123456789a\n\n");
+        let e = p.next_event().unwrap_err();
+        assert_eq!(e, EventTooLarge { limit: 16, found: 18, complete: true });
+        assert_eq!(e.to_string(), "SSE event too large: expected at most 16 bytes, found 18 bytes");
+    }
+
+    /// A push that resumes the scan must not rescan: after the first push found no terminator,
+    /// the scan position is at the end of what was buffered.
+    #[test]
+    fn the_scan_resumes_where_it_stopped() {
+        let mut p = SseParser::default();
+        p.push(b"data: abc");
+        assert_eq!(p.next_event(), Ok(None));
+        assert_eq!((p.line_start, p.scan), (0, 9));
+        p.push(b"def\ndata: x");
+        assert_eq!(p.next_event(), Ok(None));
+        assert_eq!((p.line_start, p.scan), (13, 20));
+    }
+
+    #[test]
+    fn sse_frame_puts_a_one_line_payload_on_one_data_line() {
+        assert_eq!(&crate::server::sse_frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&crate::server::sse_frame(b"")[..], b"data: \n\n");
+    }
+
+    #[test]
+    fn sse_frame_puts_each_line_of_a_payload_on_its_own_data_line() {
+        assert_eq!(&crate::server::sse_frame(b"a\nb")[..], b"data: a\ndata: b\n\n");
+        assert_eq!(&crate::server::sse_frame(b"a\r\nb\rc")[..], b"data: a\ndata: b\ndata: c\n\n");
+        assert_eq!(&crate::server::sse_frame(b"a\n\nb\n")[..], b"data: a\ndata: \ndata: b\ndata: \n\n");
+        assert_eq!(&crate::server::sse_frame(b"\r\n")[..], b"data: \ndata: \n\n");
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        fn all_events(p: &mut SseParser, out: &mut Vec<SseEvent>) -> Result<(), EventTooLarge> {
+            while let Some(e) = p.next_event()? {
+                out.push(e);
+            }
+            Ok(())
+        }
+
+        /// A valid stream: events of data lines, comments and other fields, with mixed endings.
+        fn stream() -> impl Strategy<Value = Vec<u8>> {
+            let eol = prop_oneof![Just("\n"), Just("\r\n"), Just("\r")];
+            let line = (
+                prop_oneof![Just("data: "), Just("data:"), Just(": "), Just("event: "), Just("id: ")],
+                "[a-z{}\":, \\[\\]]{0,12}",
+                eol.clone(),
+            )
+                .prop_map(|(field, value, eol)| format!("{field}{value}{eol}"));
+            let event = (proptest::collection::vec(line, 0..5), eol).prop_map(|(lines, eol)| lines.concat() + eol);
+            proptest::collection::vec(event, 0..8).prop_map(|events| events.concat().into_bytes())
+        }
+
+        proptest! {
+            #[test]
+            fn random_splits_give_the_events_of_one_push(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let mut whole = SseParser::default();
+                whole.push(&bytes);
+                let mut expected = Vec::new();
+                all_events(&mut whole, &mut expected).unwrap();
+
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut split = SseParser::default();
+                let (mut got, mut from) = (Vec::new(), 0);
+                for cut in cuts.into_iter().chain([bytes.len()]) {
+                    split.push(&bytes[from..cut]);
+                    all_events(&mut split, &mut got).unwrap();
+                    from = cut;
+                }
+                prop_assert_eq!(got, expected);
+            }
+
+            /// What the gateway frames, a client parses back: every line break becomes `\n`.
+            #[test]
+            fn a_framed_payload_parses_back(payload in "[a-z\r\n]{0,40}") {
+                let mut p = SseParser::default();
+                p.push(&crate::server::sse_frame(payload.as_bytes()));
+                let expected = payload.replace("\r\n", "\n").replace('\r', "\n");
+                let event = p.next_event().unwrap();
+                if expected == "[DONE]" {
+                    prop_assert_eq!(event, Some(SseEvent::Done));
+                } else {
+                    prop_assert_eq!(event, Some(SseEvent::Data(Bytes::from(expected))));
+                }
+                prop_assert_eq!(p.buffered(), 0);
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic_and_stay_within_the_bound(
+                pushes in proptest::collection::vec(
+                    proptest::collection::vec(prop_oneof![Just(b'\n'), Just(b'\r'), Just(b'd'), any::<u8>()], 0..64),
+                    0..16,
+                ),
+                limit in 1usize..96,
+            ) {
+                let mut p = SseParser::new(limit);
+                for push in &pushes {
+                    p.push(push);
+                    loop {
+                        match p.next_event() {
+                            Ok(Some(SseEvent::Data(d))) => prop_assert!(d.len() <= limit),
+                            Ok(Some(SseEvent::Done)) => {}
+                            Ok(None) => break,
+                            Err(e) => {
+                                prop_assert!(e.found > limit);
+                                prop_assert_eq!(p.buffered(), 0);
+                                break;
+                            }
+                        }
+                    }
+                    // Whatever is left is an incomplete event within the limit.
+                    prop_assert!(p.buffered() <= limit, "{} buffered, limit {}", p.buffered(), limit);
+                }
+            }
+        }
     }
 }
