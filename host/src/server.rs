@@ -491,13 +491,20 @@ struct ChatPeek<'a> {
 
 fn peek(body: &[u8]) -> Result<(String, bool), ApiError> {
     let p: ChatPeek<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::invalid_request("invalid_request", format!("invalid chat request: {e}"))
-        }
-        _ => ApiError::invalid_request("invalid_json", format!("request body is not valid JSON: {e}")),
+        serde_json::error::Category::Data => ApiError::invalid_request(
+            "invalid_request",
+            format!("invalid chat request: expected `model` and `messages`, found {e}"),
+        ),
+        _ => ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not valid JSON: expected a JSON object, found {e}"),
+        ),
     })?;
     if p.messages.is_empty() {
-        return Err(ApiError::invalid_request("invalid_request", "`messages` must not be empty"));
+        return Err(ApiError::invalid_request(
+            "invalid_request",
+            "`messages` must not be empty: expected at least one message",
+        ));
     }
     Ok((p.model.into_owned(), p.stream))
 }
@@ -808,5 +815,63 @@ impl StreamTask {
         self.record.response_bytes = bytes;
         self.record.latency_us = duration.as_micros() as u64;
         self.app.collector.submit(&self.pipeline, self.record);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chat(model: &str, stream: bool) -> String {
+        serde_json::json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": "x" }] })
+            .to_string()
+    }
+
+    proptest! {
+        /// The request reader's check: any bytes are a chat request or a 400 that says why.
+        #[test]
+        fn any_body_is_a_chat_request_or_a_400(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = peek(&body) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                prop_assert!(e.message.contains("expected"), "{}", e.message);
+            }
+        }
+
+        /// A valid request cut or corrupted anywhere is refused, never misread.
+        #[test]
+        fn a_cut_or_corrupted_request_is_refused(model in "[a-z0-9-]{1,12}", at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let body = chat(&model, true).into_bytes();
+            let cut = at.index(body.len());
+            prop_assert!(peek(&body[..cut]).is_err());
+            let mut corrupted = body.clone();
+            corrupted[cut] = byte;
+            if let Ok((m, _)) = peek(&corrupted) {
+                // A change inside the model name (or a whitespace swap) may still be valid JSON.
+                prop_assert!(m.len() == model.len() || corrupted[cut].is_ascii_whitespace());
+            }
+        }
+
+        /// Model and stream flag come back as sent, whatever the model's characters.
+        #[test]
+        fn chat_requests_give_their_model_and_stream_flag(model in "\\PC{0,24}", stream in any::<bool>()) {
+            let (m, s) = peek(chat(&model, stream).as_bytes()).unwrap();
+            prop_assert_eq!(m, model);
+            prop_assert_eq!(s, stream);
+        }
+
+        /// Credential extraction takes any header values without panicking.
+        #[test]
+        fn credentials_never_panic(auth in proptest::collection::vec(any::<u8>(), 0..64), key in "[ -~]{0,32}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&auth) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                headers.insert("x-api-key", v);
+            }
+            let found = credential(&headers);
+            prop_assert_eq!(found, found.trim());
+        }
     }
 }

@@ -97,23 +97,37 @@ impl RequestState {
     }
 }
 
-/// Sets and removes headers as a hook asked; a name or value that HTTP does not allow is the
-/// plugin's error.
+/// Header changes one hook may ask for. `HeaderMap` panics past 32768 entries; a hook must
+/// not be able to get anywhere near that.
+pub const MAX_HEADER_CHANGES: usize = 256;
+
+/// Sets and removes headers as a hook asked; a name or value that HTTP does not allow, or too many
+/// changes, is the plugin's error. All or nothing: on an error `headers` is unchanged.
 pub fn apply_headers(
     headers: &mut HeaderMap,
     set: &[OwnedHeader],
     remove: &[abi_stable::std_types::RString],
 ) -> Result<(), String> {
-    for name in remove {
-        let name =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {:?}", name.as_str()))?;
+    let changes = set.len() + remove.len();
+    if changes > MAX_HEADER_CHANGES {
+        return Err(format!("too many header changes: expected at most {MAX_HEADER_CHANGES}, found {changes}"));
+    }
+    let name_of =
+        |name: &str| HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"));
+    let removed = remove.iter().map(|n| name_of(n.as_str())).collect::<Result<Vec<_>, _>>()?;
+    let added = set
+        .iter()
+        .map(|h| {
+            let name = name_of(h.name.as_str())?;
+            let value = HeaderValue::from_str(h.value.as_str())
+                .map_err(|_| format!("invalid value for header `{name}`: {:?}", h.value.as_str()))?;
+            Ok((name, value))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    for name in removed {
         headers.remove(name);
     }
-    for h in set {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| format!("invalid header name {:?}", h.name.as_str()))?;
-        let value = HeaderValue::from_str(h.value.as_str())
-            .map_err(|_| format!("invalid value for header `{name}`: {:?}", h.value.as_str()))?;
+    for (name, value) in added {
         headers.insert(name, value);
     }
     Ok(())
@@ -171,5 +185,84 @@ mod tests {
             ..Default::default()
         };
         assert!(state.apply(bad).unwrap_err().contains("invalid header name"));
+    }
+
+    mod properties {
+        use super::*;
+        use abi_stable::std_types::RString;
+        use proptest::prelude::*;
+
+        /// Header names: mostly valid tokens, sometimes anything.
+        fn name() -> impl Strategy<Value = String> {
+            prop_oneof![4 => "[a-z][a-z0-9-]{0,12}", 1 => any::<String>()]
+        }
+
+        /// Header values: mostly visible ASCII, sometimes anything (control bytes, newlines).
+        fn value() -> impl Strategy<Value = String> {
+            prop_oneof![4 => "[ -~]{0,24}", 1 => any::<String>()]
+        }
+
+        fn start() -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-keep", HeaderValue::from_static("1"));
+            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            headers
+        }
+
+        proptest! {
+            /// Any changes a plugin can send either apply exactly or leave the headers as they were,
+            /// and never panic, however many there are.
+            #[test]
+            fn header_changes_apply_exactly_or_not_at_all(
+                set in proptest::collection::vec((name(), value()), 0..40),
+                remove in proptest::collection::vec(name(), 0..10),
+                flood in 0usize..2,
+            ) {
+                let mut set: Vec<OwnedHeader> =
+                    set.into_iter().map(|(n, v)| OwnedHeader { name: n.into(), value: v.into() }).collect();
+                // Now and then, far more changes than allowed.
+                if flood == 1 {
+                    set.extend((0..40_000).map(|i| OwnedHeader { name: format!("x-{i}").into(), value: "v".into() }));
+                }
+                let remove: Vec<RString> = remove.into_iter().map(RString::from).collect();
+                let mut headers = start();
+                match apply_headers(&mut headers, &set, &remove) {
+                    Err(e) => {
+                        prop_assert_eq!(headers, start(), "a failed change left partial changes: {}", e);
+                        prop_assert!(e.starts_with("invalid") || e.starts_with("too many"), "{}", e);
+                    }
+                    Ok(()) => {
+                        prop_assert!(set.len() + remove.len() <= MAX_HEADER_CHANGES);
+                        // The last value set for a name wins; names only removed are gone.
+                        for h in &set {
+                            let last = set.iter().rev().find(|o| o.name.eq_ignore_ascii_case(&h.name)).unwrap();
+                            prop_assert_eq!(headers[h.name.as_str()].as_bytes(), last.value.as_bytes());
+                        }
+                        for name in &remove {
+                            if !set.iter().any(|h| h.name.eq_ignore_ascii_case(name)) {
+                                prop_assert!(headers.get(name.as_str()).is_none());
+                            }
+                        }
+                    }
+                }
+            }
+
+            /// A plugin's reply with any status and headers becomes a response or a clear error.
+            #[test]
+            fn any_reply_becomes_a_response_or_an_error(
+                status in any::<u16>(),
+                set in proptest::collection::vec((name(), value()), 0..8),
+            ) {
+                let headers = set.into_iter().map(|(n, v)| OwnedHeader { name: n.into(), value: v.into() }).collect();
+                let reply = Reply { status, headers, body: b"{}".to_vec().into() };
+                match reply_parts(reply) {
+                    Ok((s, _, body)) => {
+                        prop_assert_eq!(s.as_u16(), status);
+                        prop_assert_eq!(&body[..], b"{}");
+                    }
+                    Err(e) => prop_assert!(e.starts_with("invalid"), "{}", e),
+                }
+            }
+        }
     }
 }
