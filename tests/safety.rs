@@ -278,3 +278,37 @@ fn connections_beyond_the_cap_get_a_503_and_the_gateway_keeps_serving() {
     assert_eq!(status, 200);
     assert!(gw.metric("gateway_connections_refused_total").unwrap() >= 1.0);
 }
+
+#[test]
+fn no_reload_starts_once_shutdown_has_begun() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plugins/swapper.so");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    std::fs::copy(plugin_so("swap-v1"), &file).unwrap();
+    let config = format!(
+        "[admin]\nwatch = true\nwatch_debounce_ms = 50\n[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\n\
+         chunks = 8\nchunk_delay_ms = 150\n[[models]]\nname = \"m\"\nupstream = \"mock\"\n\
+         [[plugins]]\npath = \"{}\"\n",
+        file.display()
+    );
+    let gw = Gateway::start_in(dir, &config);
+    // A stream in flight keeps the gateway draining for about a second after SIGTERM.
+    let url = gw.url("/v1/chat/completions");
+    let stream = std::thread::spawn(move || {
+        let body = chat_body("m", "one two three four five six seven eight", true).to_string();
+        gateway_tests::Reply::from(
+            gateway_tests::agent().post(&url).set("content-type", "application/json").send_string(&body),
+        )
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal("TERM");
+    assert!(gw.wait_for_log("shutting down"));
+    // A new build lands while the gateway drains: the watcher must not reload it.
+    std::fs::copy(plugin_so("swap-v2"), &file).unwrap();
+    let reply = stream.join().unwrap();
+    assert_eq!(reply.events().last().map(String::as_str), Some("[DONE]"), "{}", reply.body);
+    let (status, logs, _) = gw.stop();
+    assert!(status.success(), "{logs}");
+    let after = &logs[logs.find("shutting down").unwrap()..];
+    assert!(!after.contains("plugin reloaded") && !after.contains("plugin loaded"), "a reload ran during shutdown:\n{logs}");
+}
