@@ -7,6 +7,11 @@
 //!
 //! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
 //! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
+//!
+//! `loadrun soak [--secs 600] [--rate 200] [--reload-every 3]`: a bounded soak run: mixed
+//! streaming and non-streaming load, a reload every few seconds, a plugin that panics on 1 % of
+//! requests, and now and then a client that stops reading. Reports requests served, unexpected
+//! failures, RSS and open file descriptors over time.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -530,14 +535,188 @@ fn one_swap(gw: &Proc, file: &Path, build: &dyn Fn(usize) -> PathBuf, i: usize, 
     (reload_ms, t0.elapsed().as_secs_f64() * 1e3)
 }
 
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// What one soak request saw, if it was not what it should have been.
+fn soak_request(url: &str, stream: bool, model: &str) -> Result<(), String> {
+    let body = serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{ "role": "user", "content": "Summarise the plot of a short story about a lighthouse keeper." }],
+    })
+    .to_string();
+    let resp = ureq::post(url)
+        .set("content-type", "application/json")
+        .timeout(Duration::from_secs(30))
+        .send_string(&body)
+        .map_err(|e| e.to_string())?;
+    let text = resp.into_string().map_err(|e| format!("reading the body: {e}"))?;
+    if stream && !text.ends_with("data: [DONE]\n\n") {
+        return Err(format!("stream did not end with [DONE]: ...{}", &text[text.len().saturating_sub(120)..]));
+    }
+    Ok(())
+}
+
+/// A client that sends a streaming request with a long prompt (a long stream), reads a little,
+/// then stops reading for `stall`: the gateway must cut it off, not keep its stream forever.
+fn stalled_client(addr: SocketAddr, stall: Duration) -> Result<(), String> {
+    use std::io::{Read, Write};
+    let body = serde_json::json!({
+        "model": "mock-gpt",
+        "stream": true,
+        "messages": [{ "role": "user", "content": "word ".repeat(100_000) }],
+    })
+    .to_string();
+    let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: soak\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut first = [0u8; 64];
+    s.read_exact(&mut first).map_err(|e| e.to_string())?;
+    std::thread::sleep(stall);
+    Ok(())
+}
+
+fn soak(args: &[String]) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+    let secs: u64 = arg(args, "--secs", 600);
+    let rate: u64 = arg(args, "--rate", 200);
+    let reload_every: u64 = arg(args, "--reload-every", 3);
+    const WRITE_TIMEOUT_MS: u64 = 2000;
+    let work = tempfile::tempdir().expect("temp dir");
+    let file = work.path().join("plugins/swapper.so");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("plugins dir");
+    let build = |v: usize| target_dir().join(format!("libswap_v{v}.so"));
+    std::fs::copy(build(1), &file).expect("copying swap-v1 (built by `make build`)");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    // `faulty` panics on every request for `mock-panic` (1 % of the load) and is fail-open with
+    // no quarantine, so its panic path runs all along and those requests still succeed.
+    let config = format!(
+        "[limits]\nwrite_timeout_ms = {WRITE_TIMEOUT_MS}\n[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{}\n\
+         [[models]]\nname = \"mock-panic\"\nupstream = \"mock\"\nupstream_model = \"mock-gpt\"\n\n\
+         [[plugins]]\npath = \"{}\"\n\n\
+         [[plugins]]\npath = \"{{target}}/libfaulty.so\"\non_error = \"fail-open\"\nquarantine_after = 0\n\
+         [plugins.config]\nhook = \"panic\"\nonly_model = \"mock-panic\"\n\n\
+         [[plugins]]\npath = \"{{target}}/libpii_redact.so\"\n",
+        upstream_config(&mock),
+        file.display()
+    );
+    let gw = gateway("gateway (soak)", &work.path().join("gw"), &config);
+    let pid = gw.child.id();
+    let url = format!("http://{}/v1/chat/completions", gw.addr);
+    let (served, failures, stalls, reloads) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let failed_examples = std::sync::Mutex::new(Vec::<String>::new());
+    let stop = AtomicBool::new(false);
+    const WORKERS: u64 = 8;
+    let started = Instant::now();
+    let mut samples: Vec<(u64, u64, usize)> = Vec::new();
+    std::thread::scope(|s| {
+        for w in 0..WORKERS {
+            let (url, served, failures, stop, failed_examples) = (&url, &served, &failures, &stop, &failed_examples);
+            s.spawn(move || {
+                // Paced: each worker sends rate / WORKERS requests a second.
+                let every = Duration::from_secs_f64(WORKERS as f64 / rate as f64);
+                let mut next = Instant::now();
+                let mut i = w;
+                while !stop.load(Relaxed) {
+                    i += WORKERS;
+                    let model = if i % 100 == 0 { "mock-panic" } else { "mock-gpt" };
+                    match soak_request(url, i % 2 == 0, model) {
+                        Ok(()) => served.fetch_add(1, Relaxed),
+                        Err(e) => {
+                            let mut ex = failed_examples.lock().unwrap_or_else(|e| e.into_inner());
+                            if ex.len() < 5 {
+                                ex.push(e);
+                            }
+                            failures.fetch_add(1, Relaxed)
+                        }
+                    };
+                    next += every;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+            });
+        }
+        // Stalling clients, one every 10 s.
+        s.spawn(|| {
+            while !stop.load(Relaxed) {
+                if stalled_client(gw.addr, Duration::from_millis(WRITE_TIMEOUT_MS + 1500)).is_ok() {
+                    stalls.fetch_add(1, Relaxed);
+                }
+                std::thread::sleep(Duration::from_secs(10));
+            }
+        });
+        // Reloads, and a sample of RSS and file descriptors every 30 s.
+        let mut v = 1;
+        let mut last_sample = Instant::now() - Duration::from_secs(30);
+        while started.elapsed() < Duration::from_secs(secs) {
+            if last_sample.elapsed() >= Duration::from_secs(30) {
+                samples.push((started.elapsed().as_secs(), gw.rss_kib(), open_fds(pid)));
+                last_sample = Instant::now();
+            }
+            std::thread::sleep(Duration::from_secs(reload_every));
+            v = 3 - v;
+            std::fs::copy(build(v), &file).expect("copying a swap build");
+            match admin(&gw, "POST", "/admin/plugins/swapper/reload") {
+                Ok(r) if r["outcome"] == "reloaded" => {
+                    reloads.fetch_add(1, Relaxed);
+                }
+                other => panic!("reload failed: {other:?}"),
+            }
+        }
+        stop.store(true, Relaxed);
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    samples.push((started.elapsed().as_secs(), gw.rss_kib(), open_fds(pid)));
+    let metrics = ureq::get(&format!("http://{}/metrics", gw.addr)).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+    let metric = |name: &str| {
+        metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+    };
+    let status = admin(&gw, "GET", "/admin/plugins").expect("admin status");
+    let pending: u64 = status["plugins"].as_array().map_or(0, |ps| ps.iter().filter_map(|p| p["retired_versions_pending"].as_u64()).sum());
+    println!("Soak run: {secs} s at {rate} req/s (8 paced workers, half streaming), `swapper` reloaded every {reload_every} s, \
+              `faulty` panicking on 1 % of requests (fail-open), a client that stops reading every 10 s.\n");
+    println!("| requests served | unexpected failures | reloads | plugin panics caught | stalled clients cut off | retired versions still pending |");
+    println!("|---|---|---|---|---|---|");
+    println!(
+        "| {} | {} | {} | {} | {} of {} | {} |\n",
+        served.load(Relaxed),
+        failures.load(Relaxed),
+        reloads.load(Relaxed),
+        metric("gateway_plugin_hook_panics_total"),
+        metric("gateway_write_timeouts_total"),
+        stalls.load(Relaxed),
+        pending
+    );
+    for e in failed_examples.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        println!("- failure: {e}");
+    }
+    println!("| t (s) | RSS KiB | open fds |");
+    println!("|---|---|---|");
+    for (t, rss, fds) in &samples {
+        println!("| {t} | {rss} | {fds} |");
+    }
+    drop(gw);
+    drop(mock);
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("proxy") => proxy(&args[2..]),
         Some("swap") => swap(&args[2..]),
+        Some("soak") => soak(&args[2..]),
         _ => {
             eprintln!(
-                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun swap [--secs N] [--swaps N] [--rate R]"
+                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun swap [--secs N] [--swaps N] [--rate R] \
+                 | loadrun soak [--secs N] [--rate R] [--reload-every S]"
             );
             std::process::exit(2);
         }
