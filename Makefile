@@ -13,7 +13,7 @@ ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-2.0 tests/fixtures/abi
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
 
-.PHONY: build build-release run test bench bench-e2e bench-peers
+.PHONY: build build-release run test bench bench-e2e bench-peers soak
 
 build: $(VENV)/.openai-$(OPENAI_VERSION)
 	$(CARGO) build --workspace --all-targets
@@ -50,6 +50,11 @@ bench-e2e: $(OHA)
 	$(CARGO) build --release --workspace --bins --lib
 	./target/release/loadrun proxy --secs 10 --rates 1000,5000 --peers
 	./target/release/loadrun swap --secs 10 --swaps 200
+
+# The bounded soak run (10 minutes): mixed load, reloads, a panicking plugin, stalling clients.
+soak: build
+	$(CARGO) build --release --workspace --bins --lib
+	./target/release/loadrun soak --secs 600
 
 # The peer gateways, from the package registries, pinned (see BENCHMARKS.md).
 bench-peers:

@@ -197,7 +197,9 @@ fn gateway(name: &str, dir: &Path, config: &str) -> Proc {
     let path = dir.join("gateway.toml");
     std::fs::write(&path, text).expect("writing the gateway config");
     let mut cmd = Command::new(bin("gateway"));
-    cmd.arg("--config").arg(&path).env("RUST_LOG", "warn");
+    // RUST_BACKTRACE=1 would make each plugin panic symbolise a backtrace (the first one maps
+    // ~130 MB of debug info): measure as a production gateway runs.
+    cmd.arg("--config").arg(&path).env("RUST_LOG", "warn").env_remove("RUST_BACKTRACE");
     Proc::listening(name, cmd)
 }
 
@@ -414,15 +416,26 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
 }
 
+/// Build `v` (1 or 2) of the `swapper` plugin.
+fn swap_build(v: usize) -> PathBuf {
+    target_dir().join(format!("libswap_v{v}.so"))
+}
+
+/// The operator's copy of `swapper` under `work`, starting as v1; swaps copy builds over it.
+fn swapper_file(work: &Path) -> PathBuf {
+    let file = work.join("plugins/swapper.so");
+    std::fs::create_dir_all(file.parent().expect("dir")).expect("plugins dir");
+    std::fs::copy(swap_build(1), &file).expect("copying swap-v1 (built by `make build`)");
+    file
+}
+
 fn swap(args: &[String]) {
     let secs: u64 = arg(args, "--secs", 10);
     let swaps: usize = arg(args, "--swaps", 200);
     let rate: u32 = arg(args, "--rate", 1000);
     let work = tempfile::tempdir().expect("temp dir");
-    let file = work.path().join("plugins/swapper.so");
-    std::fs::create_dir_all(file.parent().expect("dir")).expect("plugins dir");
-    let build = |v: usize| target_dir().join(format!("libswap_v{v}.so"));
-    std::fs::copy(build(1), &file).expect("copying swap-v1 (built by `make build`)");
+    let file = swapper_file(work.path());
+    let build = swap_build;
     let mock = Proc::listening("mock", Command::new(bin("mock-server")));
     let config = format!(
         "[admin]\ntoken = \"{ADMIN_TOKEN}\"\n\n{}\n[[plugins]]\npath = \"{}\"\n",
@@ -588,13 +601,17 @@ fn soak(args: &[String]) {
     let secs: u64 = arg(args, "--secs", 600);
     let rate: u64 = arg(args, "--rate", 200);
     let reload_every: u64 = arg(args, "--reload-every", 3);
+    let sample_every = Duration::from_secs(arg(args, "--sample-every", 30));
+    // 0: no stalling clients.
+    let stall_every: u64 = arg(args, "--stall-every", 10);
     const WRITE_TIMEOUT_MS: u64 = 2000;
     let work = tempfile::tempdir().expect("temp dir");
-    let file = work.path().join("plugins/swapper.so");
-    std::fs::create_dir_all(file.parent().expect("dir")).expect("plugins dir");
-    let build = |v: usize| target_dir().join(format!("libswap_v{v}.so"));
-    std::fs::copy(build(1), &file).expect("copying swap-v1 (built by `make build`)");
-    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let file = swapper_file(work.path());
+    let build = swap_build;
+    // One chunk per word: a short prompt streams a few chunks, a stalling client's long one ~15 MB.
+    let mut mock_cmd = Command::new(bin("mock-server"));
+    mock_cmd.args(["--chunks", "100000"]);
+    let mock = Proc::listening("mock", mock_cmd);
     // `faulty` panics on every request for `mock-panic` (1 % of the load) and is fail-open with
     // no quarantine, so its panic path runs all along and those requests still succeed.
     let config = format!(
@@ -644,20 +661,20 @@ fn soak(args: &[String]) {
                 }
             });
         }
-        // Stalling clients, one every 10 s.
+        // Stalling clients, one every `stall_every` seconds.
         s.spawn(|| {
-            while !stop.load(Relaxed) {
+            while stall_every > 0 && !stop.load(Relaxed) {
                 if stalled_client(gw.addr, Duration::from_millis(WRITE_TIMEOUT_MS + 1500)).is_ok() {
                     stalls.fetch_add(1, Relaxed);
                 }
-                std::thread::sleep(Duration::from_secs(10));
+                std::thread::sleep(Duration::from_secs(stall_every));
             }
         });
-        // Reloads, and a sample of RSS and file descriptors every 30 s.
+        // Reloads, and a sample of RSS and file descriptors every `sample_every`.
         let mut v = 1;
-        let mut last_sample = Instant::now() - Duration::from_secs(30);
+        let mut last_sample = Instant::now() - sample_every;
         while started.elapsed() < Duration::from_secs(secs) {
-            if last_sample.elapsed() >= Duration::from_secs(30) {
+            if last_sample.elapsed() >= sample_every {
                 samples.push((started.elapsed().as_secs(), gw.rss_kib(), open_fds(pid)));
                 last_sample = Instant::now();
             }
@@ -682,7 +699,7 @@ fn soak(args: &[String]) {
     let status = admin(&gw, "GET", "/admin/plugins").expect("admin status");
     let pending: u64 = status["plugins"].as_array().map_or(0, |ps| ps.iter().filter_map(|p| p["retired_versions_pending"].as_u64()).sum());
     println!("Soak run: {secs} s at {rate} req/s (8 paced workers, half streaming), `swapper` reloaded every {reload_every} s, \
-              `faulty` panicking on 1 % of requests (fail-open), a client that stops reading every 10 s.\n");
+              `faulty` panicking on 1 % of requests (fail-open), a client that stops reading every {stall_every} s.\n");
     println!("| requests served | unexpected failures | reloads | plugin panics caught | stalled clients cut off | retired versions still pending |");
     println!("|---|---|---|---|---|---|");
     println!(
@@ -716,7 +733,7 @@ fn main() {
         _ => {
             eprintln!(
                 "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun swap [--secs N] [--swaps N] [--rate R] \
-                 | loadrun soak [--secs N] [--rate R] [--reload-every S]"
+                 | loadrun soak [--secs N] [--rate R] [--reload-every S] [--sample-every S] [--stall-every S]"
             );
             std::process::exit(2);
         }
