@@ -71,6 +71,35 @@ fn a_panic_inside_a_kv_read_closure_fails_the_request_not_the_gateway() {
 }
 
 #[test]
+fn a_panic_whose_payload_panics_when_dropped_is_still_contained() {
+    let gw = start("hostile", "panic_with_exploding_payload = true", "");
+    for _ in 0..2 {
+        let r = gw.chat(None, &chat_body("m", "hi", false));
+        assert_eq!(r.status, 500, "{}", r.body);
+        assert_eq!(r.error()["code"], "plugin_failed");
+    }
+    assert!(gw.logs().contains("plugin panicked: non-string panic payload"), "{}", gw.logs());
+    assert_eq!(gw.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_subscriber_that_blocks_stalls_neither_unloading_nor_shutdown() {
+    let gw = start("hostile", "publish = true\nblocking_subscriber_ms = 60000\ngeneration = 1", "");
+    // The event thread is now inside the subscriber for a minute.
+    assert_eq!(gw.chat(None, &chat_body("m", "hi", false)).status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    // The old version unloads without waiting for it (bounded wait), and so does shutdown.
+    assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
+    wait_retired(&gw);
+    assert!(gw.wait_for_log("an event subscriber is still running"), "{}", gw.logs());
+    assert_serving(&gw);
+    let started = std::time::Instant::now();
+    let (status, logs, _) = gw.stop();
+    assert!(status.success(), "{logs}");
+    assert!(started.elapsed() < Duration::from_secs(19), "stopping waited for the blocked subscriber:\n{logs}");
+}
+
+#[test]
 fn a_kv_write_inside_a_kv_read_closure_neither_deadlocks_nor_stalls_the_store() {
     let gw = start("hostile", "kv_set_in_kv_read = true", "");
     for _ in 0..3 {
@@ -176,8 +205,8 @@ upstream = "mock"
 [[plugins]]
 path = "{}"
 quarantine_after = 2
-quarantine_window_secs = 1
-quarantine_probe_secs = 2
+quarantine_window_secs = 3
+quarantine_probe_secs = 3
 [plugins.config]
 hook = "panic"
 only_model = "boom"
@@ -187,7 +216,7 @@ only_model = "boom"
     let chat = |model: &str| gw.chat(None, &chat_body(model, "hi", false)).status;
     // Two panics further apart than the window do not quarantine.
     assert_eq!(chat("boom"), 500);
-    std::thread::sleep(Duration::from_millis(1200));
+    std::thread::sleep(Duration::from_millis(3300));
     assert_eq!(chat("boom"), 500);
     assert_eq!(chat("m"), 200);
     // A second one within the window does.
@@ -195,12 +224,12 @@ only_model = "boom"
     assert_eq!(chat("m"), 503);
     assert_eq!(gw.metric("gateway_plugin_quarantines_total{plugin=\"faulty\"}"), Some(1.0));
     // The probe is due: a request that panics again keeps it quarantined...
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3300));
     assert_eq!(chat("boom"), 500);
     assert_eq!(chat("m"), 503);
     assert!(gw.wait_for_log("quarantine probe panicked: the plugin stays quarantined"), "{}", gw.logs());
     // ...and a probe that does not panic re-enables it.
-    std::thread::sleep(Duration::from_millis(2200));
+    std::thread::sleep(Duration::from_millis(3300));
     assert_eq!(chat("m"), 200);
     assert_eq!(chat("m"), 200);
     assert!(gw.wait_for_log("quarantine probe succeeded"), "{}", gw.logs());
@@ -235,7 +264,12 @@ fn a_client_that_stops_reading_is_cut_off_and_releases_the_retired_plugin_versio
     // A streaming request whose client reads a little, then stops reading (but stays connected).
     // The mock echoes the prompt: 100k words make a stream (~15 MB) larger than socket buffers.
     let body = chat_body("m", &"word ".repeat(100_000), true).to_string();
-    let mut stalled = std::net::TcpStream::connect(gw.addr).unwrap();
+    // A small receive buffer (it turns off autotuning, which can reach tens of MB on loopback),
+    // so that the gateway's writes block after a few hundred KB.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(64 << 10).unwrap();
+    socket.connect(&gw.addr.into()).unwrap();
+    let mut stalled: std::net::TcpStream = socket.into();
     write!(
         stalled,
         "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
@@ -310,5 +344,8 @@ fn no_reload_starts_once_shutdown_has_begun() {
     let (status, logs, _) = gw.stop();
     assert!(status.success(), "{logs}");
     let after = &logs[logs.find("shutting down").unwrap()..];
-    assert!(!after.contains("plugin reloaded") && !after.contains("plugin loaded"), "a reload ran during shutdown:\n{logs}");
+    assert!(
+        !after.contains("plugin reloaded") && !after.contains("plugin loaded"),
+        "a reload ran during shutdown:\n{logs}"
+    );
 }

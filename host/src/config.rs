@@ -15,7 +15,7 @@ pub struct GatewayConfig {
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
     /// Private plugin copies and the KV store live here; a relative path is resolved against the
-    /// config file's directory (the executable's, for the embedded default).
+    /// config file's directory (the working directory, for the embedded default).
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     #[serde(default)]
@@ -424,10 +424,15 @@ impl std::error::Error for ConfigError {
 impl GatewayConfig {
     /// Parses `text`; relative plugin paths and the data dir are resolved against `base_dir`.
     pub fn parse(text: &str, origin: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        Self::parse_in(text, origin, base_dir, base_dir)
+    }
+
+    /// Like [`GatewayConfig::parse`], with the data dir resolved against `data_base` instead.
+    fn parse_in(text: &str, origin: &str, base_dir: &Path, data_base: &Path) -> Result<Self, ConfigError> {
         let mut config: GatewayConfig =
             toml::from_str(text).map_err(|source| ConfigError::Parse { origin: origin.into(), source })?;
         if config.data_dir.is_relative() {
-            config.data_dir = base_dir.join(&config.data_dir);
+            config.data_dir = data_base.join(&config.data_dir);
         }
         for plugin in &mut config.plugins {
             if plugin.path.is_relative() {
@@ -453,13 +458,15 @@ impl GatewayConfig {
         Self::parse(&text, &path.display().to_string(), base)
     }
 
-    /// The embedded default, with plugins next to the running executable.
+    /// The embedded default, with plugins next to the running executable and data in `./data`.
     pub fn embedded_default() -> Result<Self, ConfigError> {
         let exe_dir = std::env::current_exe()
             .ok()
             .and_then(|p| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| PathBuf::from("."));
-        Self::parse(DEFAULT_CONFIG, "(embedded default)", &exe_dir)
+        // Its plugins sit next to the executable; its data goes where it is run from (the
+        // executable's directory need not be writable).
+        Self::parse_in(DEFAULT_CONFIG, "(embedded default)", &exe_dir, Path::new(""))
     }
 
     fn validate(&self) -> Result<(), String> {

@@ -173,6 +173,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
     let header_timeout = Duration::from_millis(limits.header_timeout_ms);
     let write_timeout = Duration::from_millis(limits.write_timeout_ms);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let max_connections = limits.max_connections;
+    let refusing = Arc::new(Semaphore::new(REFUSALS_ANSWERED));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -188,7 +190,13 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             app.metrics.connections_refused.fetch_add(1, Relaxed);
-            tokio::spawn(refuse(stream, limits.max_connections));
+            // A few refusals are answered with a 503; beyond that, a flood is simply closed.
+            if let Ok(answering) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    refuse(stream, max_connections).await;
+                    drop(answering);
+                });
+            }
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -224,6 +232,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: impl std::fut
         tracing::warn!("connections still open after 10 s; stopping anyway");
     }
 }
+
+/// Connections over the cap that get a 503 at once; more are closed without an answer.
+const REFUSALS_ANSWERED: usize = 64;
 
 /// Whether `e` (or what caused it) is an I/O timeout.
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
@@ -281,26 +292,41 @@ pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), Ga
         let shutdown = async move {
             shutdown_signal().await;
             // No reload may start while connections drain and plugins shut down.
-            let _ = tokio::task::spawn_blocking(move || stopping.registry.stop_reloads()).await;
+            stopping.registry.stop_reloads();
         };
         serve(app.clone(), listener, shutdown).await;
         Ok::<(), GatewayError>(())
     })?;
     drop(runtime);
     drop(_watcher);
-    app.shutdown();
+    // A plugin whose shutdown hangs must not keep the process from exiting.
+    let (done, finished) = crossbeam_channel::bounded(1);
+    let stopping = app.clone();
+    std::thread::spawn(move || {
+        stopping.shutdown();
+        let _ = done.send(());
+    });
+    if finished.recv_timeout(SHUTDOWN_WAIT).is_err() {
+        tracing::error!("plugins did not shut down within {} s: exiting without them", SHUTDOWN_WAIT.as_secs());
+        return Ok(());
+    }
     tracing::info!("gateway stopped");
     Ok(())
 }
 
-/// Shuts down and unloads retired plugin versions once no request uses them.
+/// How long stopping waits for plugins to shut down before the process exits anyway.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
+
+/// Shuts down and unloads retired plugin versions once no request uses them. Each reap runs on
+/// a blocking thread and is not awaited: a plugin whose shutdown hangs holds its own thread,
+/// not the reaper.
 async fn reaper(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tick.tick().await;
         if app.registry.has_pending() {
             let app = app.clone();
-            let _ = tokio::task::spawn_blocking(move || app.registry.reap()).await;
+            drop(tokio::task::spawn_blocking(move || app.registry.reap()));
         }
     }
 }

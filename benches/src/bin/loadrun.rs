@@ -627,7 +627,8 @@ fn soak(args: &[String]) {
     let gw = gateway("gateway (soak)", &work.path().join("gw"), &config);
     let pid = gw.child.id();
     let url = format!("http://{}/v1/chat/completions", gw.addr);
-    let (served, failures, stalls, reloads) = (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+    let (served, failures, stalls, reloads) =
+        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
     let failed_examples = std::sync::Mutex::new(Vec::<String>::new());
     let stop = AtomicBool::new(false);
     const WORKERS: u64 = 8;
@@ -692,15 +693,29 @@ fn soak(args: &[String]) {
     });
     std::thread::sleep(Duration::from_millis(500));
     samples.push((started.elapsed().as_secs(), gw.rss_kib(), open_fds(pid)));
-    let metrics = ureq::get(&format!("http://{}/metrics", gw.addr)).call().ok().and_then(|r| r.into_string().ok()).unwrap_or_default();
+    let metrics = ureq::get(&format!("http://{}/metrics", gw.addr))
+        .call()
+        .ok()
+        .and_then(|r| r.into_string().ok())
+        .unwrap_or_default();
     let metric = |name: &str| {
-        metrics.lines().filter(|l| l.starts_with(name)).filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).sum::<f64>()
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
     };
     let status = admin(&gw, "GET", "/admin/plugins").expect("admin status");
-    let pending: u64 = status["plugins"].as_array().map_or(0, |ps| ps.iter().filter_map(|p| p["retired_versions_pending"].as_u64()).sum());
-    println!("Soak run: {secs} s at {rate} req/s (8 paced workers, half streaming), `swapper` reloaded every {reload_every} s, \
-              `faulty` panicking on 1 % of requests (fail-open), a client that stops reading every {stall_every} s.\n");
-    println!("| requests served | unexpected failures | reloads | plugin panics caught | stalled clients cut off | retired versions still pending |");
+    let pending: u64 = status["plugins"]
+        .as_array()
+        .map_or(0, |ps| ps.iter().filter_map(|p| p["retired_versions_pending"].as_u64()).sum());
+    println!(
+        "Soak run: {secs} s at {rate} req/s (8 paced workers, half streaming), `swapper` reloaded every {reload_every} s, \
+              `faulty` panicking on 1 % of requests (fail-open), a client that stops reading every {stall_every} s.\n"
+    );
+    println!(
+        "| requests served | unexpected failures | reloads | plugin panics caught | stalled clients cut off | retired versions still pending |"
+    );
     println!("|---|---|---|---|---|---|");
     println!(
         "| {} | {} | {} | {} | {} of {} | {} |\n",

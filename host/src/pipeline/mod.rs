@@ -10,7 +10,9 @@ mod stream;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::AtomicU8;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
@@ -85,36 +87,37 @@ impl Slot {
         self.breaker.state.load(Relaxed) != CLOSED
     }
 
-    /// Whether a call may go to the plugin now: always when the breaker is closed; when it is
-    /// open, once per probe period, to the one caller that becomes the probe.
-    fn admit(&self) -> bool {
+    /// Whether a call may go to the plugin now: `Some(false)` while the breaker is closed;
+    /// `Some(true)` to the one caller that becomes the probe once a probe is due; `None` while
+    /// quarantined.
+    fn admit(&self) -> Option<bool> {
         let b = &self.breaker;
-        match b.state.load(Relaxed) {
-            CLOSED => true,
+        match b.state.load(Acquire) {
+            CLOSED => Some(false),
             OPEN => {
-                let Some(probe_after) = b.policy.probe_after else { return false };
+                let probe_after = b.policy.probe_after?;
                 let due = Duration::from_nanos(b.opened_ns.load(Relaxed)) + probe_after;
-                if b.epoch.elapsed() < due || b.state.compare_exchange(OPEN, PROBING, Relaxed, Relaxed).is_err() {
-                    return false;
+                if b.epoch.elapsed() < due || b.state.compare_exchange(OPEN, PROBING, AcqRel, Relaxed).is_err() {
+                    return None;
                 }
                 b.probes.fetch_add(1, Relaxed);
                 tracing::info!(plugin = self.name(), "quarantined plugin: probing it with one request");
-                true
+                Some(true)
             }
-            _ => false,
+            _ => None,
         }
     }
 
-    fn open(&self) {
-        let b = &self.breaker;
-        b.opened_ns.store(b.epoch.elapsed().as_nanos() as u64, Relaxed);
-        b.state.store(OPEN, Relaxed);
+    fn now_ns(&self) -> u64 {
+        self.breaker.epoch.elapsed().as_nanos() as u64
     }
 
-    fn on_panic(&self) {
+    /// A call panicked; `probe` says whether it was the quarantine probe.
+    fn on_panic(&self, probe: bool) {
         let b = &self.breaker;
-        if b.state.load(Relaxed) == PROBING {
-            self.open();
+        if probe {
+            b.opened_ns.store(self.now_ns(), Relaxed);
+            b.state.store(OPEN, Release);
             tracing::error!(plugin = self.name(), "quarantine probe panicked: the plugin stays quarantined");
             return;
         }
@@ -128,8 +131,12 @@ impl Slot {
             }
             panics.len()
         };
-        if panics >= after as usize && b.state.compare_exchange(CLOSED, OPEN, Relaxed, Relaxed).is_ok() {
-            self.open();
+        if panics < after as usize || b.state.load(Relaxed) != CLOSED {
+            return;
+        }
+        // The time first, so that `admit` never sees the breaker open with a stale time.
+        b.opened_ns.store(self.now_ns(), Relaxed);
+        if b.state.compare_exchange(CLOSED, OPEN, AcqRel, Relaxed).is_ok() {
             b.panics.lock().clear();
             b.quarantines.fetch_add(1, Relaxed);
             self.metrics.quarantined.fetch_add(1, Relaxed);
@@ -143,10 +150,10 @@ impl Slot {
         }
     }
 
-    /// A call that did not panic: if it was the probe, the plugin is re-enabled.
-    fn on_success(&self) {
+    /// A call did not panic: if it was the probe, the plugin is re-enabled.
+    fn on_success(&self, probe: bool) {
         let b = &self.breaker;
-        if b.state.load(Relaxed) == PROBING && b.state.compare_exchange(PROBING, CLOSED, Relaxed, Relaxed).is_ok() {
+        if probe && b.state.compare_exchange(PROBING, CLOSED, AcqRel, Relaxed).is_ok() {
             b.recoveries.fetch_add(1, Relaxed);
             tracing::info!(plugin = self.name(), "quarantine probe succeeded: the plugin is called again");
         }
@@ -228,7 +235,8 @@ impl<T> Hook<T> {
     }
 
     /// Calls hook `which` (0 or 1) with accounting: metrics, a trace span, panic counting.
-    fn invoke<R: Outcome>(&self, which: usize, f: impl FnOnce(&Cap<T>) -> R) -> R {
+    /// `probe`: this call is the quarantine probe ([`Hook::quarantine_check`]).
+    fn invoke<R: Outcome>(&self, which: usize, probe: bool, f: impl FnOnce(&Cap<T>) -> R) -> R {
         let (name, m) = &self.metrics[which];
         let span =
             tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
@@ -246,13 +254,13 @@ impl<T> Hook<T> {
             Some(e) if e.code == ffi::code::PANIC => {
                 m.errors.fetch_add(1, Relaxed);
                 m.panics.fetch_add(1, Relaxed);
-                self.slot.on_panic();
+                self.slot.on_panic(probe);
             }
             Some(_) => {
                 m.errors.fetch_add(1, Relaxed);
-                self.slot.on_success();
+                self.slot.on_success(probe);
             }
-            None => self.slot.on_success(),
+            None => self.slot.on_success(probe),
         }
         r
     }
@@ -290,13 +298,13 @@ impl<T> Hook<T> {
         }
     }
 
-    /// `Ok(false)` to call the plugin (it is not quarantined, or this call is its probe),
-    /// `Ok(true)` to skip it, `Err` to fail the request.
-    fn quarantine_check(&self) -> Result<bool, ApiError> {
-        if self.slot.admit() {
-            return Ok(false);
+    /// `Ok(Some(probe))` to call the plugin (`probe`: this call is the quarantine probe),
+    /// `Ok(None)` to skip it, `Err` to fail the request.
+    fn quarantine_check(&self) -> Result<Option<bool>, ApiError> {
+        match self.slot.admit() {
+            Some(probe) => Ok(Some(probe)),
+            None => self.skip_quarantined().map(|()| None),
         }
-        self.skip_quarantined().map(|()| true)
     }
 
     /// The failure policy for a quarantined plugin: skip it (fail-open) or fail the request.
@@ -439,10 +447,8 @@ impl Pipeline {
                 let raw = req.raw(&headers, &metadata);
                 let mut found = None;
                 for (i, hook) in hooks.iter().enumerate().skip(next) {
-                    if hook.quarantine_check()? {
-                        continue;
-                    }
-                    match hook.invoke(which, |cap| call(cap, &raw, upstream)) {
+                    let Some(probe) = hook.quarantine_check()? else { continue };
+                    match hook.invoke(which, probe, |cap| call(cap, &raw, upstream)) {
                         HookOutcome::Continue => {}
                         other => {
                             found = Some((i, other));
@@ -509,10 +515,8 @@ impl Pipeline {
             let raw = req.raw(&headers, &metadata);
             let mut decided = None;
             for hook in &self.auth {
-                if hook.quarantine_check()? {
-                    continue;
-                }
-                match hook.invoke(0, |cap| cap.authenticate(credential, &raw)) {
+                let Some(probe) = hook.quarantine_check()? else { continue };
+                match hook.invoke(0, probe, |cap| cap.authenticate(credential, &raw)) {
                     AuthOutcome::Pass => {}
                     AuthOutcome::Fail(e) => match hook.fail(0, &e, &req.ctx.request_id) {
                         Some(err) => return Err(Stop::Error(err)),
@@ -545,10 +549,8 @@ impl Pipeline {
     /// the call in logs and errors.
     pub fn app_by_credential(&self, credential: &str, request_id: &str) -> Result<Option<(String, String)>, ApiError> {
         for hook in &self.auth {
-            if hook.quarantine_check()? {
-                continue;
-            }
-            match hook.invoke(1, |cap| cap.app_by_credential(credential)) {
+            let Some(probe) = hook.quarantine_check()? else { continue };
+            match hook.invoke(1, probe, |cap| cap.app_by_credential(credential)) {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
                 RErr(e) => {
@@ -582,13 +584,11 @@ impl Pipeline {
         let raw_ctx = ctx.raw(&metadata);
         let mut buf = scratch();
         for hook in &self.response {
-            if hook.quarantine_check()? {
-                continue;
-            }
+            let Some(probe) = hook.quarantine_check()? else { continue };
             let outcome = {
                 let headers = raw_headers(&resp.headers, recycle(std::mem::take(&mut buf)));
                 let raw = resp.raw(&headers, which == 1);
-                let outcome = hook.invoke(which, |cap| call(cap, &raw_ctx, &raw));
+                let outcome = hook.invoke(which, probe, |cap| call(cap, &raw_ctx, &raw));
                 buf = recycle(headers);
                 outcome
             };
@@ -633,7 +633,7 @@ impl Pipeline {
             if hook.slot.is_quarantined() {
                 continue;
             }
-            if let RErr(e) = hook.invoke(0, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
+            if let RErr(e) = hook.invoke(0, false, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
                 tracing::warn!(
                     plugin = hook.slot.name(),
                     request_id = ctx.request_id,
@@ -652,12 +652,12 @@ impl Pipeline {
                 continue;
             }
             let log = rec.raw_proxy_log();
-            let mut failed = hook.invoke(0, |cap| cap.on_proxy_log(&log)).into_result().err();
+            let mut failed = hook.invoke(0, false, |cap| cap.on_proxy_log(&log)).into_result().err();
             if let Some(analytics) = rec.raw_analytics() {
-                failed = failed.or(hook.invoke(0, |cap| cap.on_analytics(&analytics)).into_result().err());
+                failed = failed.or(hook.invoke(0, false, |cap| cap.on_analytics(&analytics)).into_result().err());
             }
             if let Some(budget) = rec.raw_budget() {
-                failed = failed.or(hook.invoke(0, |cap| cap.on_budget(&budget)).into_result().err());
+                failed = failed.or(hook.invoke(0, false, |cap| cap.on_budget(&budget)).into_result().err());
             }
             if let Some(e) = failed {
                 hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);

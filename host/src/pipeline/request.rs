@@ -97,8 +97,8 @@ impl RequestState {
     }
 }
 
-/// Header changes one hook may ask for. `HeaderMap` panics past 32768 entries; a hook must
-/// not be able to get anywhere near that.
+/// Header changes one hook may ask for: a hook must not be able to grow a header map without
+/// bound (`HeaderMap::insert` panics past 32768 entries).
 pub const MAX_HEADER_CHANGES: usize = 256;
 
 /// Sets and removes headers as a hook asked; a name or value that HTTP does not allow, or too many
@@ -128,7 +128,8 @@ pub fn apply_headers(
         headers.remove(name);
     }
     for (name, value) in added {
-        headers.insert(name, value);
+        // Only reachable after many plugins each added many headers: refused, never a panic.
+        headers.try_insert(name, value).map_err(|_| "too many headers: the response header map is full".to_owned())?;
     }
     Ok(())
 }

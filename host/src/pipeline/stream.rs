@@ -21,14 +21,16 @@ struct Active {
 
 /// The stream-chunk plugins observing one stream.
 pub struct StreamFilters {
-    pipeline: Arc<Pipeline>,
+    // Declared (so dropped) before `pipeline`: the streams end while the pipeline still holds
+    // their plugins, so an instance never shuts down inside a stream's end on a worker thread.
     active: Vec<Active>,
+    pipeline: Arc<Pipeline>,
     index: u64,
 }
 
 impl StreamFilters {
     pub(super) fn start(pipeline: Arc<Pipeline>, ctx: &ContextState, head: &ResponseState) -> Result<Self, ApiError> {
-        let mut filters = StreamFilters { pipeline: pipeline.clone(), active: Vec::new(), index: 0 };
+        let mut filters = StreamFilters { active: Vec::new(), pipeline: pipeline.clone(), index: 0 };
         if pipeline.stream_chunk.is_empty() {
             return Ok(filters);
         }
@@ -37,10 +39,8 @@ impl StreamFilters {
         let headers = super::raw_headers(&head.headers, Vec::new());
         let raw = head.raw(&headers, false);
         for (i, hook) in pipeline.stream_chunk.iter().enumerate() {
-            if hook.quarantine_check()? {
-                continue;
-            }
-            match hook.invoke(0, |cap| cap.on_stream_start(&raw_ctx, &raw)) {
+            let Some(probe) = hook.quarantine_check()? else { continue };
+            match hook.invoke(0, probe, |cap| cap.on_stream_start(&raw_ctx, &raw)) {
                 StreamStarted::Skip => {}
                 StreamStarted::Observe(stream) => {
                     let history = ChunkHistory::new(hook.cap.history());
@@ -80,7 +80,7 @@ impl StreamFilters {
                 continue;
             }
             let (stream, history) = (&mut active.stream, active.history.as_ref());
-            match hook.invoke(1, |_| stream.on_chunk(index, &current, history)) {
+            match hook.invoke(1, false, |_| stream.on_chunk(index, &current, history)) {
                 ChunkOutcome::Pass => {}
                 ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
                 ChunkOutcome::Drop => return Ok(None),

@@ -139,8 +139,15 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
         return Err(LoadError::FileMissing { path: path.into() });
     }
     let library = Library::open(path).map_err(|e| open_error(path, e))?;
-    if library.panic_strategy() == Some(ffi::panic_strategy::ABORT) {
-        return Err(LoadError::PanicAbort { path: path.into() });
+    match library.panic_strategy() {
+        Some(ffi::panic_strategy::ABORT) => return Err(LoadError::PanicAbort { path: path.into() }),
+        Some(_) => {}
+        None => tracing::warn!(
+            path = %path.display(),
+            abi = library.abi_version(),
+            "plugin built before ABI 1.3 does not say how it panics: if it was built with panic = \"abort\", \
+             any panic in it ends the gateway"
+        ),
     }
     for (id, version) in library.capabilities().unknown() {
         tracing::warn!(
@@ -151,7 +158,7 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
         );
     }
     let meta = library.metadata();
-    let name = meta.name.as_str().to_owned();
+    let name = meta.name.to_owned();
     // `Build` is how the plugin was made, not something it does.
     let capabilities =
         library.capabilities().names().iter().filter(|n| **n != ffi::BuildV1::NAME).map(|n| (*n).to_owned()).collect();
@@ -164,10 +171,10 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     };
     let info = PluginInfo {
         name,
-        version: meta.version.as_str().into(),
-        author: meta.author.as_str().into(),
-        description: meta.description.as_str().into(),
-        repository: meta.repository.as_str().into(),
+        version: meta.version.into(),
+        author: meta.author.into(),
+        description: meta.description.into(),
+        repository: meta.repository.into(),
         abi_version: library.abi_version().into(),
         capabilities,
         config_schema,

@@ -6,10 +6,16 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
-use crossbeam_channel::{Sender, TrySendError, bounded};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError, bounded};
 use parking_lot::Mutex;
 use plugin_abi::ffi::{RawEvent, Subscriber};
+
+/// How long ending a plugin's subscriptions waits for a delivery in progress.
+pub const END_WAIT: Duration = Duration::from_secs(2);
+/// How long shutdown waits for queued events to be delivered.
+pub const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 
 struct Subscription {
     id: u64,
@@ -41,6 +47,8 @@ pub struct EventBus {
     delivering: Arc<Mutex<()>>,
     tx: Mutex<Option<Sender<Event>>>,
     worker: Mutex<Option<JoinHandle<()>>>,
+    /// Closed by the event thread when it ends.
+    finished: Mutex<Option<Receiver<()>>>,
     next_id: AtomicU64,
     /// Events refused because the queue was full (`gateway_events_dropped_total`).
     dropped: Arc<AtomicU64>,
@@ -55,13 +63,16 @@ impl EventBus {
             delivering: Arc::new(Mutex::new(())),
             tx: Mutex::new(Some(tx)),
             worker: Mutex::new(None),
+            finished: Mutex::new(None),
             next_id: AtomicU64::new(1),
             dropped,
         });
         let weak = Arc::downgrade(&bus);
+        let (finishing, finished) = bounded::<()>(0);
         let worker = std::thread::Builder::new()
             .name("events".into())
             .spawn(move || {
+                let _finishing = finishing;
                 for event in rx {
                     let Some(bus) = weak.upgrade() else { return };
                     bus.deliver(&event);
@@ -69,6 +80,7 @@ impl EventBus {
             })
             .expect("spawning the event thread");
         *bus.worker.lock() = Some(worker);
+        *bus.finished.lock() = Some(finished);
         bus
     }
 
@@ -130,8 +142,10 @@ impl EventBus {
         removed.is_some()
     }
 
-    /// Ends every subscription of `owner` for good, waiting for a delivery in progress, so that
-    /// the plugin's callbacks are neither running nor referenced when this returns.
+    /// Ends every subscription of `owner` for good. Waits (up to [`END_WAIT`]) for a delivery in
+    /// progress, so that normally no callback of the plugin is running when this returns; a
+    /// subscriber that blocks longer is left to finish on its own (the subscriber keeps its
+    /// library loaded), so that one stuck plugin cannot stall unloads and shutdown.
     pub fn end_owner(&self, owner: u64) {
         let ended: Vec<Subscription> = {
             let mut subs = self.subscriptions.lock();
@@ -140,15 +154,40 @@ impl EventBus {
             subs.live = kept;
             ended
         };
-        let _wait = self.delivering.lock();
+        if ended.is_empty() {
+            return;
+        }
+        if self.delivering.try_lock_for(END_WAIT).is_none() {
+            tracing::warn!(
+                "an event subscriber is still running after {} s: ending subscriptions without waiting for it",
+                END_WAIT.as_secs()
+            );
+        }
         drop(ended);
     }
 
-    /// Delivers what is queued, then stops the event thread.
+    /// Forgets `owner` once nothing can subscribe in its name any more (its services are gone).
+    pub fn forget_owner(&self, owner: u64) {
+        self.subscriptions.lock().ended.remove(&owner);
+    }
+
+    /// Delivers what is queued, then stops the event thread; gives up waiting after
+    /// [`SHUTDOWN_WAIT`] (a subscriber that blocks must not keep the gateway from stopping).
     pub fn shutdown(&self) {
         self.tx.lock().take();
-        if let Some(worker) = self.worker.lock().take() {
-            let _ = worker.join();
+        let Some(finished) = self.finished.lock().take() else { return };
+        match finished.recv_timeout(SHUTDOWN_WAIT) {
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(
+                    "the event thread is still delivering after {} s: not waiting for it",
+                    SHUTDOWN_WAIT.as_secs()
+                );
+            }
+            _ => {
+                if let Some(worker) = self.worker.lock().take() {
+                    let _ = worker.join();
+                }
+            }
         }
     }
 }

@@ -103,6 +103,13 @@ impl PluginServices {
     }
 }
 
+impl Drop for PluginServices {
+    fn drop(&mut self) {
+        // No handle to these services is left, so nothing can subscribe in this instance's name.
+        self.shared.events.forget_owner(self.instance);
+    }
+}
+
 fn ttl(ms: u64) -> Option<Duration> {
     (ms > 0).then(|| Duration::from_millis(ms))
 }

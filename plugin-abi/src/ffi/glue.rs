@@ -3,7 +3,6 @@
 //! aborts the host, and the host cannot catch a plugin's unwind: each cdylib has its own std).
 
 use std::ffi::c_void;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
@@ -19,13 +18,9 @@ pub trait Exported: Plugin {
 
 /// Runs `f`, turning a panic into a [`code::PANIC`] error.
 fn guard<R>(f: impl FnOnce() -> R, on_panic: impl FnOnce(PluginError) -> R) -> R {
-    match catch_unwind(AssertUnwindSafe(f)) {
-        Ok(r) => r,
-        Err(payload) => on_panic(PluginError {
-            code: code::PANIC,
-            message: format!("plugin panicked: {}", sdk::panic_message(&*payload)).into(),
-        }),
-    }
+    sdk::catch(f).unwrap_or_else(|message| {
+        on_panic(PluginError { code: code::PANIC, message: format!("plugin panicked: {message}").into() })
+    })
 }
 
 /// What an [`InstancePtr`] points to.
@@ -53,8 +48,8 @@ unsafe fn instance<'a, P>(inst: InstancePtr) -> &'a P {
 
 /// Runs `f`, reporting a panic to the gateway's log: for calls whose outcome nobody receives.
 fn report(host: &Host, what: &str, f: impl FnOnce()) {
-    if let Err(payload) = catch_unwind(AssertUnwindSafe(f)) {
-        host.error(&format!("panicked in {what}: {}", sdk::panic_message(&*payload)));
+    if let Err(message) = sdk::catch(f) {
+        host.error(&format!("panicked in {what}: {message}"));
     }
 }
 

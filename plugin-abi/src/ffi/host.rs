@@ -3,7 +3,6 @@
 //! host both go through this module, and so do the SDK's calls into them.
 
 use std::ffi::c_void;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -62,8 +61,8 @@ pub trait HostServices: Send + Sync + 'static {
     /// The (app id, user id) of an API key.
     fn validate_credential(&self, credential: &str) -> Option<(String, String)>;
     /// The instance is going away: end what it holds in the host (its subscriptions) and refuse
-    /// new subscriptions. No callback into the plugin may run or start once this returns.
-    /// Default: nothing to end.
+    /// new subscriptions. No callback into the plugin may start once this returns; one already
+    /// running may finish (its `Subscriber` keeps the library loaded). Default: nothing to end.
     fn end(&self) {}
 }
 
@@ -151,7 +150,7 @@ fn with<S: HostServices, R>(ctx: *const c_void, closed: R, on_panic: R, f: impl 
     if ctx.closed.load(Ordering::Acquire) {
         return closed;
     }
-    catch_unwind(AssertUnwindSafe(|| f(ctx))).unwrap_or(on_panic)
+    crate::sdk::catch(|| f(ctx)).unwrap_or(on_panic)
 }
 
 extern "C" fn retain<S: HostServices>(ctx: *const c_void) {
@@ -298,7 +297,7 @@ pub(crate) extern "C" fn read_trampoline<F: FnMut(&[u8])>(user: *mut c_void, val
     // SAFETY: the SDK passes a pointer to its own `F`, alive for the duration of the `get` call
     // that invokes this.
     let f = unsafe { &mut *(user as *mut F) };
-    let _ = catch_unwind(AssertUnwindSafe(|| f(value.as_slice())));
+    let _ = crate::sdk::catch(|| f(value.as_slice()));
 }
 
 /// A subscriber closure as the SDK boxes it.
@@ -309,14 +308,14 @@ pub(crate) extern "C" fn event_trampoline(user: *const c_void, event: &RawEvent<
     // `drop_event_closure`, after the last delivery.
     let f = unsafe { &*(user as *const EventClosure) };
     // A panicking subscriber must not unwind into the host.
-    let _ = catch_unwind(AssertUnwindSafe(|| f(event)));
+    let _ = crate::sdk::catch(|| f(event));
 }
 
 pub(crate) extern "C" fn drop_event_closure(user: *const c_void) {
     // SAFETY: as above; the host calls this exactly once per subscription.
     let closure = unsafe { Box::from_raw(user as *mut EventClosure) };
     // A closure whose captures panic on drop must not unwind into the host.
-    let _ = catch_unwind(AssertUnwindSafe(move || drop(closure)));
+    let _ = crate::sdk::catch(move || drop(closure));
 }
 
 /// A subscription for `f`.

@@ -66,8 +66,17 @@ impl Library {
         &self.abi_version
     }
 
-    pub fn metadata(&self) -> &PluginMetadata {
-        self.root.metadata()
+    /// The plugin's static facts, borrowed from the library (its own fields are `'static` only
+    /// as long as the library is loaded, so they are not handed out as such).
+    pub fn metadata(&self) -> Metadata<'_> {
+        let m = self.root.metadata();
+        Metadata {
+            name: m.name.as_str(),
+            version: m.version.as_str(),
+            author: m.author.as_str(),
+            description: m.description.as_str(),
+            repository: m.repository.as_str(),
+        }
     }
 
     pub fn capabilities(&self) -> &Capabilities {
@@ -95,6 +104,13 @@ impl Library {
         services: Arc<S>,
     ) -> Result<Arc<Instance>, PluginError> {
         let ctx = HostCtx::new(services, Some(Arc::downgrade(self)));
+        if self.panic_strategy().is_none() {
+            // Built before ABI 1.3: its SDK does not count the `Host` values it keeps, so one it
+            // keeps past shutdown would point at freed memory. Keep the context alive for good
+            // (a few hundred bytes per instance of such a plugin); calls through it then get
+            // "shut down" errors like any other.
+            std::mem::forget(ctx.clone());
+        }
         match (self.root.create())(RStr::from_str(config_json), host_handle(&ctx)) {
             ROk(ptr) => Ok(Arc::new(Instance { ptr, ctx, library: self.clone() })),
             RErr(e) => {
@@ -104,6 +120,16 @@ impl Library {
             }
         }
     }
+}
+
+/// A plugin's static facts, borrowed from its [`Library`].
+#[derive(Debug, Clone, Copy)]
+pub struct Metadata<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub author: &'a str,
+    pub description: &'a str,
+    pub repository: &'a str,
 }
 
 /// What [`Instance`] needs of its host context, whatever the services' type.

@@ -373,11 +373,11 @@ pub enum StreamStart {
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct RawHistory {
-    pub ctx: *const c_void,
+    pub(crate) ctx: *const c_void,
     pub len: u32,
     pub bytes: u64,
     /// Valid for `index < len`, for the duration of the `on_chunk` call.
-    pub get: extern "C" fn(ctx: *const c_void, index: u32) -> RSlice<'static, u8>,
+    pub(crate) get: extern "C" fn(ctx: *const c_void, index: u32) -> RSlice<'static, u8>,
 }
 
 #[repr(C)]
@@ -756,6 +756,6 @@ mod mock;
 pub use handle::{Cap, Capabilities, Capability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
 pub use host::{HostServices, ServiceResult, Subscriber};
-pub use loader::{Instance, Library, OpenError, host_abi_version};
+pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};

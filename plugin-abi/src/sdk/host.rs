@@ -297,12 +297,8 @@ impl Host {
                 direction: Direction::from_u8(raw.direction),
                 source: raw.source.as_str(),
             };
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&event))) {
-                host.error(&format!(
-                    "event subscriber panicked on topic `{}`: {}",
-                    event.topic,
-                    crate::sdk::panic_message(&*payload)
-                ));
+            if let Err(message) = crate::sdk::catch(|| f(&event)) {
+                host.error(&format!("event subscriber panicked on topic `{}`: {message}", event.topic));
             }
         });
         match (events.subscribe)(self.raw.ctx, topic.into(), ffi::raw_subscriber(closure)) {
