@@ -349,3 +349,37 @@ fn no_reload_starts_once_shutdown_has_begun() {
         "a reload ran during shutdown:\n{logs}"
     );
 }
+
+#[test]
+fn a_huge_ttl_keeps_the_key_instead_of_expiring_it_at_once() {
+    let gw = start("hostile", "huge_ttl = true", "");
+    for _ in 0..2 {
+        let r = gw.chat(None, &chat_body("m", "hi", false));
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+#[test]
+fn a_relative_data_dir_is_resolved_against_the_config_files_directory() {
+    use std::io::BufRead;
+    let config_dir = tempfile::tempdir().unwrap();
+    let cwd = tempfile::tempdir().unwrap();
+    let config = config_dir.path().join("gateway.toml");
+    std::fs::write(&config, "listen = \"127.0.0.1:0\"\ndata_dir = \"state\"\n").unwrap();
+    let mut child = std::process::Command::new(gateway_tests::gateway_bin())
+        .arg("--config")
+        .arg(&config)
+        .current_dir(cwd.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let listening =
+        std::io::BufReader::new(stdout).lines().map_while(Result::ok).any(|l| l.starts_with("listening on"));
+    let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = child.wait();
+    assert!(listening, "the gateway did not start");
+    assert!(config_dir.path().join("state/kv.redb").is_file(), "the KV store is not next to the config file");
+    assert!(!cwd.path().join("state").exists(), "the data dir was resolved against the working directory");
+}

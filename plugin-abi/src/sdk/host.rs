@@ -253,7 +253,7 @@ impl Host {
     /// Like [`Host::kv_set`], expiring after `ttl` (zero: never).
     pub fn kv_set_ttl(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), PluginError> {
         let kv = self.kv()?;
-        (kv.set)(self.raw.ctx, key.into(), RSlice::from_slice(value), ttl.as_millis() as u64)
+        (kv.set)(self.raw.ctx, key.into(), RSlice::from_slice(value), ttl_ms(ttl))
             .into_result()
             .map_err(PluginError::from)
     }
@@ -272,9 +272,7 @@ impl Host {
     /// Atomically adds `delta` to the counter at `key` (absent or expired counts as 0) and
     /// returns the new value; `ttl` applies when the counter is created. Durable on return.
     pub fn kv_increment(&self, key: &str, delta: i64, ttl: Duration) -> Result<i64, PluginError> {
-        (self.kv()?.increment)(self.raw.ctx, key.into(), delta, ttl.as_millis() as u64)
-            .into_result()
-            .map_err(PluginError::from)
+        (self.kv()?.increment)(self.raw.ctx, key.into(), delta, ttl_ms(ttl)).into_result().map_err(PluginError::from)
     }
 
     /// Publishes an event; delivered to subscribers on the host's event thread.
@@ -337,6 +335,12 @@ impl Host {
         let id = (self.lookup?.validate_credential)(self.raw.ctx, credential.into()).into_option()?;
         Some((id.app_id.into_string(), id.user_id.into_string()))
     }
+}
+
+/// A TTL in ms for the host: saturating, so that a huge TTL means "a very long time" instead of
+/// wrapping around to a short one.
+fn ttl_ms(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn trampoline_for<F: FnMut(&[u8])>(_f: &F) -> extern "C" fn(*mut std::ffi::c_void, RSlice<'_, u8>) {
