@@ -93,10 +93,10 @@ fn a_subscriber_that_blocks_stalls_neither_unloading_nor_shutdown() {
     wait_retired(&gw);
     assert!(gw.wait_for_log("an event subscriber is still running"), "{}", gw.logs());
     assert_serving(&gw);
-    let started = std::time::Instant::now();
+    // Had stopping waited for the subscriber (a minute), the harness would have killed the
+    // gateway 20 s after SIGTERM, and it would not have exited successfully.
     let (status, logs, _) = gw.stop();
-    assert!(status.success(), "{logs}");
-    assert!(started.elapsed() < Duration::from_secs(19), "stopping waited for the blocked subscriber:\n{logs}");
+    assert!(status.success(), "stopping waited for the blocked subscriber ({status}):\n{logs}");
 }
 
 #[test]
