@@ -133,7 +133,17 @@ fn dispatch(c: &mut Criterion) {
     let config: toml::Table = toml::from_str("kv_key = \"tier\"").unwrap();
     let with_kv = &load_with_config("libbench_hooks.so", 1, kv_dir.path(), config)[0];
     let kv_post_auth = with_kv.cap::<PostAuthV1>().expect("PostAuth");
+    let kv_allocs = PluginAllocations::of(with_kv);
     Payload::all()[1].with_raw(|raw| {
+        let (host, plugin) = allocations_per_call(
+            10_000,
+            || kv_allocs.get(),
+            || {
+                black_box(kv_post_auth.on_post_auth(black_box(raw)));
+            },
+        );
+        println!("allocations per call, b_plugin_abi_with_kv_read, 1KiB+16h: host {host}, plugin {plugin}");
+        assert_eq!((host, plugin), (0.0, 0.0), "a hot KV read through the host must not allocate");
         group.bench_function(BenchmarkId::new("b_plugin_abi_with_kv_read", "1KiB+16h"), |b| {
             b.iter(|| black_box(kv_post_auth.on_post_auth(black_box(raw))))
         });

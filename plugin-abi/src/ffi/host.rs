@@ -141,16 +141,21 @@ unsafe fn ctx_ref<'a, S>(ctx: *const c_void) -> &'a HostCtx<S> {
     unsafe { &*(ctx as *const HostCtx<S>) }
 }
 
-/// Runs `f` on the services behind `ctx`. A call after the instance shut down gets `closed`; a
-/// host panic becomes `on_panic` instead of unwinding into the plugin's frames.
-fn with<S: HostServices, R>(ctx: *const c_void, closed: R, on_panic: R, f: impl FnOnce(&HostCtx<S>) -> R) -> R {
+/// Runs `f` on the services behind `ctx`. A call after the instance shut down, or one during
+/// which the host panicked (the panic does not unwind into the plugin's frames), gets
+/// `otherwise(closed)`: built only then, so the common path allocates nothing.
+fn with<S: HostServices, R>(
+    ctx: *const c_void,
+    otherwise: impl FnOnce(bool) -> R,
+    f: impl FnOnce(&HostCtx<S>) -> R,
+) -> R {
     // SAFETY: plugins only get `ctx` inside a handle made by `host_handle::<S>`; the host counts
     // it until the instance is destroyed and the SDK counts every `Host` the plugin keeps.
     let ctx = unsafe { ctx_ref::<S>(ctx) };
     if ctx.closed.load(Ordering::Acquire) {
-        return closed;
+        return otherwise(true);
     }
-    crate::sdk::catch(|| f(ctx)).unwrap_or(on_panic)
+    crate::sdk::catch(|| f(ctx)).unwrap_or_else(|_| otherwise(false))
 }
 
 extern "C" fn retain<S: HostServices>(ctx: *const c_void) {
@@ -174,18 +179,17 @@ fn rresult<T>(r: ServiceResult<T>) -> RResult<T, PluginError> {
     }
 }
 
-fn panicked<T>() -> RResult<T, PluginError> {
-    RErr(service_error("the host panicked serving this call"))
-}
-
-fn closed<T>() -> RResult<T, PluginError> {
-    RErr(service_error(
-        "this plugin instance has been shut down: host services are only available between init and shutdown",
-    ))
+/// The error for a call [`with`] could not serve.
+fn refused<T>(closed: bool) -> RResult<T, PluginError> {
+    RErr(service_error(if closed {
+        "this plugin instance has been shut down: host services are only available between init and shutdown"
+    } else {
+        "the host panicked serving this call"
+    }))
 }
 
 extern "C" fn log<S: HostServices>(ctx: *const c_void, level: u8, message: RStr<'_>) {
-    with::<S, _>(ctx, (), (), |c| c.services.log(level, message.as_str()))
+    with::<S, _>(ctx, |_| (), |c| c.services.log(level, message.as_str()))
 }
 
 extern "C" fn kv_get<S: HostServices>(
@@ -193,7 +197,7 @@ extern "C" fn kv_get<S: HostServices>(
     key: RStr<'_>,
     read: ReadCallback,
 ) -> RResult<bool, PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| {
+    with::<S, _>(ctx, refused, |c| {
         rresult(c.services.kv_get(key.as_str(), &mut |value| (read.read)(read.user, RSlice::from_slice(value))))
     })
 }
@@ -204,11 +208,11 @@ extern "C" fn kv_set<S: HostServices>(
     value: RSlice<'_, u8>,
     ttl_ms: u64,
 ) -> RResult<(), PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_set(key.as_str(), value.as_slice(), ttl_ms)))
+    with::<S, _>(ctx, refused, |c| rresult(c.services.kv_set(key.as_str(), value.as_slice(), ttl_ms)))
 }
 
 extern "C" fn kv_delete<S: HostServices>(ctx: *const c_void, key: RStr<'_>) -> RResult<bool, PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_delete(key.as_str())))
+    with::<S, _>(ctx, refused, |c| rresult(c.services.kv_delete(key.as_str())))
 }
 
 extern "C" fn kv_list<S: HostServices>(
@@ -216,7 +220,7 @@ extern "C" fn kv_list<S: HostServices>(
     prefix: RStr<'_>,
     limit: u32,
 ) -> RResult<RVec<RString>, PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| {
+    with::<S, _>(ctx, refused, |c| {
         rresult(
             c.services
                 .kv_list(prefix.as_str(), limit as usize)
@@ -231,7 +235,7 @@ extern "C" fn kv_increment<S: HostServices>(
     delta: i64,
     ttl_ms: u64,
 ) -> RResult<i64, PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| rresult(c.services.kv_increment(key.as_str(), delta, ttl_ms)))
+    with::<S, _>(ctx, refused, |c| rresult(c.services.kv_increment(key.as_str(), delta, ttl_ms)))
 }
 
 extern "C" fn publish<S: HostServices>(
@@ -240,9 +244,7 @@ extern "C" fn publish<S: HostServices>(
     payload: RSlice<'_, u8>,
     direction: u8,
 ) -> RResult<(), PluginError> {
-    with::<S, _>(ctx, closed(), panicked(), |c| {
-        rresult(c.services.publish(topic.as_str(), payload.as_slice(), direction))
-    })
+    with::<S, _>(ctx, refused, |c| rresult(c.services.publish(topic.as_str(), payload.as_slice(), direction)))
 }
 
 extern "C" fn subscribe<S: HostServices>(
@@ -252,11 +254,11 @@ extern "C" fn subscribe<S: HostServices>(
 ) -> RResult<u64, PluginError> {
     // Made first, so that every way out of here (closed, refused, panicked) frees the closure.
     let mut subscriber = Subscriber { raw, _library: None };
-    with::<S, _>(ctx, closed(), panicked(), |c| {
+    with::<S, _>(ctx, refused, |c| {
         if let Some(library) = &c.library {
             match library.upgrade() {
                 Some(library) => subscriber._library = Some(library),
-                None => return closed(),
+                None => return refused(true),
             }
         }
         rresult(c.services.subscribe(topic.as_str(), subscriber))
@@ -264,28 +266,32 @@ extern "C" fn subscribe<S: HostServices>(
 }
 
 extern "C" fn unsubscribe<S: HostServices>(ctx: *const c_void, id: u64) -> bool {
-    with::<S, _>(ctx, false, false, |c| c.services.unsubscribe(id))
+    with::<S, _>(ctx, |_| false, |c| c.services.unsubscribe(id))
 }
 
 extern "C" fn get_app<S: HostServices>(ctx: *const c_void, id: RStr<'_>) -> ROption<AppInfo> {
-    with::<S, _>(ctx, RNone, RNone, |c| c.services.get_app(id.as_str()).into())
+    with::<S, _>(ctx, |_| RNone, |c| c.services.get_app(id.as_str()).into())
 }
 
 extern "C" fn list_apps<S: HostServices>(ctx: *const c_void) -> RVec<AppInfo> {
-    with::<S, _>(ctx, RVec::new(), RVec::new(), |c| c.services.list_apps().into())
+    with::<S, _>(ctx, |_| RVec::new(), |c| c.services.list_apps().into())
 }
 
 extern "C" fn model_info<S: HostServices>(ctx: *const c_void, model: RStr<'_>) -> ROption<ModelInfo> {
-    with::<S, _>(ctx, RNone, RNone, |c| c.services.model_info(model.as_str()).into())
+    with::<S, _>(ctx, |_| RNone, |c| c.services.model_info(model.as_str()).into())
 }
 
 extern "C" fn validate_credential<S: HostServices>(ctx: *const c_void, credential: RStr<'_>) -> ROption<Identity> {
-    with::<S, _>(ctx, RNone, RNone, |c| {
-        c.services
-            .validate_credential(credential.as_str())
-            .map(|(app, user)| Identity { app_id: app.into(), user_id: user.into() })
-            .into()
-    })
+    with::<S, _>(
+        ctx,
+        |_| RNone,
+        |c| {
+            c.services
+                .validate_credential(credential.as_str())
+                .map(|(app, user)| Identity { app_id: app.into(), user_id: user.into() })
+                .into()
+        },
+    )
 }
 
 // The plugin side: trampolines the SDK passes to the host.
