@@ -266,7 +266,7 @@ fn ready_runs_after_load_and_shutdown_runs_once_after_the_stop_signal() {
     assert!(gw.wait_for_log("faulty ready"), "{}", gw.logs());
     assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
     let (status, logs, _) = gw.stop();
-    assert!(status.success());
+    assert!(status.success(), "{status}\n{logs}");
     assert_eq!(logs.matches("faulty ready").count(), 1, "{logs}");
     assert_eq!(logs.matches("faulty background thread stopped").count(), 1, "{logs}");
     assert_eq!(logs.matches("faulty shutdown").count(), 1, "{logs}");

@@ -281,16 +281,22 @@ pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), Ga
     runtime.block_on(async {
         tokio::spawn(reaper(app.clone()));
         #[cfg(unix)]
-        tokio::spawn(reload_on_sighup(app.clone()));
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => drop(tokio::spawn(reload_on_sighup(app.clone(), hup))),
+            Err(e) => tracing::warn!("cannot install the SIGHUP handler, reload with the admin API: {e}"),
+        }
         let addr = app.config.listen;
         let listener = TcpListener::bind(addr).await.map_err(|source| GatewayError::Bind { addr, source })?;
         let local = listener.local_addr().map_err(|source| GatewayError::Bind { addr, source })?;
         tracing::info!(%local, plugins = app.pipeline.load().slots.len(), "gateway listening");
         // Tests and scripts read this line to find the port.
         println!("listening on http://{local}");
+        // Installed before the port is announced: a SIGTERM sent as soon as the gateway answers
+        // must stop it cleanly, not kill it with the default action.
+        let signalled = shutdown_signal();
         let stopping = app.clone();
         let shutdown = async move {
-            shutdown_signal().await;
+            signalled.await;
             // No reload may start while connections drain and plugins shut down.
             stopping.registry.stop_reloads();
         };
@@ -332,8 +338,7 @@ async fn reaper(app: Arc<App>) {
 }
 
 #[cfg(unix)]
-async fn reload_on_sighup(app: Arc<App>) {
-    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
+async fn reload_on_sighup(app: Arc<App>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading changed plugins");
         let app = app.clone();
@@ -370,22 +375,34 @@ fn watch(app: &Arc<App>) -> Result<notify_debouncer_mini::Debouncer<notify::Reco
     Ok(debouncer)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGINT and SIGTERM handlers now and returns a future that ends on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return ctrl_c.await.unwrap_or(()),
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        use tokio::signal::unix::{SignalKind, signal};
+        let int = signal(SignalKind::interrupt());
+        let term = signal(SignalKind::terminate());
+        async move {
+            match (int, term) {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    tracing::error!("cannot install signal handlers: stop the gateway with SIGKILL");
+                    std::future::pending::<()>().await;
+                }
+            }
+            tracing::info!("shutting down");
         }
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down");
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("shutting down");
+    }
 }
 
 fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
