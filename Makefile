@@ -7,7 +7,7 @@ CARGO ?= cargo
 export CARGO_TARGET_DIR := $(CURDIR)/target
 # Plugins built against other plugin ABIs, or with panic = "abort": separate workspaces (see
 # tests/fixtures/README.md).
-ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-2.0 tests/fixtures/abi-skew tests/fixtures/panic-abort
+ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-1.3 tests/fixtures/abi-2.0 tests/fixtures/abi-skew tests/fixtures/panic-abort
 
 # The official OpenAI Python client, for the end-to-end test.
 VENV := target/e2e-venv

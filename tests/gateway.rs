@@ -470,6 +470,25 @@ fn a_plugin_built_against_abi_1_0_serves_through_the_gateway() {
     assert_eq!(r.header("x-old-minor"), Some("old-minor"));
 }
 
+/// ABI 1.3 frozen as released (derive, SDK, KV, stream chunks): the plugin keeps working on
+/// every later 1.x host.
+#[test]
+fn a_plugin_built_against_abi_1_3_serves_through_the_gateway() {
+    let gw = Gateway::start(
+        "[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\nupstream = \"mock\"\n[[plugins]]\npath = \"{target}/libfrozen_1_3.so\"\n",
+    );
+    let r = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-frozen-1-3"), Some("1"));
+    let r = gw.chat(None, &chat_body("m", "hi", true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-frozen-1-3"), Some("2"));
+    assert_eq!(r.streamed_text(), "MOCK reply to: hi");
+    let r = gw.post("/v1/chat/completions", &[("x-frozen-deny", "1")], &chat_body("m", "hi", false));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert_eq!(r.error()["code"], "frozen_deny");
+}
+
 #[test]
 fn plugin_logs_reach_the_gateway_log_and_shutdown_flushes_collectors() {
     let gw = Gateway::start(&examples(""));

@@ -136,6 +136,15 @@ impl Gateway {
         Reply::from(req.send_string(&body.to_string()))
     }
 
+    /// POSTs `body` to `path` with the extra `headers`.
+    pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &serde_json::Value) -> Reply {
+        let mut req = agent().post(&self.url(path)).set("content-type", "application/json");
+        for (name, value) in headers {
+            req = req.set(name, value);
+        }
+        Reply::from(req.send_string(&body.to_string()))
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         Reply::from(agent().get(&self.url(path)).call())
     }
