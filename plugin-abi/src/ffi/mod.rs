@@ -747,12 +747,14 @@ impl std::fmt::Display for LayoutError {
 
 impl std::error::Error for LayoutError {}
 
+mod future;
 #[doc(hidden)]
 pub mod glue;
 mod handle;
 mod host;
 mod loader;
 mod mock;
+pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
 pub use host::{HostServices, ServiceResult, Subscriber};
