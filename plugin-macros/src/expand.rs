@@ -28,11 +28,13 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
     let description = lit_or(&spec.description, quote!(::core::env!("CARGO_PKG_DESCRIPTION")));
     let repository = lit_or(&spec.repository, quote!(::core::env!("CARGO_PKG_REPOSITORY")));
     // Spanned on the capability as written, so "does not implement" points at it.
-    let entries = spec.capabilities.iter().map(|(cap, glue)| {
-        let glue = Ident::new(glue, cap.span());
+    // Each listed capability is a marker type its definition declares; its table entry for this
+    // plugin type exists only if the type implements the capability's trait. A misspelled name
+    // is an unknown type (rustc suggests the near ones); a missing impl an unmet bound.
+    let entries = spec.capabilities.iter().map(|cap| {
         // The type carries the capability's span too: rustc reports an unmet bound on it.
         let ty = Ident::new(&ident.to_string(), cap.span());
-        quote_spanned!(cap.span()=> ::plugin_abi::__private::entry::#glue::<#ty>())
+        quote_spanned!(cap.span()=> <::plugin_abi::__private::caps::#cap as ::plugin_abi::__private::Entry<#ty>>::ENTRY)
     });
     let export = Ident::new(&abi_stable_shared::mangled_root_module_loader_name(), Span::call_site());
     let abort_message = format!(
@@ -55,7 +57,10 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
                     author: __p::RStr::from_str(#author),
                     description: __p::RStr::from_str(#description),
                     repository: __p::RStr::from_str(#repository),
-                    capabilities: __p::RSlice::from_slice(&[#(#entries,)* __p::entry::build()]),
+                    capabilities: __p::RSlice::from_slice(&[
+                        #(#entries,)*
+                        <__p::caps::Build as __p::Entry<#ident>>::ENTRY,
+                    ]),
                 };
             }
 
@@ -74,12 +79,12 @@ mod tests {
         let input: DeriveInput =
             syn::parse_str(r#"#[plugin(name = "x", capabilities(PostAuth, StreamChunk))] struct X;"#).unwrap();
         let out = derive(input).to_string();
-        assert!(out.contains("entry :: post_auth :: < X >"), "{out}");
-        assert!(out.contains("entry :: stream_chunk :: < X >"), "{out}");
+        assert!(out.contains("caps :: PostAuth as :: plugin_abi :: __private :: Entry < X >"), "{out}");
+        assert!(out.contains("caps :: StreamChunk as :: plugin_abi :: __private :: Entry < X >"), "{out}");
         assert!(out.contains("no_mangle"), "{out}");
         assert!(out.contains("CARGO_PKG_VERSION"), "{out}");
         assert_eq!(out.matches("LibHeader").count(), 1);
-        assert!(out.contains("entry :: build ()"), "{out}");
+        assert!(out.contains("caps :: Build as __p :: Entry < X >"), "{out}");
     }
 
     #[test]

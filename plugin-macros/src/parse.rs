@@ -4,20 +4,6 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitStr};
 
-/// Capabilities the macro knows: (name in `capabilities(...)`, glue function in `plugin_abi::__private::entry`).
-pub const CAPABILITIES: &[(&str, &str)] = &[
-    ("PreAuth", "pre_auth"),
-    ("Auth", "auth"),
-    ("PostAuth", "post_auth"),
-    ("RequestInterceptor", "request_interceptor"),
-    ("Response", "response"),
-    ("StreamChunk", "stream_chunk"),
-    ("StreamComplete", "stream_complete"),
-    ("DataCollector", "data_collector"),
-    ("ConfigProvider", "config_provider"),
-    ("Lifecycle", "lifecycle"),
-];
-
 const KEYS: &[&str] = &["name", "version", "author", "description", "repository", "capabilities"];
 
 pub struct PluginSpec {
@@ -27,8 +13,9 @@ pub struct PluginSpec {
     pub author: Option<LitStr>,
     pub description: Option<LitStr>,
     pub repository: Option<LitStr>,
-    /// (the ident as written, its glue function)
-    pub capabilities: Vec<(Ident, &'static str)>,
+    /// As written. The derive knows no capability by name: each is looked up as
+    /// `plugin_abi::__private::caps::Name`, which the capability's definition declares.
+    pub capabilities: Vec<Ident>,
 }
 
 /// Collects errors so that all of them are reported at once, each on its own token.
@@ -72,7 +59,7 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
     let mut author = None;
     let mut description = None;
     let mut repository = None;
-    let mut capabilities: Option<Vec<(Ident, &'static str)>> = None;
+    let mut capabilities: Option<Vec<Ident>> = None;
 
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("plugin")) {
         let result = attr.parse_nested_meta(|meta| {
@@ -88,28 +75,13 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                     if capabilities.is_some() {
                         errors.push(key.span(), "duplicate key `capabilities`");
                     }
-                    let mut caps: Vec<(Ident, &'static str)> = Vec::new();
+                    let mut caps: Vec<Ident> = Vec::new();
                     meta.parse_nested_meta(|cap| {
                         let ident = cap.path.require_ident()?.clone();
-                        match CAPABILITIES.iter().find(|(n, _)| ident == n) {
-                            None => {
-                                let written = ident.to_string();
-                                let near = CAPABILITIES.iter().find(|(n, _)| n.eq_ignore_ascii_case(&written));
-                                let message = match near {
-                                    Some((near, _)) => {
-                                        format!("unknown capability `{written}`; did you mean `{near}`?")
-                                    }
-                                    None => {
-                                        let names: Vec<&str> = CAPABILITIES.iter().map(|(n, _)| *n).collect();
-                                        format!("unknown capability `{written}`; expected one of {}", list(&names))
-                                    }
-                                };
-                                errors.push(ident.span(), message);
-                            }
-                            Some(_) if caps.iter().any(|(c, _)| *c == ident) => {
-                                errors.push(ident.span(), format!("capability `{ident}` is listed twice"));
-                            }
-                            Some((_, glue)) => caps.push((ident, glue)),
+                        if caps.contains(&ident) {
+                            errors.push(ident.span(), format!("capability `{ident}` is listed twice"));
+                        } else {
+                            caps.push(ident);
                         }
                         Ok(())
                     })?;
@@ -192,8 +164,8 @@ mod tests {
         let spec = parse(&input).unwrap();
         assert_eq!(spec.name.value(), "a");
         assert_eq!(spec.version.unwrap().value(), "1.2.3");
-        let caps: Vec<_> = spec.capabilities.iter().map(|(_, g)| *g).collect();
-        assert_eq!(caps, ["pre_auth", "response"]);
+        let caps: Vec<_> = spec.capabilities.iter().map(|c| c.to_string()).collect();
+        assert_eq!(caps, ["PreAuth", "Response"]);
     }
 
     #[test]
@@ -201,10 +173,9 @@ mod tests {
         let errs = errors(
             r#"#[plugin(name = "a", name = "b", capabilities(Foo, PreAuth, PreAuth), colour = "red")] struct A<T>(T);"#,
         );
-        assert_eq!(errs.len(), 5, "{errs:?}");
+        assert_eq!(errs.len(), 4, "{errs:?}");
         assert!(errs[0].contains("generic"));
         assert!(errs.iter().any(|e| e == "duplicate key `name`"));
-        assert!(errs.iter().any(|e| e.starts_with("unknown capability `Foo`; expected one of `PreAuth`")));
         assert!(errs.iter().any(|e| e == "capability `PreAuth` is listed twice"));
         assert!(errs.iter().any(|e| e.starts_with("unknown key `colour`")));
     }

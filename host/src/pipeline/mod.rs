@@ -19,7 +19,9 @@ use abi_stable::std_types::{RErr, ROk, RResult, RSome};
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use parking_lot::Mutex;
-use plugin_abi::ffi::{self, AuthOutcome, Cap, HookOutcome, PluginError, RawHeader, RawResponse, RawUpstream};
+use plugin_abi::ffi::{
+    self, AuthOutcome, Cap, Capability, HookOutcome, PluginError, RawHeader, RawResponse, RawUpstream,
+};
 
 use crate::config::{FailMode, QuarantinePolicy};
 use crate::error::ApiError;
@@ -221,20 +223,24 @@ impl<T> Outcome for RResult<T, PluginError> {
     }
 }
 
-/// One plugin's handle for one capability, with a metrics handle per hook of that capability.
+/// One plugin's handle for one capability, with a metrics handle per hook of that capability
+/// (indexed like `T::HOOKS`: `Hook::invoke(ffi::ResponseV1::on_body, ...)`).
 pub struct Hook<T: 'static> {
     pub cap: Cap<T>,
     pub slot: Arc<Slot>,
-    metrics: [(&'static str, Arc<HookMetrics>); 2],
+    metrics: Box<[(&'static str, Arc<HookMetrics>)]>,
+}
+
+impl<T: Capability> Hook<T> {
+    fn new(cap: Cap<T>, slot: &Arc<Slot>) -> Self {
+        let metrics = T::HOOKS.iter().map(|&n| (n, slot.metrics.hook(slot.name(), n))).collect();
+        Hook { cap, slot: slot.clone(), metrics }
+    }
 }
 
 impl<T> Hook<T> {
-    fn new(cap: Cap<T>, slot: &Arc<Slot>, names: [&'static str; 2]) -> Self {
-        let m = |n| (n, slot.metrics.hook(slot.name(), n));
-        Hook { cap, slot: slot.clone(), metrics: [m(names[0]), m(names[1])] }
-    }
-
-    /// Calls hook `which` (0 or 1) with accounting: metrics, a trace span, panic counting.
+    /// Calls hook `which` (an index into the capability's hooks) with accounting: metrics, a
+    /// trace span, panic counting.
     /// `probe`: this call is the quarantine probe ([`Hook::quarantine_check`]).
     fn invoke<R: Outcome>(&self, which: usize, probe: bool, f: impl FnOnce(&Cap<T>) -> R) -> R {
         let (name, m) = &self.metrics[which];
@@ -392,28 +398,28 @@ impl Pipeline {
         for slot in &slots {
             let plugin = &slot.plugin;
             if let Some(c) = plugin.cap() {
-                p.pre_auth.push(Hook::new(c, slot, ["pre_auth", "pre_auth"]));
+                p.pre_auth.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.auth.push(Hook::new(c, slot, ["auth", "auth_lookup"]));
+                p.auth.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.post_auth.push(Hook::new(c, slot, ["post_auth", "post_auth"]));
+                p.post_auth.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.interceptors.push(Hook::new(c, slot, ["before_selection", "after_selection"]));
+                p.interceptors.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.response.push(Hook::new(c, slot, ["response_headers", "response_body"]));
+                p.response.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.stream_chunk.push(Hook::new(c, slot, ["stream_start", "stream_chunk"]));
+                p.stream_chunk.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.stream_complete.push(Hook::new(c, slot, ["stream_complete", "stream_complete"]));
+                p.stream_complete.push(Hook::new(c, slot));
             }
             if let Some(c) = plugin.cap() {
-                p.collectors.push(Hook::new(c, slot, ["collector", "collector"]));
+                p.collectors.push(Hook::new(c, slot));
             }
         }
         p.slots = slots;
@@ -490,19 +496,21 @@ impl Pipeline {
     }
 
     pub fn pre_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.pre_auth, 0, req, None, |c, r, _| c.on_pre_auth(r))
+        Self::run_request(&self.pre_auth, ffi::PreAuthV1::on_pre_auth, req, None, |c, r, _| c.on_pre_auth(r))
     }
 
     pub fn post_auth(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.post_auth, 0, req, None, |c, r, _| c.on_post_auth(r))
+        Self::run_request(&self.post_auth, ffi::PostAuthV1::on_post_auth, req, None, |c, r, _| c.on_post_auth(r))
     }
 
     pub fn before_selection(&self, req: &mut RequestState) -> Result<(), Stop> {
-        Self::run_request(&self.interceptors, 0, req, None, |c, r, _| c.before_selection(r))
+        let which = ffi::RequestInterceptorV1::before_selection;
+        Self::run_request(&self.interceptors, which, req, None, |c, r, _| c.before_selection(r))
     }
 
     pub fn after_selection(&self, req: &mut RequestState, upstream: &RawUpstream<'_>) -> Result<(), Stop> {
-        Self::run_request(&self.interceptors, 1, req, Some(upstream), |c, r, u| {
+        let which = ffi::RequestInterceptorV1::after_selection;
+        Self::run_request(&self.interceptors, which, req, Some(upstream), |c, r, u| {
             c.after_selection(r, u.expect("after_selection always has an upstream"))
         })
     }
@@ -516,9 +524,10 @@ impl Pipeline {
             let mut decided = None;
             for hook in &self.auth {
                 let Some(probe) = hook.quarantine_check()? else { continue };
-                match hook.invoke(0, probe, |cap| cap.authenticate(credential, &raw)) {
+                let which = ffi::AuthV1::authenticate;
+                match hook.invoke(which, probe, |cap| cap.authenticate(credential.into(), &raw)) {
                     AuthOutcome::Pass => {}
-                    AuthOutcome::Fail(e) => match hook.fail(0, &e, &req.ctx.request_id) {
+                    AuthOutcome::Fail(e) => match hook.fail(which, &e, &req.ctx.request_id) {
                         Some(err) => return Err(Stop::Error(err)),
                         None => continue,
                     },
@@ -550,11 +559,12 @@ impl Pipeline {
     pub fn app_by_credential(&self, credential: &str, request_id: &str) -> Result<Option<(String, String)>, ApiError> {
         for hook in &self.auth {
             let Some(probe) = hook.quarantine_check()? else { continue };
-            match hook.invoke(1, probe, |cap| cap.app_by_credential(credential)) {
+            let which = ffi::AuthV1::app_by_credential;
+            match hook.invoke(which, probe, |cap| cap.app_by_credential(credential.into())) {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
                 RErr(e) => {
-                    if let Some(err) = hook.fail(1, &e, request_id) {
+                    if let Some(err) = hook.fail(which, &e, request_id) {
                         return Err(err);
                     }
                 }
@@ -565,12 +575,12 @@ impl Pipeline {
 
     /// The headers phase: every Response plugin, in order, over status and headers.
     pub fn response_headers(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
-        self.run_response(0, ctx, resp, |cap, c, r| cap.on_headers(c, r))
+        self.run_response(ffi::ResponseV1::on_headers, ctx, resp, |cap, c, r| cap.on_headers(c, r))
     }
 
     /// The body phase of a non-streaming upstream response.
     pub fn response_body(&self, ctx: &ContextState, resp: &mut ResponseState) -> Result<(), ApiError> {
-        self.run_response(1, ctx, resp, |cap, c, r| cap.on_body(c, r))
+        self.run_response(ffi::ResponseV1::on_body, ctx, resp, |cap, c, r| cap.on_body(c, r))
     }
 
     fn run_response(
@@ -587,7 +597,7 @@ impl Pipeline {
             let Some(probe) = hook.quarantine_check()? else { continue };
             let outcome = {
                 let headers = raw_headers(&resp.headers, recycle(std::mem::take(&mut buf)));
-                let raw = resp.raw(&headers, which == 1);
+                let raw = resp.raw(&headers, which == ffi::ResponseV1::on_body);
                 let outcome = hook.invoke(which, probe, |cap| call(cap, &raw_ctx, &raw));
                 buf = recycle(headers);
                 outcome
@@ -633,7 +643,8 @@ impl Pipeline {
             if hook.slot.is_quarantined() {
                 continue;
             }
-            if let RErr(e) = hook.invoke(0, false, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
+            let which = ffi::StreamCompleteV1::on_stream_complete;
+            if let RErr(e) = hook.invoke(which, false, |cap| cap.on_stream_complete(&raw_ctx, summary)) {
                 tracing::warn!(
                     plugin = hook.slot.name(),
                     request_id = ctx.request_id,
@@ -652,12 +663,15 @@ impl Pipeline {
                 continue;
             }
             let log = rec.raw_proxy_log();
-            let mut failed = hook.invoke(0, false, |cap| cap.on_proxy_log(&log)).into_result().err();
+            use ffi::DataCollectorV1 as D;
+            let mut failed = hook.invoke(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)).into_result().err();
             if let Some(analytics) = rec.raw_analytics() {
-                failed = failed.or(hook.invoke(0, false, |cap| cap.on_analytics(&analytics)).into_result().err());
+                let r = hook.invoke(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
+                failed = failed.or(r.into_result().err());
             }
             if let Some(budget) = rec.raw_budget() {
-                failed = failed.or(hook.invoke(0, false, |cap| cap.on_budget(&budget)).into_result().err());
+                let r = hook.invoke(D::on_budget, false, |cap| cap.on_budget(&budget));
+                failed = failed.or(r.into_result().err());
             }
             if let Some(e) = failed {
                 hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use plugin_abi::ffi::{ChunkHistory, ChunkOutcome, Stream, StreamStarted};
+use plugin_abi::ffi::{self, ChunkHistory, ChunkOutcome, Stream, StreamStarted};
 
 use super::{ContextState, Pipeline, ResponseState};
 use crate::error::ApiError;
@@ -40,7 +40,8 @@ impl StreamFilters {
         let raw = head.raw(&headers, false);
         for (i, hook) in pipeline.stream_chunk.iter().enumerate() {
             let Some(probe) = hook.quarantine_check()? else { continue };
-            match hook.invoke(0, probe, |cap| cap.on_stream_start(&raw_ctx, &raw)) {
+            let which = ffi::StreamChunkV1::on_stream_start;
+            match hook.invoke(which, probe, |cap| cap.start_stream(&raw_ctx, &raw)) {
                 StreamStarted::Skip => {}
                 StreamStarted::Observe(stream) => {
                     let history = ChunkHistory::new(hook.cap.history());
@@ -49,7 +50,7 @@ impl StreamFilters {
                 }
                 StreamStarted::Fail(e) => {
                     // `filters` ends the streams already started when it drops.
-                    if let Some(err) = hook.fail(0, &e, &ctx.request_id) {
+                    if let Some(err) = hook.fail(which, &e, &ctx.request_id) {
                         return Err(err);
                     }
                 }
@@ -80,12 +81,13 @@ impl StreamFilters {
                 continue;
             }
             let (stream, history) = (&mut active.stream, active.history.as_ref());
-            match hook.invoke(1, false, |_| stream.on_chunk(index, &current, history)) {
+            let which = ffi::StreamChunkV1::on_chunk;
+            match hook.invoke(which, false, |_| stream.on_chunk(index, &current, history)) {
                 ChunkOutcome::Pass => {}
                 ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
                 ChunkOutcome::Drop => return Ok(None),
                 ChunkOutcome::Fail(e) => {
-                    if let Some(err) = hook.fail(1, &e, request_id) {
+                    if let Some(err) = hook.fail(which, &e, request_id) {
                         return Err(err);
                     }
                 }

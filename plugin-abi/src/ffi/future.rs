@@ -16,11 +16,9 @@
 //! * The code behind a plugin-made future stays mapped while the host holds it: the host wraps
 //!   every [`RFuture`] from a plugin with the plugin's instance (see `handle.rs`).
 
-use std::any::Any;
 use std::ffi::c_void;
 use std::future::Future;
 use std::mem::ManuallyDrop;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::task::{Context, Poll, RawWaker, RawWakerVTable, Waker};
 
@@ -28,6 +26,7 @@ use abi_stable::StableAbi;
 use abi_stable::std_types::{RErr, RNone, ROption, RResult, RSome, RString};
 
 use super::{PluginError, code};
+use crate::sdk::catch;
 
 /// A waker as it crosses the boundary. Borrowed for the duration of a `poll` call; keep it only
 /// through `clone`.
@@ -63,13 +62,13 @@ static OWNED: RWakerVTable =
 /// Runs `f`; a panic (a foreign waker's code may panic) is swallowed: it must not unwind
 /// through an `extern "C"` frame.
 fn quietly(f: impl FnOnce()) {
-    let _ = catch_unwind(AssertUnwindSafe(f));
+    let _ = catch(f);
 }
 
 extern "C" fn native_clone(data: *const c_void) -> RWaker {
     // SAFETY: `data` is a live `Waker` (borrowed for this poll, or boxed by `native_clone`).
     let waker = unsafe { &*(data as *const Waker) };
-    let cloned = catch_unwind(AssertUnwindSafe(|| waker.clone())).unwrap_or_else(|_| Waker::noop().clone());
+    let cloned = catch(|| waker.clone()).unwrap_or_else(|_| Waker::noop().clone());
     RWaker { data: Box::into_raw(Box::new(cloned)) as *const c_void, vtable: &OWNED }
 }
 
@@ -184,15 +183,6 @@ impl FromPanic for () {
     fn from_panic(_: String) -> Self {}
 }
 
-/// A panic's message.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".to_owned())
-}
-
 /// What a future or stream reports when dropping its state panicked.
 pub type DropReport = ROption<RString>;
 
@@ -223,29 +213,26 @@ impl<T: FromPanic> RFuture<T> {
             // SAFETY: `state` is the `State<F>` boxed by `new`, polled by one side at a time.
             let state = unsafe { &mut *(state as *mut State<F>) };
             let Some(future) = state.0.as_mut() else { return RPoll::Pending };
-            let polled = waker.with_waker(|w| {
-                let mut cx = Context::from_waker(w);
-                catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(&mut cx)))
-            });
+            let polled = waker.with_waker(|w| catch(|| future.as_mut().poll(&mut Context::from_waker(w))));
             match polled {
                 Ok(Poll::Pending) => RPoll::Pending,
                 Ok(Poll::Ready(v)) => {
-                    let _ = catch_unwind(AssertUnwindSafe(|| state.0 = None));
+                    let _ = catch(|| state.0 = None);
                     RPoll::Ready(v)
                 }
-                Err(payload) => {
+                Err(message) => {
                     // A panicked future is dropped (guarded) and never polled again.
-                    let _ = catch_unwind(AssertUnwindSafe(|| state.0 = None));
-                    RPoll::Ready(F::Output::from_panic(panic_message(&*payload)))
+                    let _ = catch(|| state.0 = None);
+                    RPoll::Ready(F::Output::from_panic(message))
                 }
             }
         }
         extern "C" fn drop<F>(state: *mut c_void) -> DropReport {
             // SAFETY: `state` is the `State<F>` boxed by `new`, freed here exactly once.
             let state = unsafe { Box::from_raw(state as *mut State<F>) };
-            match catch_unwind(AssertUnwindSafe(move || std::mem::drop(state))) {
+            match catch(move || std::mem::drop(state)) {
                 Ok(()) => RNone,
-                Err(payload) => RSome(panic_message(&*payload).into()),
+                Err(message) => RSome(message.into()),
             }
         }
         let state = Box::new(State(Some(Box::pin(future))));
@@ -317,21 +304,18 @@ impl<T: FromPanic> RStream<T> {
             // SAFETY: `state` is the `State<S>` boxed by `new`, polled by one side at a time.
             let state = unsafe { &mut *(state as *mut State<S>) };
             let Some(source) = state.0.as_mut() else { return RPoll::Ready(RNone) };
-            let polled = waker.with_waker(|w| {
-                let mut cx = Context::from_waker(w);
-                catch_unwind(AssertUnwindSafe(|| source.as_mut().poll_item(&mut cx)))
-            });
+            let polled = waker.with_waker(|w| catch(|| source.as_mut().poll_item(&mut Context::from_waker(w))));
             match polled {
                 Ok(Poll::Pending) => RPoll::Pending,
                 Ok(Poll::Ready(Some(item))) => RPoll::Ready(RSome(item)),
                 Ok(Poll::Ready(None)) => {
-                    let _ = catch_unwind(AssertUnwindSafe(|| state.0 = None));
+                    let _ = catch(|| state.0 = None);
                     RPoll::Ready(RNone)
                 }
-                Err(payload) => {
+                Err(message) => {
                     // Ends the stream; the panicked source is dropped (guarded) now.
-                    let item = S::Item::from_panic(panic_message(&*payload));
-                    let _ = catch_unwind(AssertUnwindSafe(|| state.0 = None));
+                    let item = S::Item::from_panic(message);
+                    let _ = catch(|| state.0 = None);
                     RPoll::Ready(RSome(item))
                 }
             }
@@ -339,13 +323,29 @@ impl<T: FromPanic> RStream<T> {
         extern "C" fn drop<S>(state: *mut c_void) -> DropReport {
             // SAFETY: `state` is the `State<S>` boxed by `new`, freed here exactly once.
             let state = unsafe { Box::from_raw(state as *mut State<S>) };
-            match catch_unwind(AssertUnwindSafe(move || std::mem::drop(state))) {
+            match catch(move || std::mem::drop(state)) {
                 Ok(()) => RNone,
-                Err(payload) => RSome(panic_message(&*payload).into()),
+                Err(message) => RSome(message.into()),
             }
         }
         let state = Box::new(State(Some(Box::pin(source))));
         RStream { state: Box::into_raw(state) as *mut c_void, poll_next: poll_next::<S>, drop: drop::<S> }
+    }
+
+    /// A stream of one item.
+    pub fn once(item: T) -> Self
+    where
+        T: Send + 'static,
+    {
+        struct Once<T>(Option<T>);
+        impl<T: Send + 'static> ItemSource for Once<T> {
+            type Item = T;
+            fn poll_item(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<T>> {
+                // SAFETY: `Once` is never pinned structurally: the item is moved out, not the field.
+                Poll::Ready(unsafe { self.get_unchecked_mut() }.0.take())
+            }
+        }
+        RStream::new(Once(Some(item)))
     }
 
     /// Drops the stream now, returning the message of a panic in its drop, if any.
@@ -366,7 +366,7 @@ impl<T> RStream<T> {
     }
 
     /// Waits for the next item, `None` at the end.
-    pub fn next(&mut self) -> impl Future<Output = Option<T>> + '_ {
+    pub fn next_item(&mut self) -> impl Future<Output = Option<T>> + '_ {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 }

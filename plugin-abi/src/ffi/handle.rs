@@ -5,54 +5,15 @@
 
 use std::sync::Arc;
 
-use abi_stable::abi_stability::abi_checking::check_layout_compatibility;
-use abi_stable::std_types::{ROption, RResult, RStr};
-
 use super::*;
 
 /// A capability table (plugin → host), as opposed to a service table (host → plugin): ids of the
-/// two kinds overlap, so only these may be looked up in a plugin's metadata.
-pub trait Capability: Table {}
-
-/// Declares the capability tables this host knows: each gets [`Capability`], and its layout is
-/// checked when a library is opened.
-macro_rules! capability_tables {
-    ($($ty:ty),* $(,)?) => {
-        $(impl Capability for $ty {})*
-
-        /// Checks `entry` if it is a table this host knows: its name, or the layout mismatch.
-        /// `None` for ids or versions this host does not know.
-        fn check_known(entry: &TableEntry) -> Option<Result<&'static str, LayoutError>> {
-            $(
-                if entry.id == <$ty>::ID && entry.version == <$ty>::VERSION {
-                    return Some(
-                        check_layout_compatibility(<$ty>::LAYOUT, entry.layout)
-                            .map(|()| <$ty>::NAME)
-                            .map_err(|errors| LayoutError {
-                                table: <$ty>::NAME,
-                                detail: summarize_layout_errors(&errors.to_string()),
-                            }),
-                    );
-                }
-            )*
-            None
-        }
-    };
+/// two kinds overlap, so only these may be looked up in a plugin's metadata. Implemented by
+/// [`capabilities!`](super::define) for every capability this host knows.
+pub trait Capability: Table {
+    /// The names of its hooks, in table order: the host counts metrics under them.
+    const HOOKS: &'static [&'static str];
 }
-
-capability_tables!(
-    PreAuthV1,
-    AuthV1,
-    PostAuthV1,
-    RequestInterceptorV1,
-    ResponseV1,
-    StreamChunkV1,
-    StreamCompleteV1,
-    DataCollectorV1,
-    ConfigProviderV1,
-    LifecycleV1,
-    BuildV1,
-);
 
 /// The capability tables of one library: the ones this host knows, layout-checked, and the ids
 /// it does not know (from a newer ABI), which it ignores.
@@ -66,7 +27,7 @@ impl Capabilities {
     pub(crate) fn check(entries: &[TableEntry]) -> Result<Capabilities, LayoutError> {
         let mut caps = Capabilities { known: Vec::new(), names: Vec::new(), unknown: Vec::new() };
         for entry in entries {
-            match check_known(entry) {
+            match super::capabilities::check_known(entry) {
                 Some(Ok(name)) => {
                     caps.known.push(*entry);
                     caps.names.push(name);
@@ -122,54 +83,12 @@ impl<T> Cap<T> {
         &self.instance
     }
 
-    fn ptr(&self) -> InstancePtr {
+    pub(crate) fn table(&self) -> &'static T {
+        self.table
+    }
+
+    pub(crate) fn ptr(&self) -> InstancePtr {
         self.instance.ptr()
-    }
-}
-
-impl Cap<PreAuthV1> {
-    pub fn on_pre_auth(&self, req: &RawRequest<'_>) -> HookOutcome {
-        (self.table.on_pre_auth)(self.ptr(), req)
-    }
-}
-
-impl Cap<AuthV1> {
-    pub fn authenticate(&self, credential: &str, req: &RawRequest<'_>) -> AuthOutcome {
-        (self.table.authenticate)(self.ptr(), RStr::from_str(credential), req)
-    }
-
-    pub fn app_by_credential(&self, credential: &str) -> RResult<ROption<RecordInfo>, PluginError> {
-        (self.table.app_by_credential)(self.ptr(), RStr::from_str(credential))
-    }
-
-    pub fn user_by_credential(&self, credential: &str) -> RResult<ROption<RecordInfo>, PluginError> {
-        (self.table.user_by_credential)(self.ptr(), RStr::from_str(credential))
-    }
-}
-
-impl Cap<PostAuthV1> {
-    pub fn on_post_auth(&self, req: &RawRequest<'_>) -> HookOutcome {
-        (self.table.on_post_auth)(self.ptr(), req)
-    }
-}
-
-impl Cap<RequestInterceptorV1> {
-    pub fn before_selection(&self, req: &RawRequest<'_>) -> HookOutcome {
-        (self.table.before_selection)(self.ptr(), req)
-    }
-
-    pub fn after_selection(&self, req: &RawRequest<'_>, upstream: &RawUpstream<'_>) -> HookOutcome {
-        (self.table.after_selection)(self.ptr(), req, upstream)
-    }
-}
-
-impl Cap<ResponseV1> {
-    pub fn on_headers(&self, ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> HookOutcome {
-        (self.table.on_headers)(self.ptr(), ctx, resp)
-    }
-
-    pub fn on_body(&self, ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> HookOutcome {
-        (self.table.on_body)(self.ptr(), ctx, resp)
     }
 }
 
@@ -187,8 +106,9 @@ impl Cap<StreamChunkV1> {
         self.table.history
     }
 
-    pub fn on_stream_start(&self, ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> StreamStarted {
-        match (self.table.on_stream_start)(self.ptr(), ctx, resp) {
+    /// Asks the plugin whether it wants this stream (its `on_stream_start` hook).
+    pub fn start_stream(&self, ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> StreamStarted {
+        match self.on_stream_start(ctx, resp) {
             StreamStart::Skip => StreamStarted::Skip,
             StreamStart::Observe(state) => StreamStarted::Observe(Stream { cap: self.clone(), state }),
             StreamStart::Fail(e) => StreamStarted::Fail(e),
@@ -213,42 +133,12 @@ impl Stream {
     ) -> ChunkOutcome {
         let history = history.map_or(NO_HISTORY, ChunkHistory::raw);
         let chunk = RawChunk { index, data: data.into(), history };
-        (self.cap.table.on_chunk)(self.cap.ptr(), self.state, &chunk)
+        self.cap.on_chunk(self.state, &chunk)
     }
 }
 
 impl Drop for Stream {
     fn drop(&mut self) {
-        (self.cap.table.on_stream_end)(self.cap.ptr(), self.state);
-    }
-}
-
-impl Cap<StreamCompleteV1> {
-    pub fn on_stream_complete(&self, ctx: &RawContext<'_>, summary: &StreamSummary) -> RResult<(), PluginError> {
-        (self.table.on_stream_complete)(self.ptr(), ctx, summary)
-    }
-}
-
-impl Cap<DataCollectorV1> {
-    pub fn on_proxy_log(&self, log: &RawProxyLog<'_>) -> RResult<(), PluginError> {
-        (self.table.on_proxy_log)(self.ptr(), log)
-    }
-
-    pub fn on_analytics(&self, rec: &RawAnalytics<'_>) -> RResult<(), PluginError> {
-        (self.table.on_analytics)(self.ptr(), rec)
-    }
-
-    pub fn on_budget(&self, rec: &RawBudget<'_>) -> RResult<(), PluginError> {
-        (self.table.on_budget)(self.ptr(), rec)
-    }
-}
-
-impl Cap<LifecycleV1> {
-    pub fn on_ready(&self) {
-        (self.table.on_ready)(self.ptr())
-    }
-
-    pub fn quiesce(&self) {
-        (self.table.quiesce)(self.ptr())
+        self.cap.on_stream_end(self.state);
     }
 }

@@ -303,47 +303,6 @@ pub struct RecordInfo {
     pub name: RString,
 }
 
-/// Capability [`cap::PRE_AUTH`], version 1: runs before authentication.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct PreAuthV1 {
-    pub on_pre_auth: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
-}
-
-/// Capability [`cap::AUTH`], version 1: credential → identity, and lookups by credential.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct AuthV1 {
-    pub authenticate: extern "C" fn(InstancePtr, credential: RStr<'_>, &RawRequest<'_>) -> AuthOutcome,
-    pub app_by_credential:
-        extern "C" fn(InstancePtr, credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError>,
-    pub user_by_credential:
-        extern "C" fn(InstancePtr, credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError>,
-}
-
-/// Capability [`cap::POST_AUTH`], version 1: runs once the caller is known.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct PostAuthV1 {
-    pub on_post_auth: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
-}
-
-/// Capability [`cap::REQUEST_INTERCEPTOR`], version 1: before and after upstream selection.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct RequestInterceptorV1 {
-    pub before_selection: extern "C" fn(InstancePtr, &RawRequest<'_>) -> HookOutcome,
-    pub after_selection: extern "C" fn(InstancePtr, &RawRequest<'_>, &RawUpstream<'_>) -> HookOutcome,
-}
-
-/// Capability [`cap::RESPONSE`], version 1: response headers, then (non-streaming) the whole body.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct ResponseV1 {
-    pub on_headers: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
-    pub on_body: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> HookOutcome,
-}
-
 /// How much of a stream's past a stream-chunk plugin wants to see. Zero means none.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -397,17 +356,6 @@ pub enum ChunkOutcome {
     Fail(PluginError),
 }
 
-/// Capability [`cap::STREAM_CHUNK`], version 1: one header-only call, then one call per chunk.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct StreamChunkV1 {
-    pub history: HistoryLimits,
-    pub on_stream_start: extern "C" fn(InstancePtr, &RawContext<'_>, &RawResponse<'_>) -> StreamStart,
-    pub on_chunk: extern "C" fn(InstancePtr, StreamState, &RawChunk<'_>) -> ChunkOutcome,
-    /// Frees the state. Called exactly once for every `Observe`, also when the stream fails.
-    pub on_stream_end: extern "C" fn(InstancePtr, StreamState),
-}
-
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct StreamSummary {
@@ -417,13 +365,6 @@ pub struct StreamSummary {
     pub duration_us: u64,
     /// False when the client went away or the upstream failed before the end.
     pub completed: bool,
-}
-
-/// Capability [`cap::STREAM_COMPLETE`], version 1.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct StreamCompleteV1 {
-    pub on_stream_complete: extern "C" fn(InstancePtr, &RawContext<'_>, &StreamSummary) -> RResult<(), PluginError>,
 }
 
 #[repr(C)]
@@ -467,23 +408,6 @@ pub struct RawBudget<'a> {
     pub user_id: RStr<'a>,
     pub model: RStr<'a>,
     pub total_tokens: u64,
-}
-
-/// Capability [`cap::DATA_COLLECTOR`], version 1. Called off the request path.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct DataCollectorV1 {
-    pub on_proxy_log: extern "C" fn(InstancePtr, &RawProxyLog<'_>) -> RResult<(), PluginError>,
-    pub on_analytics: extern "C" fn(InstancePtr, &RawAnalytics<'_>) -> RResult<(), PluginError>,
-    pub on_budget: extern "C" fn(InstancePtr, &RawBudget<'_>) -> RResult<(), PluginError>,
-}
-
-/// Capability [`cap::CONFIG_PROVIDER`], version 1: a JSON Schema the host validates the config
-/// against before `create`.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct ConfigProviderV1 {
-    pub schema: extern "C" fn() -> RStr<'static>,
 }
 
 /// Receives a value in place, for the duration of the call.
@@ -605,26 +529,8 @@ pub mod panic_strategy {
     pub const ABORT: u8 = 1;
 }
 
-/// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
-/// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct BuildV1 {
-    /// One of [`panic_strategy`].
-    pub panic: u8,
-}
-
-/// Capability [`cap::LIFECYCLE`], version 1.
-#[repr(C)]
-#[derive(StableAbi, Clone, Copy, Debug)]
-pub struct LifecycleV1 {
-    /// Every configured plugin is initialised; the gateway is about to serve.
-    pub on_ready: extern "C" fn(InstancePtr),
-    /// A newer version of this plugin is about to take over: release what it must take over.
-    pub quiesce: extern "C" fn(InstancePtr),
-}
-
-/// A table type that can be looked up by id and version.
+/// A table type that can be looked up by id and version: capabilities (defined with
+/// [`define`]) and services (below).
 pub trait Table: StableAbi + 'static {
     const ID: u32;
     const VERSION: u32;
@@ -643,17 +549,6 @@ macro_rules! tables {
 }
 
 tables! {
-    PreAuthV1 => cap::PRE_AUTH, 1, "PreAuth";
-    AuthV1 => cap::AUTH, 1, "Auth";
-    PostAuthV1 => cap::POST_AUTH, 1, "PostAuth";
-    RequestInterceptorV1 => cap::REQUEST_INTERCEPTOR, 1, "RequestInterceptor";
-    ResponseV1 => cap::RESPONSE, 1, "Response";
-    StreamChunkV1 => cap::STREAM_CHUNK, 1, "StreamChunk";
-    StreamCompleteV1 => cap::STREAM_COMPLETE, 1, "StreamComplete";
-    DataCollectorV1 => cap::DATA_COLLECTOR, 1, "DataCollector";
-    ConfigProviderV1 => cap::CONFIG_PROVIDER, 1, "ConfigProvider";
-    LifecycleV1 => cap::LIFECYCLE, 1, "Lifecycle";
-    BuildV1 => cap::BUILD, 1, "Build";
     LogV1 => service::LOG, 1, "Log";
     KvV1 => service::KV, 1, "Kv";
     EventsV1 => service::EVENTS, 1, "Events";
@@ -747,6 +642,9 @@ impl std::fmt::Display for LayoutError {
 
 impl std::error::Error for LayoutError {}
 
+mod capabilities;
+#[doc(hidden)]
+pub mod define;
 mod future;
 #[doc(hidden)]
 pub mod glue;
@@ -754,6 +652,8 @@ mod handle;
 mod host;
 mod loader;
 mod mock;
+pub use capabilities::*;
+pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};

@@ -1,0 +1,164 @@
+//! Every capability, each one definition (see [`define`](super::define) for what follows from
+//! it). Released tables are frozen: a change is a new version or a new id, never an edit.
+
+use std::ffi::c_void;
+
+use abi_stable::StableAbi;
+use abi_stable::std_types::{ROption, RResult, RStr};
+
+use super::define::capabilities;
+use super::glue::{config_schema, outcome, unit};
+use super::*;
+use crate::sdk::{
+    self, Auth, Chunk, ConfigProvider, Context, DataCollector, Lifecycle, Plugin, PostAuth, PreAuth, Request,
+    RequestInterceptor, Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
+};
+
+capabilities! {
+    /// Capability [`cap::PRE_AUTH`], version 1: runs before authentication.
+    PreAuthV1 = (cap::PRE_AUTH, 1) PreAuth: PreAuth {
+        pub fn on_pre_auth(req: &RawRequest<'_>) -> HookOutcome as "pre_auth"
+            => |p| outcome(p.on_pre_auth(&Request::new(req)));
+    }
+
+    /// Capability [`cap::AUTH`], version 1: credential → identity, and lookups by credential.
+    AuthV1 = (cap::AUTH, 1) Auth: Auth {
+        pub fn authenticate(credential: RStr<'_>, req: &RawRequest<'_>) -> AuthOutcome as "auth"
+            => |p| match p.authenticate(credential.as_str(), &Request::new(req)) {
+                Ok(d) => d.into(),
+                Err(e) => AuthOutcome::Fail(e.into()),
+            };
+        pub fn app_by_credential(credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError> as "app_by_credential"
+            => |p| sdk::record_result(p.app_by_credential(credential.as_str()));
+        pub fn user_by_credential(credential: RStr<'_>) -> RResult<ROption<RecordInfo>, PluginError> as "user_by_credential"
+            => |p| sdk::record_result(p.user_by_credential(credential.as_str()));
+    }
+
+    /// Capability [`cap::POST_AUTH`], version 1: runs once the caller is known.
+    PostAuthV1 = (cap::POST_AUTH, 1) PostAuth: PostAuth {
+        pub fn on_post_auth(req: &RawRequest<'_>) -> HookOutcome as "post_auth"
+            => |p| outcome(p.on_post_auth(&Request::new(req)));
+    }
+
+    /// Capability [`cap::REQUEST_INTERCEPTOR`], version 1: before and after upstream selection.
+    RequestInterceptorV1 = (cap::REQUEST_INTERCEPTOR, 1) RequestInterceptor: RequestInterceptor {
+        pub fn before_selection(req: &RawRequest<'_>) -> HookOutcome as "before_selection"
+            => |p| outcome(p.before_selection(&Request::new(req)));
+        pub fn after_selection(req: &RawRequest<'_>, upstream: &RawUpstream<'_>) -> HookOutcome as "after_selection"
+            => |p| outcome(p.after_selection(&Request::new(req), &Upstream::new(upstream)));
+    }
+
+    /// Capability [`cap::RESPONSE`], version 1: response headers, then (non-streaming) the whole body.
+    ResponseV1 = (cap::RESPONSE, 1) Response: Response {
+        pub fn on_headers(ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> HookOutcome as "response_headers"
+            => |p| outcome(p.on_response_headers(&Context::new(ctx), &UpstreamResponse::new(resp)));
+        pub fn on_body(ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> HookOutcome as "response_body"
+            => |p| outcome(p.on_response_body(&Context::new(ctx), &UpstreamResponse::new(resp)));
+    }
+
+    /// Capability [`cap::STREAM_CHUNK`], version 1: one header-only call, then one call per chunk.
+    /// The host reaches these through [`Cap::start_stream`] and [`Stream`](super::Stream).
+    StreamChunkV1 = (cap::STREAM_CHUNK, 1) StreamChunk: StreamChunk [history: HistoryLimits = P::HISTORY] {
+        pub(crate) fn on_stream_start(ctx: &RawContext<'_>, resp: &RawResponse<'_>) -> StreamStart as "stream_start"
+            => |p| match p.on_stream_start(&Context::new(ctx), &UpstreamResponse::new(resp)) {
+                Ok(Some(state)) => StreamStart::Observe(StreamState(Box::into_raw(Box::new(state)) as *mut c_void)),
+                Ok(None) => StreamStart::Skip,
+                Err(e) => StreamStart::Fail(e.into()),
+            };
+        pub(crate) fn on_chunk(state: StreamState, chunk: &RawChunk<'_>) -> ChunkOutcome as "stream_chunk"
+            => |p| {
+                // SAFETY: `state` is the `Box<P::State>` made by `on_stream_start`, not yet
+                // ended; the host uses one stream's state from one task at a time.
+                let state = unsafe { &mut *(state.0 as *mut P::State) };
+                match p.on_chunk(state, &Chunk::new(chunk)) {
+                    Ok(d) => d.into(),
+                    Err(e) => ChunkOutcome::Fail(e.into()),
+                }
+            };
+        /// Frees the state. Called exactly once for every `Observe`, also when the stream fails.
+        pub(crate) fn on_stream_end(state: StreamState) -> () as "stream_end"
+            => |p| {
+                // SAFETY: `state` is the `Box<P::State>` made by `on_stream_start`; the host
+                // ends it exactly once. It moves into `on_stream_end`, so a panicking drop of it
+                // is caught too.
+                let state = unsafe { Box::from_raw(state.0 as *mut P::State) };
+                p.on_stream_end(*state)
+            };
+    }
+
+    /// Capability [`cap::STREAM_COMPLETE`], version 1.
+    StreamCompleteV1 = (cap::STREAM_COMPLETE, 1) StreamComplete: StreamComplete {
+        pub fn on_stream_complete(ctx: &RawContext<'_>, summary: &StreamSummary) -> RResult<(), PluginError> as "stream_complete"
+            => |p| {
+                let summary = sdk::StreamSummary {
+                    status: summary.status,
+                    chunks: summary.chunks,
+                    bytes: summary.bytes,
+                    duration_us: summary.duration_us,
+                    completed: summary.completed,
+                };
+                unit(p.on_stream_complete(&Context::new(ctx), &summary))
+            };
+    }
+
+    /// Capability [`cap::DATA_COLLECTOR`], version 1. Called off the request path.
+    DataCollectorV1 = (cap::DATA_COLLECTOR, 1) DataCollector: DataCollector {
+        pub fn on_proxy_log(log: &RawProxyLog<'_>) -> RResult<(), PluginError> as "proxy_log"
+            => |p| unit(p.on_proxy_log(&sdk::ProxyLog {
+                request_id: log.request_id.as_str(),
+                app_id: log.app_id.as_str(),
+                user_id: log.user_id.as_str(),
+                method: log.method.as_str(),
+                path: log.path.as_str(),
+                model: log.model.as_str(),
+                status: log.status,
+                request_bytes: log.request_bytes,
+                response_bytes: log.response_bytes,
+                latency_us: log.latency_us,
+                unix_ms: log.unix_ms,
+            }));
+        pub fn on_analytics(rec: &RawAnalytics<'_>) -> RResult<(), PluginError> as "analytics"
+            => |p| unit(p.on_analytics(&sdk::Analytics {
+                request_id: rec.request_id.as_str(),
+                app_id: rec.app_id.as_str(),
+                user_id: rec.user_id.as_str(),
+                model: rec.model.as_str(),
+                upstream: rec.upstream.as_str(),
+                status: rec.status,
+                streamed: rec.streamed,
+                prompt_tokens: rec.prompt_tokens,
+                completion_tokens: rec.completion_tokens,
+                total_tokens: rec.total_tokens,
+                latency_us: rec.latency_us,
+                ttft_us: rec.ttft_us,
+            }));
+        pub fn on_budget(rec: &RawBudget<'_>) -> RResult<(), PluginError> as "budget"
+            => |p| unit(p.on_budget(&sdk::Budget {
+                app_id: rec.app_id.as_str(),
+                user_id: rec.user_id.as_str(),
+                model: rec.model.as_str(),
+                total_tokens: rec.total_tokens,
+            }));
+    }
+
+    /// Capability [`cap::CONFIG_PROVIDER`], version 1: a JSON Schema the host validates the config
+    /// against before `create`.
+    ConfigProviderV1 = (cap::CONFIG_PROVIDER, 1) ConfigProvider: ConfigProvider [
+        schema: extern "C" fn() -> RStr<'static> = config_schema::<P>,
+    ] {}
+
+    /// Capability [`cap::LIFECYCLE`], version 1.
+    LifecycleV1 = (cap::LIFECYCLE, 1) Lifecycle: Lifecycle {
+        /// Every configured plugin is initialised; the gateway is about to serve.
+        pub fn on_ready() -> () as "on_ready" => |p| p.on_ready();
+        /// A newer version of this plugin is about to take over: release what it must take over.
+        pub fn quiesce() -> () as "quiesce" => |p| p.quiesce();
+    }
+
+    /// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
+    /// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
+    BuildV1 = (cap::BUILD, 1) Build: Plugin [
+        /// One of [`panic_strategy`].
+        panic: u8 = super::glue::PANIC_STRATEGY,
+    ] {}
+}
