@@ -91,6 +91,23 @@ fn a_plugin_built_against_another_major_abi_is_refused_naming_both_versions() {
     );
 }
 
+/// A plugin that cannot work without a capability version this host lacks is refused at load,
+/// naming the capability and both versions, instead of being loaded with the table skipped.
+#[test]
+fn a_plugin_requiring_a_capability_this_host_lacks_is_refused() {
+    let err = load("requires-future", "").err().unwrap();
+    assert!(matches!(err, LoadError::MissingCapability { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains("requires capability `Auth` version 2, and this gateway knows version 1 of it only"), "{msg}");
+    assert!(msg.contains(&format!("this gateway speaks plugin ABI {}", plugin_abi::ABI_VERSION)), "{msg}");
+    let auth = load("api-key-auth", "[keys.sk-long-enough]\napp = \"a\"\nuser = \"u\"\n").unwrap();
+    assert_eq!(auth.info.capabilities, ["ConfigProvider", "Auth"]);
+    assert_eq!(auth.info.required, ["Auth"]);
+    let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("requires-future")).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("requires capability `Auth` version 2"));
+}
+
 #[test]
 fn a_capability_table_with_another_layout_is_refused() {
     let err = load("skewed-layout", "").err().unwrap();
@@ -162,9 +179,8 @@ fn check_prints_metadata_and_fails_on_a_bad_file() {
     let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("header-stamp")).output().unwrap();
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for want in
-        ["name:         header-stamp", "abi:          1.3.0", "capabilities: Response, ConfigProvider", "\"headers\""]
-    {
+    let abi = format!("abi:          {}", plugin_abi::ABI_VERSION);
+    for want in ["name:         header-stamp", &abi, "capabilities: Response, ConfigProvider", "\"headers\""] {
         assert!(stdout.contains(want), "missing {want:?} in\n{stdout}");
     }
     let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("next-major")).output().unwrap();

@@ -45,6 +45,9 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("repository:   {}", info.repository);
             println!("abi:          {} (gateway speaks {})", info.abi_version, plugin_abi::ffi::host_abi_version());
             println!("capabilities: {}", info.capabilities.join(", "));
+            if !info.required.is_empty() {
+                println!("required:     {}", info.required.join(", "));
+            }
             match &info.config_schema {
                 Some(schema) => println!(
                     "config schema:\n{}",

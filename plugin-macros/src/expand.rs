@@ -31,11 +31,20 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
     // Each listed capability is a marker type its definition declares; its table entry for this
     // plugin type exists only if the type implements the capability's trait. A misspelled name
     // is an unknown type (rustc suggests the near ones); a missing impl an unmet bound.
-    let entries = spec.capabilities.iter().map(|cap| {
+    // Required capabilities are exported too (once, if also listed in `capabilities`).
+    let mut exported: Vec<&Ident> = spec.capabilities.iter().collect();
+    exported.extend(spec.required.iter().filter(|r| !spec.capabilities.contains(r)));
+    let entries = exported.into_iter().map(|cap| {
         // The type carries the capability's span too: rustc reports an unmet bound on it.
         let ty = Ident::new(&ident.to_string(), cap.span());
         quote_spanned!(cap.span()=> <::plugin_abi::__private::caps::#cap as ::plugin_abi::__private::Entry<#ty>>::ENTRY)
     });
+    let required = spec
+        .required
+        .iter()
+        .map(|cap| quote_spanned!(cap.span()=> __p::TableId::of::<<__p::caps::#cap as __p::Marker>::Table>()));
+    let requirements =
+        (!spec.required.is_empty()).then(|| quote!(<__p::caps::Requirements as __p::Entry<#ident>>::ENTRY,));
     let export = Ident::new(&abi_stable_shared::mangled_root_module_loader_name(), Span::call_site());
     let abort_message = format!(
         "plugin `{}` is being built with `panic = \"abort\"`: the gateway contains a plugin's panics only \
@@ -59,9 +68,11 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
                     repository: __p::RStr::from_str(#repository),
                     capabilities: __p::RSlice::from_slice(&[
                         #(#entries,)*
+                        #requirements
                         <__p::caps::Build as __p::Entry<#ident>>::ENTRY,
                     ]),
                 };
+                const REQUIRED: &'static [__p::TableId] = &[#(#required),*];
             }
 
             #[unsafe(no_mangle)]

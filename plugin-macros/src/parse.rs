@@ -4,7 +4,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{DeriveInput, Ident, LitStr};
 
-const KEYS: &[&str] = &["name", "version", "author", "description", "repository", "capabilities"];
+const KEYS: &[&str] = &["name", "version", "author", "description", "repository", "capabilities", "required"];
 
 pub struct PluginSpec {
     pub ident: Ident,
@@ -16,6 +16,9 @@ pub struct PluginSpec {
     /// As written. The derive knows no capability by name: each is looked up as
     /// `plugin_abi::__private::caps::Name`, which the capability's definition declares.
     pub capabilities: Vec<Ident>,
+    /// Capabilities the plugin cannot work without (exported too): a host that lacks one
+    /// refuses the plugin instead of skipping the table.
+    pub required: Vec<Ident>,
 }
 
 /// Collects errors so that all of them are reported at once, each on its own token.
@@ -60,6 +63,7 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
     let mut description = None;
     let mut repository = None;
     let mut capabilities: Option<Vec<Ident>> = None;
+    let mut required: Option<Vec<Ident>> = None;
 
     for attr in input.attrs.iter().filter(|a| a.path().is_ident("plugin")) {
         let result = attr.parse_nested_meta(|meta| {
@@ -71,9 +75,10 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                 "author" => &mut author,
                 "description" => &mut description,
                 "repository" => &mut repository,
-                "capabilities" => {
-                    if capabilities.is_some() {
-                        errors.push(key.span(), "duplicate key `capabilities`");
+                "capabilities" | "required" => {
+                    let list = if key_str == "capabilities" { &mut capabilities } else { &mut required };
+                    if list.is_some() {
+                        errors.push(key.span(), format!("duplicate key `{key}`"));
                     }
                     let mut caps: Vec<Ident> = Vec::new();
                     meta.parse_nested_meta(|cap| {
@@ -85,7 +90,7 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
                         }
                         Ok(())
                     })?;
-                    capabilities.get_or_insert_with(Vec::new).extend(caps);
+                    list.get_or_insert_with(Vec::new).extend(caps);
                     return Ok(());
                 }
                 _ => {
@@ -138,6 +143,7 @@ pub fn parse(input: &DeriveInput) -> Result<PluginSpec, syn::Error> {
             description,
             repository,
             capabilities: capabilities.unwrap_or_default(),
+            required: required.unwrap_or_default(),
         }),
         (None, None) => unreachable!("a missing name is reported above"),
     }
@@ -158,7 +164,7 @@ mod tests {
     #[test]
     fn accepts_a_full_spec() {
         let input: DeriveInput = syn::parse_str(
-            r#"#[plugin(name = "a", version = "1.2.3", author = "me", capabilities(PreAuth, Response))] struct A;"#,
+            r#"#[plugin(name = "a", version = "1.2.3", author = "me", capabilities(PreAuth, Response), required(Auth))] struct A;"#,
         )
         .unwrap();
         let spec = parse(&input).unwrap();
@@ -166,6 +172,7 @@ mod tests {
         assert_eq!(spec.version.unwrap().value(), "1.2.3");
         let caps: Vec<_> = spec.capabilities.iter().map(|c| c.to_string()).collect();
         assert_eq!(caps, ["PreAuth", "Response"]);
+        assert_eq!(spec.required[0].to_string(), "Auth");
     }
 
     #[test]

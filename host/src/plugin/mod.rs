@@ -21,6 +21,7 @@ pub enum LoadError {
     IncompatibleAbi { path: PathBuf, expected: String, found: String },
     LayoutMismatch { path: PathBuf, detail: String },
     PanicAbort { path: PathBuf },
+    MissingCapability { path: PathBuf, name: String, missing: String, plugin_abi: String },
     DuplicateName { name: String, path: PathBuf, first: PathBuf },
     InvalidSchema { name: String, detail: String },
     ConfigRejected { name: String, field: String, rule: String },
@@ -63,6 +64,14 @@ impl fmt::Display for LoadError {
                  gateway can contain them (with abort, any panic in it would end the gateway); rebuild it \
                  without `panic = \"abort\"` in its Cargo profile or RUSTFLAGS",
                 path.display()
+            ),
+            LoadError::MissingCapability { path, name, missing, plugin_abi } => write!(
+                f,
+                "plugin `{name}` ({}) cannot run on this gateway: {missing}; the plugin was built against plugin \
+                 ABI {plugin_abi}, this gateway speaks plugin ABI {}: upgrade the gateway, or use a build of the \
+                 plugin that does not require it",
+                path.display(),
+                ffi::host_abi_version()
             ),
             LoadError::DuplicateName { name, path, first } => write!(
                 f,
@@ -108,6 +117,8 @@ pub struct PluginInfo {
     pub repository: String,
     pub abi_version: String,
     pub capabilities: Vec<String>,
+    /// Capabilities the plugin cannot work without.
+    pub required: Vec<String>,
     pub config_schema: Option<serde_json::Value>,
 }
 
@@ -149,6 +160,15 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
              any panic in it ends the gateway"
         ),
     }
+    let missing = library.capabilities().missing();
+    if !missing.is_empty() {
+        return Err(LoadError::MissingCapability {
+            path: path.into(),
+            name: library.metadata().name.to_owned(),
+            missing: missing.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+            plugin_abi: library.abi_version().to_owned(),
+        });
+    }
     for (id, version) in library.capabilities().unknown() {
         tracing::warn!(
             path = %path.display(),
@@ -159,9 +179,14 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     }
     let meta = library.metadata();
     let name = meta.name.to_owned();
-    // `Build` is how the plugin was made, not something it does.
-    let capabilities =
-        library.capabilities().names().iter().filter(|n| **n != ffi::BuildV1::NAME).map(|n| (*n).to_owned()).collect();
+    // `Build` and `Requirements` are facts about the plugin, not things it does.
+    let capabilities = library
+        .capabilities()
+        .names()
+        .iter()
+        .filter(|n| ![ffi::BuildV1::NAME, ffi::RequirementsV1::NAME].contains(n))
+        .map(|n| (*n).to_owned())
+        .collect();
     let config_schema = match library.config_schema() {
         None => None,
         Some(schema) => Some(
@@ -177,6 +202,7 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
         repository: meta.repository.into(),
         abi_version: library.abi_version().into(),
         capabilities,
+        required: library.capabilities().required(),
         config_schema,
     };
     Ok(Inspected { info, library })
@@ -311,6 +337,9 @@ fn with_source_path(e: LoadError, private: &Path, source: &Path) -> LoadError {
         }
         LoadError::LayoutMismatch { path, detail } => LoadError::LayoutMismatch { path: fix(path), detail },
         LoadError::PanicAbort { path } => LoadError::PanicAbort { path: fix(path) },
+        LoadError::MissingCapability { path, name, missing, plugin_abi } => {
+            LoadError::MissingCapability { path: fix(path), name, missing, plugin_abi }
+        }
         LoadError::Other { path, detail } => LoadError::Other { path: fix(path), detail },
         other => other,
     }

@@ -4,10 +4,10 @@
 use std::ffi::c_void;
 
 use abi_stable::StableAbi;
-use abi_stable::std_types::{ROption, RResult, RStr};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
 
 use super::define::capabilities;
-use super::glue::{config_schema, outcome, unit};
+use super::glue::{Exported, config_schema, outcome, unit};
 use super::*;
 use crate::sdk::{
     self, Auth, Chunk, ConfigProvider, Context, DataCollector, Lifecycle, Plugin, PostAuth, PreAuth, Request,
@@ -157,6 +157,13 @@ capabilities! {
 
     /// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
     /// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
+    /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work
+    /// without. A host that lacks one of them refuses the plugin at load, naming it, instead of
+    /// skipping the table (an auth plugin whose auth table is skipped would let every request in).
+    RequirementsV1 = (cap::REQUIREMENTS, 1) Requirements: Exported [
+        required: RSlice<'static, TableId> = RSlice::from_slice(P::REQUIRED),
+    ] {}
+
     BuildV1 = (cap::BUILD, 1) Build: Plugin [
         /// One of [`panic_strategy`].
         panic: u8 = super::glue::PANIC_STRATEGY,

@@ -14,6 +14,8 @@ use crate::sdk::{self, Config, Host, Plugin};
 /// Implemented by `#[derive(Plugin)]`: the plugin's static metadata.
 pub trait Exported: Plugin {
     const METADATA: &'static PluginMetadata;
+    /// The capabilities listed in `required(...)`.
+    const REQUIRED: &'static [TableId] = &[];
 }
 
 /// Runs `f`, turning a panic into a [`code::PANIC`] error.

@@ -23,7 +23,59 @@ pub struct Capabilities {
     unknown: Vec<(u32, u32)>,
 }
 
+/// A capability the plugin requires and this host does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingCapability {
+    pub name: String,
+    pub id: u32,
+    /// The version the plugin requires.
+    pub version: u32,
+    /// The version of the same capability this host knows, if any.
+    pub host_version: Option<u32>,
+}
+
+impl std::fmt::Display for MissingCapability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = if self.name.is_empty() { format!("id {}", self.id) } else { format!("`{}`", self.name) };
+        match self.host_version {
+            Some(have) => write!(
+                f,
+                "it requires capability {name} version {}, and this gateway knows version {have} of it only",
+                self.version
+            ),
+            None => write!(
+                f,
+                "it requires capability {name} version {} (id {}), which this gateway does not know",
+                self.version, self.id
+            ),
+        }
+    }
+}
+
 impl Capabilities {
+    /// Names of the capabilities the plugin marked required.
+    pub fn required(&self) -> Vec<String> {
+        self.table::<RequirementsV1>()
+            .map(|r| r.required.iter().map(|t| t.name.as_str().to_owned()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Capabilities the plugin marked required that this host lacks.
+    pub fn missing(&self) -> Vec<MissingCapability> {
+        let Some(requirements) = self.table::<RequirementsV1>() else { return Vec::new() };
+        requirements
+            .required
+            .iter()
+            .filter(|r| !self.known.iter().any(|e| e.id == r.id && e.version == r.version))
+            .map(|r| MissingCapability {
+                name: r.name.as_str().to_owned(),
+                id: r.id,
+                version: r.version,
+                host_version: super::capabilities::known_name(r.id).map(|(_, v)| v),
+            })
+            .collect()
+    }
+
     pub(crate) fn check(entries: &[TableEntry]) -> Result<Capabilities, LayoutError> {
         let mut caps = Capabilities { known: Vec::new(), names: Vec::new(), unknown: Vec::new() };
         for entry in entries {

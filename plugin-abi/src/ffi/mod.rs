@@ -44,6 +44,8 @@ pub mod cap {
     pub const LIFECYCLE: u32 = 10;
     /// Added in ABI 1.3. Not listed by plugin authors: `#[derive(Plugin)]` always exports it.
     pub const BUILD: u32 = 11;
+    /// Added in ABI 1.4. Exported by `#[derive(Plugin)]` when the plugin lists `required(...)`.
+    pub const REQUIREMENTS: u32 = 12;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.
@@ -115,6 +117,22 @@ pub struct TableEntry {
 unsafe impl Send for TableEntry {}
 // SAFETY: as above.
 unsafe impl Sync for TableEntry {}
+
+/// A capability table by id and version, with its name, so that a host that does not know it
+/// can still say which one it is.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TableId {
+    pub id: u32,
+    pub version: u32,
+    pub name: RStr<'static>,
+}
+
+impl TableId {
+    pub const fn of<T: Table>() -> Self {
+        TableId { id: T::ID, version: T::VERSION, name: RStr::from_str(T::NAME) }
+    }
+}
 
 /// Static facts about a plugin, readable without initialising it.
 #[repr(C)]
@@ -655,7 +673,7 @@ mod mock;
 pub use capabilities::*;
 pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
-pub use handle::{Cap, Capabilities, Capability, Stream, StreamStarted};
+pub use handle::{Cap, Capabilities, Capability, MissingCapability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
 pub use host::{HostServices, ServiceResult, Subscriber};
 pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};

@@ -8,7 +8,8 @@ use std::collections::HashMap;
 use plugin_abi::{Auth, AuthDecision, Config, ConfigProvider, Host, Plugin, PluginError, Record, Request};
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "api-key-auth", capabilities(Auth, ConfigProvider))]
+// Without `Auth` this plugin would let every request through: a gateway that lacks it must refuse it.
+#[plugin(name = "api-key-auth", capabilities(ConfigProvider), required(Auth))]
 pub struct ApiKeyAuth {
     keys: HashMap<String, Key>,
     host_keys: bool,

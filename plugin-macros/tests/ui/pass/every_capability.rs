@@ -7,7 +7,8 @@ use plugin_abi::*;
     author = "me",
     description = "implements every capability",
     repository = "https://example.invalid/everything",
-    capabilities(PreAuth, Auth, PostAuth, RequestInterceptor, Response, StreamChunk, StreamComplete, DataCollector, ConfigProvider)
+    capabilities(PreAuth, Auth, PostAuth, RequestInterceptor, Response, StreamChunk, StreamComplete, DataCollector, ConfigProvider),
+    required(Auth, PostAuth)
 )]
 struct Everything;
 
