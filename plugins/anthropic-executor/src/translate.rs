@@ -1,0 +1,784 @@
+//! Translation between the OpenAI Chat Completions API and the Anthropic Messages API.
+//!
+//! Everything here is pure: bytes in, bytes out, no I/O. Input comes from clients and from an
+//! upstream, so nothing panics on it; every rejection is a [`TranslateError`] that says what was
+//! expected, where, and what was found.
+//!
+//! Deliberate choices beyond a field-by-field copy (each keeps a valid OpenAI request from
+//! becoming an Anthropic 400, or refuses it clearly where no faithful translation exists):
+//! - `temperature` is clamped to Anthropic's range 0..=1 (OpenAI allows up to 2).
+//! - `n` other than 1 is refused: Anthropic returns exactly one choice.
+//! - Empty text is dropped (Anthropic rejects empty text blocks); a message left with no content
+//!   is dropped before consecutive same-role messages are merged.
+//! - In a merged user turn, `tool_result` blocks are moved before other blocks, as Anthropic
+//!   requires; their relative order is kept.
+//! - `tool_choice` and `parallel_tool_calls` are only sent when there are tools;
+//!   `parallel_tool_calls: false` becomes `disable_parallel_tool_use: true`.
+//! - Assistant tool-call `arguments` that are empty stand for `{}`; otherwise they must be a
+//!   JSON object, which Anthropic requires of `input`.
+
+use serde_json::{Map, Value, json};
+use std::fmt;
+
+/// What went wrong translating, for an OpenAI-shaped 400.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TranslateError(pub String);
+
+impl fmt::Display for TranslateError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for TranslateError {}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers for reading untrusted JSON with useful messages.
+
+type Obj = Map<String, Value>;
+
+fn fail<T>(message: String) -> Result<T, TranslateError> {
+    Err(TranslateError(message))
+}
+
+/// Describes a value for the "found ..." half of a message.
+fn found(v: Option<&Value>) -> String {
+    match v {
+        None => "nothing".into(),
+        Some(Value::Null) => "null".into(),
+        Some(Value::Bool(b)) => format!("the boolean {b}"),
+        Some(Value::Number(n)) => format!("the number {n}"),
+        Some(Value::String(s)) => format!("the string {:?}", truncate_chars(s, 40)),
+        Some(Value::Array(a)) => format!("an array of {} item{}", a.len(), if a.len() == 1 { "" } else { "s" }),
+        Some(Value::Object(_)) => "an object".into(),
+    }
+}
+
+fn truncate_chars(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+fn expected<T>(what: &str, path: &str, v: Option<&Value>) -> Result<T, TranslateError> {
+    fail(format!("expected `{path}` to be {what}, found {}", found(v)))
+}
+
+fn join(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_string() } else { format!("{path}.{key}") }
+}
+
+/// A field that is absent or null counts as not given, as OpenAI treats it.
+fn opt<'a>(m: &'a Obj, key: &str) -> Option<&'a Value> {
+    m.get(key).filter(|v| !v.is_null())
+}
+
+fn parse_object(bytes: &[u8], what: &str) -> Result<Obj, TranslateError> {
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(other) => fail(format!("expected {what} to be a JSON object, found {}", found(Some(&other)))),
+        Err(e) => fail(format!("expected {what} to be JSON, found invalid JSON ({e})")),
+    }
+}
+
+fn as_obj<'a>(v: Option<&'a Value>, path: &str) -> Result<&'a Obj, TranslateError> {
+    match v {
+        Some(Value::Object(m)) => Ok(m),
+        other => expected("an object", path, other),
+    }
+}
+
+fn req_str<'a>(m: &'a Obj, key: &str, path: &str) -> Result<&'a str, TranslateError> {
+    match m.get(key) {
+        Some(Value::String(s)) => Ok(s),
+        other => expected("a string", &join(path, key), other),
+    }
+}
+
+fn opt_str<'a>(m: &'a Obj, key: &str, path: &str) -> Result<Option<&'a str>, TranslateError> {
+    match opt(m, key) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        other => expected("a string", &join(path, key), other),
+    }
+}
+
+fn opt_u64(m: &Obj, key: &str, path: &str) -> Result<Option<u64>, TranslateError> {
+    match opt(m, key) {
+        None => Ok(None),
+        Some(v) => match v.as_u64() {
+            Some(n) => Ok(Some(n)),
+            None => expected("a non-negative integer", &join(path, key), Some(v)),
+        },
+    }
+}
+
+fn opt_number<'a>(m: &'a Obj, key: &str) -> Result<Option<(&'a Value, f64)>, TranslateError> {
+    match opt(m, key) {
+        None => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(f) => Ok(Some((v, f))),
+            None => expected("a number", key, Some(v)),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+/// OpenAI chat request JSON -> Anthropic Messages request JSON body (bytes), for `upstream_model`.
+/// `default_max_tokens` applies when the request has neither `max_tokens` nor `max_completion_tokens`.
+pub fn request_to_anthropic(
+    openai_body: &[u8],
+    upstream_model: &str,
+    default_max_tokens: u64,
+    stream: bool,
+) -> Result<Vec<u8>, TranslateError> {
+    let req = parse_object(openai_body, "the request body")?;
+    let mut out = Obj::new();
+    out.insert("model".into(), upstream_model.into());
+
+    let messages = match opt(&req, "messages") {
+        Some(Value::Array(a)) if !a.is_empty() => a,
+        other => return expected("a non-empty array of messages", "messages", other),
+    };
+    let (system, messages) = convert_messages(messages)?;
+    if !system.is_empty() {
+        out.insert("system".into(), system.join("\n\n").into());
+    }
+    out.insert("messages".into(), messages.into());
+
+    // `max_completion_tokens` replaced the deprecated `max_tokens`; it wins when both are sent.
+    let max_tokens = match opt_u64(&req, "max_completion_tokens", "")? {
+        Some(n) => n,
+        None => opt_u64(&req, "max_tokens", "")?.unwrap_or(default_max_tokens),
+    };
+    if max_tokens == 0 {
+        return fail("expected `max_completion_tokens` (or `max_tokens`) to be at least 1, found 0".into());
+    }
+    out.insert("max_tokens".into(), max_tokens.into());
+
+    if let Some(n) = opt(&req, "n").filter(|n| n.as_u64() != Some(1)) {
+        return expected("1 (the upstream returns exactly one choice)", "n", Some(n));
+    }
+    if let Some((v, t)) = opt_number(&req, "temperature")? {
+        // OpenAI accepts 0..=2, Anthropic 0..=1.
+        let t = if (0.0..=1.0).contains(&t) { v.clone() } else { t.clamp(0.0, 1.0).into() };
+        out.insert("temperature".into(), t);
+    }
+    if let Some((v, _)) = opt_number(&req, "top_p")? {
+        out.insert("top_p".into(), v.clone());
+    }
+    if let Some(stop) = opt(&req, "stop") {
+        let sequences: Vec<Value> = match stop {
+            Value::String(s) => vec![s.as_str().into()],
+            Value::Array(a) => {
+                for (i, s) in a.iter().enumerate() {
+                    if !s.is_string() {
+                        return expected("a string", &format!("stop[{i}]"), Some(s));
+                    }
+                }
+                a.clone()
+            }
+            other => return expected("a string or an array of strings", "stop", Some(other)),
+        };
+        if !sequences.is_empty() {
+            out.insert("stop_sequences".into(), sequences.into());
+        }
+    }
+    convert_tools(&req, &mut out)?;
+    if let Some(user) = opt_str(&req, "user", "")? {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    out.insert("stream".into(), stream.into());
+    Ok(Value::Object(out).to_string().into_bytes())
+}
+
+const ROLES: &str = "\"system\", \"developer\", \"user\", \"assistant\" or \"tool\"";
+
+/// Returns the system texts and the Anthropic messages, merged so that roles alternate.
+fn convert_messages(messages: &[Value]) -> Result<(Vec<String>, Vec<Value>), TranslateError> {
+    let mut system = Vec::new();
+    let mut turns: Vec<(&'static str, Vec<Value>)> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let path = format!("messages[{i}]");
+        let m = as_obj(Some(message), &path)?;
+        let role = match m.get("role") {
+            Some(Value::String(r)) => r.as_str(),
+            other => return expected(ROLES, &join(&path, "role"), other),
+        };
+        let (role, blocks) = match role {
+            "system" | "developer" => {
+                system.extend(text_parts(m.get("content"), &join(&path, "content"))?);
+                continue;
+            }
+            "user" => ("user", user_content(m.get("content"), &join(&path, "content"))?),
+            "assistant" => ("assistant", assistant_content(m, &path)?),
+            "tool" => ("user", vec![tool_result(m, &path)?]),
+            _ => return expected(ROLES, &join(&path, "role"), m.get("role")),
+        };
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, content)) if *last == role => content.extend(blocks),
+            _ => turns.push((role, blocks)),
+        }
+    }
+    if turns.is_empty() {
+        return fail("expected `messages` to contain a user or assistant message with content, found none".into());
+    }
+    let messages = turns
+        .into_iter()
+        .map(|(role, mut content)| {
+            if role == "user" {
+                // Anthropic wants a user turn's tool results before anything else in it.
+                let (mut results, rest): (Vec<Value>, Vec<Value>) =
+                    content.into_iter().partition(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"));
+                results.extend(rest);
+                content = results;
+            }
+            json!({ "role": role, "content": content })
+        })
+        .collect();
+    Ok((system, messages))
+}
+
+fn text_block(text: &str) -> Value {
+    json!({ "type": "text", "text": text })
+}
+
+/// Content that may only be text: a string or an array of `text` parts. Empty texts are dropped.
+fn text_parts(content: Option<&Value>, path: &str) -> Result<Vec<String>, TranslateError> {
+    match content {
+        Some(Value::String(s)) => Ok(if s.is_empty() { vec![] } else { vec![s.clone()] }),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (i, part) in parts.iter().enumerate() {
+                let part_path = format!("{path}[{i}]");
+                let p = as_obj(Some(part), &part_path)?;
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        let text = req_str(p, "text", &part_path)?;
+                        if !text.is_empty() {
+                            texts.push(text.to_string());
+                        }
+                    }
+                    _ => return expected("\"text\"", &join(&part_path, "type"), p.get("type")),
+                }
+            }
+            Ok(texts)
+        }
+        other => expected("a string or an array of text parts", path, other),
+    }
+}
+
+fn user_content(content: Option<&Value>, path: &str) -> Result<Vec<Value>, TranslateError> {
+    let Some(Value::Array(parts)) = content else {
+        return Ok(text_parts(content, path)?.iter().map(|t| text_block(t)).collect());
+    };
+    let mut blocks = Vec::new();
+    for (i, part) in parts.iter().enumerate() {
+        let part_path = format!("{path}[{i}]");
+        let p = as_obj(Some(part), &part_path)?;
+        match p.get("type").and_then(Value::as_str) {
+            Some("text") => {
+                let text = req_str(p, "text", &part_path)?;
+                if !text.is_empty() {
+                    blocks.push(text_block(text));
+                }
+            }
+            Some("image_url") => blocks.push(image_block(p, &part_path)?),
+            _ => return expected("\"text\" or \"image_url\"", &join(&part_path, "type"), p.get("type")),
+        }
+    }
+    Ok(blocks)
+}
+
+fn image_block(part: &Obj, path: &str) -> Result<Value, TranslateError> {
+    // `image_url` is `{url, detail?}`; a bare string is an old form some clients still send.
+    let url_path = join(path, "image_url");
+    let url = match part.get("image_url") {
+        Some(Value::String(url)) => url.as_str(),
+        Some(Value::Object(o)) => req_str(o, "url", &url_path)?,
+        other => return expected("an object with a `url`", &url_path, other),
+    };
+    let Some(rest) = url.strip_prefix("data:") else {
+        return Ok(json!({ "type": "image", "source": { "type": "url", "url": url } }));
+    };
+    // data:[<media type>][;<parameter>]*;base64,<data>
+    let data_url = || {
+        fail(format!(
+            "expected `{url_path}.url` to be an http(s) URL or a data URL like \"data:image/png;base64,...\", found {}",
+            found(Some(&Value::String(url.into())))
+        ))
+    };
+    let Some((header, data)) = rest.split_once(',') else { return data_url() };
+    let Some(header) = header.strip_suffix(";base64") else { return data_url() };
+    let media_type = header.split(';').next().unwrap_or_default();
+    if media_type.is_empty() {
+        return data_url();
+    }
+    Ok(json!({ "type": "image", "source": { "type": "base64", "media_type": media_type, "data": data } }))
+}
+
+fn assistant_content(m: &Obj, path: &str) -> Result<Vec<Value>, TranslateError> {
+    let content_path = join(path, "content");
+    let mut blocks = Vec::new();
+    match opt(m, "content") {
+        None => {}
+        Some(Value::String(s)) => {
+            if !s.is_empty() {
+                blocks.push(text_block(s));
+            }
+        }
+        Some(Value::Array(parts)) => {
+            for (i, part) in parts.iter().enumerate() {
+                let part_path = format!("{content_path}[{i}]");
+                let p = as_obj(Some(part), &part_path)?;
+                let text = match p.get("type").and_then(Value::as_str) {
+                    Some("text") => req_str(p, "text", &part_path)?,
+                    Some("refusal") => req_str(p, "refusal", &part_path)?,
+                    _ => return expected("\"text\" or \"refusal\"", &join(&part_path, "type"), p.get("type")),
+                };
+                if !text.is_empty() {
+                    blocks.push(text_block(text));
+                }
+            }
+        }
+        other => return expected("a string, an array of content parts or null", &content_path, other),
+    }
+    let calls_path = join(path, "tool_calls");
+    let calls = match opt(m, "tool_calls") {
+        None => return Ok(blocks),
+        Some(Value::Array(calls)) => calls,
+        other => return expected("an array of tool calls", &calls_path, other),
+    };
+    for (i, call) in calls.iter().enumerate() {
+        let call_path = format!("{calls_path}[{i}]");
+        let c = as_obj(Some(call), &call_path)?;
+        if let Some(kind) = opt(c, "type").filter(|k| k.as_str() != Some("function")) {
+            return expected("\"function\"", &join(&call_path, "type"), Some(kind));
+        }
+        let id = req_str(c, "id", &call_path)?;
+        let function_path = join(&call_path, "function");
+        let f = as_obj(c.get("function"), &function_path)?;
+        let name = req_str(f, "name", &function_path)?;
+        let arguments = req_str(f, "arguments", &function_path)?;
+        let arguments_path = join(&function_path, "arguments");
+        let input = if arguments.trim().is_empty() {
+            Value::Object(Obj::new())
+        } else {
+            match serde_json::from_str::<Value>(arguments) {
+                Ok(v @ Value::Object(_)) => v,
+                Ok(other) => {
+                    return fail(format!(
+                        "expected `{arguments_path}` to hold a JSON object, found {}",
+                        found(Some(&other))
+                    ));
+                }
+                Err(e) => {
+                    return fail(format!(
+                        "expected `{arguments_path}` to hold a JSON object, found invalid JSON ({e})"
+                    ));
+                }
+            }
+        };
+        blocks.push(json!({ "type": "tool_use", "id": id, "name": name, "input": input }));
+    }
+    Ok(blocks)
+}
+
+fn tool_result(m: &Obj, path: &str) -> Result<Value, TranslateError> {
+    let id = req_str(m, "tool_call_id", path)?;
+    let content_path = join(path, "content");
+    let content: Value = match m.get("content") {
+        Some(Value::String(s)) => s.as_str().into(),
+        Some(Value::Array(_)) => text_parts(m.get("content"), &content_path)?.iter().map(|t| text_block(t)).collect(),
+        other => return expected("a string or an array of text parts", &content_path, other),
+    };
+    Ok(json!({ "type": "tool_result", "tool_use_id": id, "content": content }))
+}
+
+fn convert_tools(req: &Obj, out: &mut Obj) -> Result<(), TranslateError> {
+    let tools = match opt(req, "tools") {
+        None => return Ok(()),
+        Some(Value::Array(tools)) => tools,
+        other => return expected("an array of tools", "tools", other),
+    };
+    let mut converted = Vec::new();
+    for (i, tool) in tools.iter().enumerate() {
+        let path = format!("tools[{i}]");
+        let t = as_obj(Some(tool), &path)?;
+        if t.get("type").and_then(Value::as_str) != Some("function") {
+            return expected("\"function\"", &join(&path, "type"), t.get("type"));
+        }
+        let function_path = join(&path, "function");
+        let f = as_obj(t.get("function"), &function_path)?;
+        let mut tool = Obj::new();
+        tool.insert("name".into(), req_str(f, "name", &function_path)?.into());
+        if let Some(description) = opt_str(f, "description", &function_path)? {
+            tool.insert("description".into(), description.into());
+        }
+        // Anthropic requires a schema; a function without parameters takes none.
+        let schema = match opt(f, "parameters") {
+            None => json!({ "type": "object", "properties": {} }),
+            Some(v @ Value::Object(_)) => v.clone(),
+            other => return expected("a JSON Schema object", &join(&function_path, "parameters"), other),
+        };
+        tool.insert("input_schema".into(), schema);
+        converted.push(Value::Object(tool));
+    }
+    if converted.is_empty() {
+        return Ok(());
+    }
+    out.insert("tools".into(), converted.into());
+
+    let mut choice = match opt(req, "tool_choice") {
+        None => None,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => Some(json!({ "type": "auto" })),
+            "required" => Some(json!({ "type": "any" })),
+            "none" => Some(json!({ "type": "none" })),
+            _ => {
+                return expected(
+                    "\"auto\", \"required\", \"none\" or a function",
+                    "tool_choice",
+                    opt(req, "tool_choice"),
+                );
+            }
+        },
+        Some(Value::Object(c)) => {
+            if c.get("type").and_then(Value::as_str) != Some("function") {
+                return expected("\"function\"", "tool_choice.type", c.get("type"));
+            }
+            let f = as_obj(c.get("function"), "tool_choice.function")?;
+            Some(json!({ "type": "tool", "name": req_str(f, "name", "tool_choice.function")? }))
+        }
+        other => return expected("\"auto\", \"required\", \"none\" or a function", "tool_choice", other),
+    };
+    match opt(req, "parallel_tool_calls") {
+        None | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => match choice.get_or_insert_with(|| json!({ "type": "auto" })) {
+            Value::Object(c) if c.get("type").and_then(Value::as_str) != Some("none") => {
+                c.insert("disable_parallel_tool_use".into(), true.into());
+            }
+            _ => {}
+        },
+        other => return expected("a boolean", "parallel_tool_calls", other),
+    }
+    if let Some(choice) = choice {
+        out.insert("tool_choice".into(), choice);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn to_anthropic(req: Value) -> Value {
+        let bytes = request_to_anthropic(req.to_string().as_bytes(), "claude-up", 1024, false).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    fn to_anthropic_err(req: Value) -> String {
+        request_to_anthropic(req.to_string().as_bytes(), "claude-up", 1024, false).unwrap_err().0
+    }
+
+    fn user(text: &str) -> Value {
+        json!({ "role": "user", "content": text })
+    }
+
+    // --- requests ---------------------------------------------------------------------------
+
+    #[test]
+    fn request_basics_and_system_messages() {
+        let out = to_anthropic(json!({
+            "model": "gpt-4o",
+            "messages": [
+                { "role": "system", "content": "Be brief." },
+                { "role": "developer", "content": [{ "type": "text", "text": "Be kind." }] },
+                user("Hi"),
+            ],
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "model": "claude-up",
+                "system": "Be brief.\n\nBe kind.",
+                "messages": [{ "role": "user", "content": [{ "type": "text", "text": "Hi" }] }],
+                "max_tokens": 1024,
+                "stream": false,
+            })
+        );
+        let streamed = request_to_anthropic(json!({ "messages": [user("Hi")] }).to_string().as_bytes(), "m", 5, true);
+        let streamed: Value = serde_json::from_slice(&streamed.unwrap()).unwrap();
+        assert_eq!(streamed["stream"], json!(true));
+        assert_eq!(streamed["max_tokens"], json!(5));
+        assert!(streamed.get("system").is_none());
+    }
+
+    #[test]
+    fn request_max_tokens() {
+        let m = json!([user("Hi")]);
+        assert_eq!(to_anthropic(json!({ "messages": m, "max_tokens": 7 }))["max_tokens"], json!(7));
+        assert_eq!(to_anthropic(json!({ "messages": m, "max_completion_tokens": 9 }))["max_tokens"], json!(9));
+        let both = json!({ "messages": m, "max_tokens": 7, "max_completion_tokens": 9 });
+        assert_eq!(to_anthropic(both)["max_tokens"], json!(9));
+        assert_eq!(to_anthropic(json!({ "messages": m, "max_tokens": null }))["max_tokens"], json!(1024));
+        let e = to_anthropic_err(json!({ "messages": m, "max_tokens": "7" }));
+        assert_eq!(e, "expected `max_tokens` to be a non-negative integer, found the string \"7\"");
+        assert!(to_anthropic_err(json!({ "messages": m, "max_tokens": 0 })).contains("at least 1"));
+    }
+
+    #[test]
+    fn request_content_parts_and_images() {
+        let out = to_anthropic(json!({ "messages": [{ "role": "user", "content": [
+            { "type": "text", "text": "What is this?" },
+            { "type": "image_url", "image_url": { "url": "data:image/png;base64,iVBORw0KGgo=", "detail": "high" } },
+            { "type": "image_url", "image_url": { "url": "https://example.com/cat.jpg" } },
+            { "type": "text", "text": "" },
+        ]}]}));
+        assert_eq!(
+            out["messages"][0]["content"],
+            json!([
+                { "type": "text", "text": "What is this?" },
+                { "type": "image", "source": { "type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo=" } },
+                { "type": "image", "source": { "type": "url", "url": "https://example.com/cat.jpg" } },
+            ])
+        );
+        let not_base64 = json!({ "messages": [{ "role": "user", "content": [
+            { "type": "image_url", "image_url": { "url": "data:image/png,rawbytes" } },
+        ]}]});
+        let e = to_anthropic_err(not_base64);
+        assert!(e.starts_with("expected `messages[0].content[0].image_url.url` to be"), "{e}");
+        assert!(e.contains("found the string \"data:image/png,rawbytes\""), "{e}");
+        let audio = json!({ "messages": [{ "role": "user", "content": [{ "type": "input_audio" }] }] });
+        assert_eq!(
+            to_anthropic_err(audio),
+            "expected `messages[0].content[0].type` to be \"text\" or \"image_url\", found the string \"input_audio\""
+        );
+    }
+
+    #[test]
+    fn request_tool_calls_and_results() {
+        let out = to_anthropic(json!({ "messages": [
+            user("Weather in Paris and Rome?"),
+            { "role": "assistant", "content": null, "tool_calls": [
+                { "id": "call_1", "type": "function", "function": { "name": "weather", "arguments": "{\"city\":\"Paris\"}" } },
+                { "id": "call_2", "type": "function", "function": { "name": "weather", "arguments": "" } },
+            ]},
+            { "role": "tool", "tool_call_id": "call_1", "content": "sunny" },
+            { "role": "tool", "tool_call_id": "call_2", "content": [{ "type": "text", "text": "rainy" }] },
+            user("Thanks"),
+        ]}));
+        assert_eq!(
+            out["messages"],
+            json!([
+                { "role": "user", "content": [{ "type": "text", "text": "Weather in Paris and Rome?" }] },
+                { "role": "assistant", "content": [
+                    { "type": "tool_use", "id": "call_1", "name": "weather", "input": { "city": "Paris" } },
+                    { "type": "tool_use", "id": "call_2", "name": "weather", "input": {} },
+                ]},
+                { "role": "user", "content": [
+                    { "type": "tool_result", "tool_use_id": "call_1", "content": "sunny" },
+                    { "type": "tool_result", "tool_use_id": "call_2", "content": [{ "type": "text", "text": "rainy" }] },
+                    { "type": "text", "text": "Thanks" },
+                ]},
+            ])
+        );
+    }
+
+    #[test]
+    fn request_tool_results_come_first_in_a_merged_user_turn() {
+        let out = to_anthropic(json!({ "messages": [
+            { "role": "assistant", "content": "ok", "tool_calls": [
+                { "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } },
+            ]},
+            user("first"),
+            { "role": "tool", "tool_call_id": "c", "content": "result" },
+        ]}));
+        assert_eq!(
+            out["messages"][1]["content"],
+            json!([
+                { "type": "tool_result", "tool_use_id": "c", "content": "result" },
+                { "type": "text", "text": "first" },
+            ])
+        );
+        assert_eq!(out["messages"][0]["content"][0], json!({ "type": "text", "text": "ok" }));
+    }
+
+    #[test]
+    fn request_invalid_tool_arguments_are_errors() {
+        let call = |arguments: &str| {
+            json!({ "messages": [{ "role": "assistant", "tool_calls": [
+                { "id": "c", "type": "function", "function": { "name": "f", "arguments": arguments } },
+            ]}]})
+        };
+        let e = to_anthropic_err(call("{\"city\": "));
+        assert!(e.starts_with(
+            "expected `messages[0].tool_calls[0].function.arguments` to hold a JSON object, found invalid JSON"
+        ));
+        let e = to_anthropic_err(call("[1]"));
+        assert_eq!(
+            e,
+            "expected `messages[0].tool_calls[0].function.arguments` to hold a JSON object, found an array of 1 item"
+        );
+        let missing_id = json!({ "messages": [{ "role": "tool", "content": "x" }] });
+        assert_eq!(to_anthropic_err(missing_id), "expected `messages[0].tool_call_id` to be a string, found nothing");
+    }
+
+    #[test]
+    fn request_merges_consecutive_same_role_messages() {
+        let out = to_anthropic(json!({ "messages": [
+            user("a"),
+            { "role": "system", "content": "sys" },
+            user("b"),
+            { "role": "assistant", "content": "c" },
+            { "role": "assistant", "content": [{ "type": "text", "text": "d" }, { "type": "refusal", "refusal": "e" }] },
+            user(""),
+            user("f"),
+        ]}));
+        assert_eq!(out["system"], json!("sys"));
+        assert_eq!(
+            out["messages"],
+            json!([
+                { "role": "user", "content": [{ "type": "text", "text": "a" }, { "type": "text", "text": "b" }] },
+                { "role": "assistant", "content": [
+                    { "type": "text", "text": "c" }, { "type": "text", "text": "d" }, { "type": "text", "text": "e" },
+                ]},
+                { "role": "user", "content": [{ "type": "text", "text": "f" }] },
+            ])
+        );
+    }
+
+    #[test]
+    fn request_sampling_and_stop() {
+        let m = json!([user("Hi")]);
+        let out = to_anthropic(json!({ "messages": m, "temperature": 0.5, "top_p": 0.9, "stop": "END" }));
+        assert_eq!((&out["temperature"], &out["top_p"]), (&json!(0.5), &json!(0.9)));
+        assert_eq!(out["stop_sequences"], json!(["END"]));
+        let out = to_anthropic(json!({ "messages": m, "temperature": 1.7, "stop": ["a", "b"] }));
+        assert_eq!(out["temperature"], json!(1.0));
+        assert_eq!(out["stop_sequences"], json!(["a", "b"]));
+        let out = to_anthropic(json!({ "messages": m, "stop": [], "temperature": null }));
+        assert!(out.get("stop_sequences").is_none() && out.get("temperature").is_none());
+        assert_eq!(
+            to_anthropic_err(json!({ "messages": m, "stop": ["a", 1] })),
+            "expected `stop[1]` to be a string, found the number 1"
+        );
+        assert_eq!(
+            to_anthropic_err(json!({ "messages": m, "temperature": "hot" })),
+            "expected `temperature` to be a number, found the string \"hot\""
+        );
+        assert!(to_anthropic_err(json!({ "messages": m, "n": 2 })).starts_with("expected `n` to be 1"));
+        assert!(to_anthropic(json!({ "messages": m, "n": 1 })).get("n").is_none());
+    }
+
+    #[test]
+    fn request_tools_and_tool_choice() {
+        let tools = json!([
+            { "type": "function", "function": {
+                "name": "weather", "description": "Current weather",
+                "parameters": { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] },
+                "strict": true,
+            }},
+            { "type": "function", "function": { "name": "now" } },
+        ]);
+        let with =
+            |choice: Value| to_anthropic(json!({ "messages": [user("Hi")], "tools": tools, "tool_choice": choice }));
+        let out = with(Value::Null);
+        assert_eq!(
+            out["tools"],
+            json!([
+                { "name": "weather", "description": "Current weather", "input_schema":
+                    { "type": "object", "properties": { "city": { "type": "string" } }, "required": ["city"] } },
+                { "name": "now", "input_schema": { "type": "object", "properties": {} } },
+            ])
+        );
+        assert!(out.get("tool_choice").is_none());
+        assert_eq!(with(json!("auto"))["tool_choice"], json!({ "type": "auto" }));
+        assert_eq!(with(json!("required"))["tool_choice"], json!({ "type": "any" }));
+        assert_eq!(with(json!("none"))["tool_choice"], json!({ "type": "none" }));
+        let named = json!({ "type": "function", "function": { "name": "now" } });
+        assert_eq!(with(named.clone())["tool_choice"], json!({ "type": "tool", "name": "now" }));
+
+        let serial = |choice: Value| {
+            to_anthropic(
+                json!({ "messages": [user("Hi")], "tools": tools, "tool_choice": choice, "parallel_tool_calls": false }),
+            )
+        };
+        assert_eq!(serial(Value::Null)["tool_choice"], json!({ "type": "auto", "disable_parallel_tool_use": true }));
+        assert_eq!(
+            serial(named)["tool_choice"],
+            json!({ "type": "tool", "name": "now", "disable_parallel_tool_use": true })
+        );
+        assert_eq!(serial(json!("none"))["tool_choice"], json!({ "type": "none" }));
+
+        let no_tools = to_anthropic(json!({ "messages": [user("Hi")], "tool_choice": "required" }));
+        assert!(no_tools.get("tool_choice").is_none() && no_tools.get("tools").is_none());
+        let e = to_anthropic_err(json!({ "messages": [user("Hi")], "tools": tools, "tool_choice": "sometimes" }));
+        assert_eq!(
+            e,
+            "expected `tool_choice` to be \"auto\", \"required\", \"none\" or a function, found the string \"sometimes\""
+        );
+        let e = to_anthropic_err(json!({ "messages": [user("Hi")], "tools": [{ "type": "custom", "custom": {} }] }));
+        assert_eq!(e, "expected `tools[0].type` to be \"function\", found the string \"custom\"");
+    }
+
+    #[test]
+    fn request_user_metadata_and_unknown_fields() {
+        let out = to_anthropic(json!({
+            "messages": [user("Hi")], "user": "u-42",
+            "frequency_penalty": 0.5, "logit_bias": { "1": 2 }, "stream_options": { "include_usage": true },
+            "response_format": { "type": "text" }, "seed": 3, "something_new": [1, 2],
+        }));
+        assert_eq!(out["metadata"], json!({ "user_id": "u-42" }));
+        let keys: Vec<&str> = out.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys = keys;
+        keys.sort();
+        assert_eq!(keys, ["max_tokens", "messages", "metadata", "model", "stream"]);
+    }
+
+    #[test]
+    fn request_errors_say_what_was_expected_and_found() {
+        let cases = [
+            (json!({}), "expected `messages` to be a non-empty array of messages, found nothing"),
+            (
+                json!({ "messages": [] }),
+                "expected `messages` to be a non-empty array of messages, found an array of 0 items",
+            ),
+            (
+                json!({ "messages": "hi" }),
+                "expected `messages` to be a non-empty array of messages, found the string \"hi\"",
+            ),
+            (json!({ "messages": [1] }), "expected `messages[0]` to be an object, found the number 1"),
+            (
+                json!({ "messages": [{ "content": "x" }] }),
+                "expected `messages[0].role` to be \"system\", \"developer\", \"user\", \"assistant\" or \"tool\", found nothing",
+            ),
+            (
+                json!({ "messages": [{ "role": "function", "content": "x" }] }),
+                "expected `messages[0].role` to be \"system\", \"developer\", \"user\", \"assistant\" or \"tool\", found the string \"function\"",
+            ),
+            (
+                json!({ "messages": [{ "role": "user" }] }),
+                "expected `messages[0].content` to be a string or an array of text parts, found nothing",
+            ),
+            (
+                json!({ "messages": [{ "role": "system", "content": "only system" }] }),
+                "expected `messages` to contain a user or assistant message with content, found none",
+            ),
+            (json!({ "messages": [user("x")], "user": 5 }), "expected `user` to be a string, found the number 5"),
+        ];
+        for (req, message) in cases {
+            assert_eq!(to_anthropic_err(req), message);
+        }
+        let e = request_to_anthropic(b"{not json", "m", 1, false).unwrap_err();
+        assert!(e.0.starts_with("expected the request body to be JSON, found invalid JSON"), "{e}");
+        let e = request_to_anthropic(b"[1,2]", "m", 1, false).unwrap_err();
+        assert_eq!(e.to_string(), "expected the request body to be a JSON object, found an array of 2 items");
+    }
+}
