@@ -32,6 +32,32 @@ impl fmt::Display for TranslateError {
 
 impl std::error::Error for TranslateError {}
 
+/// Token counts in OpenAI's terms.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+impl Usage {
+    fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Usage { prompt_tokens, completion_tokens, total_tokens: prompt_tokens.saturating_add(completion_tokens) }
+    }
+
+    fn to_json(self, cached_tokens: Option<u64>) -> Value {
+        let mut usage = json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        });
+        if let (Some(cached), Value::Object(m)) = (cached_tokens, &mut usage) {
+            m.insert("prompt_tokens_details".into(), json!({ "cached_tokens": cached }));
+        }
+        usage
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Small helpers for reading untrusted JSON with useful messages.
 
@@ -474,6 +500,154 @@ fn convert_tools(req: &Obj, out: &mut Obj) -> Result<(), TranslateError> {
     Ok(())
 }
 
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+fn finish_reason(stop_reason: Option<&str>) -> Value {
+    match stop_reason {
+        None => Value::Null,
+        Some("max_tokens" | "model_context_window_exceeded") => "length".into(),
+        Some("tool_use") => "tool_calls".into(),
+        Some("refusal") => "content_filter".into(),
+        // end_turn, stop_sequence, pause_turn and reasons added later.
+        Some(_) => "stop".into(),
+    }
+}
+
+/// The counts an Anthropic `usage` object gives, each absent when not given.
+#[derive(Default)]
+struct AnthropicUsage {
+    /// `input_tokens` plus cache writes and reads, which Anthropic counts apart from it.
+    prompt: Option<u64>,
+    output: Option<u64>,
+    cache_read: Option<u64>,
+}
+
+fn read_usage(usage: Option<&Value>, path: &str) -> Result<AnthropicUsage, TranslateError> {
+    let u = match usage {
+        None | Some(Value::Null) => return Ok(AnthropicUsage::default()),
+        Some(v) => as_obj(Some(v), path)?,
+    };
+    let input = opt_u64(u, "input_tokens", path)?;
+    let cache_creation = opt_u64(u, "cache_creation_input_tokens", path)?;
+    let cache_read = opt_u64(u, "cache_read_input_tokens", path)?;
+    let prompt = match (input, cache_creation, cache_read) {
+        (None, None, None) => None,
+        _ => {
+            Some(input.unwrap_or(0).saturating_add(cache_creation.unwrap_or(0)).saturating_add(cache_read.unwrap_or(0)))
+        }
+    };
+    Ok(AnthropicUsage { prompt, output: opt_u64(u, "output_tokens", path)?, cache_read })
+}
+
+/// The `message` of an Anthropic error body, if it has the documented shape.
+fn error_parts(body: &Obj) -> Option<(Option<&str>, &str)> {
+    let e = body.get("error")?.as_object()?;
+    Some((e.get("type").and_then(Value::as_str), e.get("message")?.as_str()?))
+}
+
+/// Anthropic non-streaming response JSON -> OpenAI `chat.completion` JSON bytes, with `model` =
+/// the model the client asked for; also returns usage.
+pub fn response_to_openai(
+    anthropic_body: &[u8],
+    model: &str,
+    created: u64,
+) -> Result<(Vec<u8>, Usage), TranslateError> {
+    let resp = parse_object(anthropic_body, "the upstream response")?;
+    if resp.get("type").and_then(Value::as_str) == Some("error") {
+        let message = error_parts(&resp).map_or("no message", |(_, m)| m);
+        return fail(format!("expected an upstream message, found an upstream error: {message}"));
+    }
+    let id = req_str(&resp, "id", "")?;
+    let blocks = match resp.get("content") {
+        Some(Value::Array(blocks)) => blocks,
+        other => return expected("an array of content blocks", "content", other),
+    };
+    let mut text = String::new();
+    let mut tool_calls = Vec::new();
+    for (i, block) in blocks.iter().enumerate() {
+        let path = format!("content[{i}]");
+        let b = as_obj(Some(block), &path)?;
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(req_str(b, "text", &path)?),
+            Some("tool_use") => {
+                let input = b.get("input").cloned().unwrap_or_else(|| Value::Object(Obj::new()));
+                tool_calls.push(json!({
+                    "id": req_str(b, "id", &path)?,
+                    "type": "function",
+                    "function": { "name": req_str(b, "name", &path)?, "arguments": input.to_string() },
+                }));
+            }
+            // thinking, redacted_thinking, server tool blocks: nothing in OpenAI's shape for them.
+            _ => {}
+        }
+    }
+    let stop_reason = opt_str(&resp, "stop_reason", "")?;
+    let counts = read_usage(resp.get("usage"), "usage")?;
+    let usage = Usage::new(counts.prompt.unwrap_or(0), counts.output.unwrap_or(0));
+
+    let content: Value = if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { text.into() };
+    let mut message = json!({ "role": "assistant", "content": content, "refusal": null });
+    if let (false, Value::Object(m)) = (tool_calls.is_empty(), &mut message) {
+        m.insert("tool_calls".into(), tool_calls.into());
+    }
+    let body = json!({
+        "id": format!("chatcmpl-{id}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [{ "index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(stop_reason) }],
+        "usage": usage.to_json(counts.cache_read),
+    });
+    Ok((body.to_string().into_bytes(), usage))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+const RAW_ERROR_LIMIT: usize = 500;
+
+fn error_type_for_status(status: u16) -> &'static str {
+    match status {
+        400 | 404 | 413 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        429 => "rate_limit_error",
+        _ => "api_error",
+    }
+}
+
+/// At most `RAW_ERROR_LIMIT` bytes of `body` as text, cut on a character boundary.
+fn raw_text(body: &[u8]) -> String {
+    let mut cut = &body[..body.len().min(RAW_ERROR_LIMIT)];
+    match std::str::from_utf8(cut) {
+        // Only an incomplete character at the end: drop it rather than show a replacement.
+        Err(e) if e.error_len().is_none() => cut = &cut[..e.valid_up_to()],
+        _ => {}
+    }
+    String::from_utf8_lossy(cut).trim().to_string()
+}
+
+/// Anthropic error response body (`{"type":"error","error":{"type","message"}}`) + HTTP status ->
+/// (OpenAI error type, message). Unknown shapes keep the raw text (truncated to 500 bytes).
+pub fn error_to_openai(status: u16, anthropic_body: &[u8]) -> (String, String) {
+    let body = serde_json::from_slice::<Value>(anthropic_body).ok();
+    if let Some((kind, message)) = body.as_ref().and_then(Value::as_object).and_then(error_parts) {
+        let kind = match kind {
+            Some("invalid_request_error" | "not_found_error" | "request_too_large") => "invalid_request_error",
+            Some("authentication_error") => "authentication_error",
+            Some("permission_error") => "permission_error",
+            Some("rate_limit_error") => "rate_limit_error",
+            Some("api_error" | "overloaded_error") => "api_error",
+            _ => error_type_for_status(status),
+        };
+        return (kind.to_string(), message.to_string());
+    }
+    let text = raw_text(anthropic_body);
+    let message = if text.is_empty() { format!("upstream returned HTTP {status} with an empty body") } else { text };
+    (error_type_for_status(status).to_string(), message)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,5 +954,136 @@ mod tests {
         assert!(e.0.starts_with("expected the request body to be JSON, found invalid JSON"), "{e}");
         let e = request_to_anthropic(b"[1,2]", "m", 1, false).unwrap_err();
         assert_eq!(e.to_string(), "expected the request body to be a JSON object, found an array of 2 items");
+    }
+
+    // --- responses --------------------------------------------------------------------------
+
+    fn to_openai(resp: Value) -> (Value, Usage) {
+        let (bytes, usage) = response_to_openai(resp.to_string().as_bytes(), "gpt-4o", 1_700_000_000).unwrap();
+        (serde_json::from_slice(&bytes).unwrap(), usage)
+    }
+
+    #[test]
+    fn response_text_tools_and_usage() {
+        let (out, usage) = to_openai(json!({
+            "id": "msg_01", "type": "message", "role": "assistant", "model": "claude-up",
+            "content": [
+                { "type": "thinking", "thinking": "hmm", "signature": "s" },
+                { "type": "text", "text": "Let me " },
+                { "type": "text", "text": "check." },
+                { "type": "tool_use", "id": "toolu_1", "name": "weather", "input": { "city": "Paris" } },
+            ],
+            "stop_reason": "tool_use", "stop_sequence": null,
+            "usage": { "input_tokens": 10, "cache_creation_input_tokens": 5, "cache_read_input_tokens": 20, "output_tokens": 7 },
+        }));
+        assert_eq!(
+            out,
+            json!({
+                "id": "chatcmpl-msg_01",
+                "object": "chat.completion",
+                "created": 1_700_000_000,
+                "model": "gpt-4o",
+                "choices": [{
+                    "index": 0,
+                    "message": {
+                        "role": "assistant", "content": "Let me check.", "refusal": null,
+                        "tool_calls": [{ "id": "toolu_1", "type": "function",
+                            "function": { "name": "weather", "arguments": "{\"city\":\"Paris\"}" } }],
+                    },
+                    "logprobs": null,
+                    "finish_reason": "tool_calls",
+                }],
+                "usage": { "prompt_tokens": 35, "completion_tokens": 7, "total_tokens": 42,
+                    "prompt_tokens_details": { "cached_tokens": 20 } },
+            })
+        );
+        assert_eq!(usage, Usage { prompt_tokens: 35, completion_tokens: 7, total_tokens: 42 });
+    }
+
+    #[test]
+    fn response_finish_reasons_and_tool_only_content() {
+        let resp = |stop: &str| {
+            json!({ "id": "m", "content": [{ "type": "text", "text": "x" }], "stop_reason": stop,
+                "usage": { "input_tokens": 1, "output_tokens": 2 } })
+        };
+        for (stop, finish) in
+            [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls")]
+        {
+            let (out, usage) = to_openai(resp(stop));
+            assert_eq!(out["choices"][0]["finish_reason"], json!(finish), "{stop}");
+            assert_eq!(usage, Usage { prompt_tokens: 1, completion_tokens: 2, total_tokens: 3 });
+            assert!(out["usage"].get("prompt_tokens_details").is_none());
+        }
+        let (out, _) = to_openai(json!({ "id": "m", "stop_reason": "tool_use", "usage": {}, "content": [
+            { "type": "tool_use", "id": "t", "name": "now", "input": {} },
+        ]}));
+        assert_eq!(out["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(out["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], json!("{}"));
+        let (out, _) = to_openai(json!({ "id": "m", "content": [], "stop_reason": "end_turn" }));
+        assert_eq!(out["choices"][0]["message"]["content"], json!(""));
+        assert!(out["choices"][0]["message"].get("tool_calls").is_none());
+    }
+
+    #[test]
+    fn response_errors() {
+        let err = |body: &[u8]| response_to_openai(body, "m", 0).unwrap_err().0;
+        assert_eq!(
+            err(br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#),
+            "expected an upstream message, found an upstream error: Overloaded"
+        );
+        assert_eq!(err(br#"{"content":[]}"#), "expected `id` to be a string, found nothing");
+        assert_eq!(
+            err(br#"{"id":"m","content":{}}"#),
+            "expected `content` to be an array of content blocks, found an object"
+        );
+        assert_eq!(
+            err(br#"{"id":"m","content":[],"usage":{"input_tokens":-1}}"#),
+            "expected `usage.input_tokens` to be a non-negative integer, found the number -1"
+        );
+        assert!(err(b"").starts_with("expected the upstream response to be JSON"));
+    }
+
+    // --- errors -----------------------------------------------------------------------------
+
+    #[test]
+    fn errors_map_types_and_keep_messages() {
+        let body = |kind: &str| format!(r#"{{"type":"error","error":{{"type":"{kind}","message":"msg {kind}"}}}}"#);
+        let cases = [
+            (400, "invalid_request_error", "invalid_request_error"),
+            (401, "authentication_error", "authentication_error"),
+            (403, "permission_error", "permission_error"),
+            (404, "not_found_error", "invalid_request_error"),
+            (413, "request_too_large", "invalid_request_error"),
+            (429, "rate_limit_error", "rate_limit_error"),
+            (500, "api_error", "api_error"),
+            (529, "overloaded_error", "api_error"),
+            (401, "brand_new_error", "authentication_error"),
+        ];
+        for (status, kind, openai) in cases {
+            assert_eq!(error_to_openai(status, body(kind).as_bytes()), (openai.to_string(), format!("msg {kind}")));
+        }
+    }
+
+    #[test]
+    fn errors_with_unknown_shapes_keep_raw_text() {
+        assert_eq!(
+            error_to_openai(502, b"<html>Bad Gateway</html>\n"),
+            ("api_error".into(), "<html>Bad Gateway</html>".into())
+        );
+        assert_eq!(
+            error_to_openai(429, br#"{"error":"slow down"}"#),
+            ("rate_limit_error".into(), r#"{"error":"slow down"}"#.into())
+        );
+        assert_eq!(
+            error_to_openai(503, b""),
+            ("api_error".into(), "upstream returned HTTP 503 with an empty body".into())
+        );
+        // 499 ASCII bytes then a two-byte character across the 500-byte cut: the half is dropped.
+        let mut long = vec![b'a'; 499];
+        long.extend_from_slice("é and more".as_bytes());
+        let (_, message) = error_to_openai(400, &long);
+        assert_eq!(message, "a".repeat(499));
+        let (_, message) = error_to_openai(400, &[0xff; 600]);
+        assert_eq!(message, "\u{fffd}".repeat(500));
     }
 }
