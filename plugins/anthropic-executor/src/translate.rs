@@ -648,6 +648,350 @@ pub fn error_to_openai(status: u16, anthropic_body: &[u8]) -> (String, String) {
     (error_type_for_status(status).to_string(), message)
 }
 
+// ---------------------------------------------------------------------------------------------
+// Streaming
+
+/// Turns Anthropic SSE events into OpenAI `chat.completion.chunk` JSON payloads (no `data: `
+/// framing, no `[DONE]`).
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    created: u64,
+    /// "chatcmpl-" + the Anthropic message id, once `message_start` has been seen.
+    id: Option<String>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    cached_tokens: Option<u64>,
+    /// Anthropic content block index -> OpenAI tool call index, for `tool_use` blocks.
+    tool_blocks: Vec<(u64, usize)>,
+    finished: bool,
+}
+
+impl StreamTranslator {
+    pub fn new(model: &str, created: u64) -> Self {
+        StreamTranslator {
+            model: model.to_string(),
+            created,
+            id: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            cached_tokens: None,
+            tool_blocks: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage::new(self.prompt_tokens, self.completion_tokens)
+    }
+
+    /// Whether `message_stop` has been seen.
+    pub fn finished(&self) -> bool {
+        self.finished
+    }
+
+    /// One Anthropic event: its `event:` name and its `data:` JSON. Returns zero or more OpenAI
+    /// chunk payloads. Unknown events are ignored, as Anthropic asks of clients; so is anything
+    /// after `message_stop`.
+    pub fn on_event(&mut self, event: &str, data: &[u8]) -> Result<Vec<Vec<u8>>, TranslateError> {
+        if self.finished {
+            return Ok(Vec::new());
+        }
+        if matches!(event, "ping" | "content_block_stop") {
+            return Ok(Vec::new());
+        }
+        if event == "error" {
+            return Err(stream_error(data));
+        }
+        let known = ["message_start", "content_block_start", "content_block_delta", "message_delta", "message_stop"];
+        if !known.contains(&event) && !matches!(event, "message" | "") {
+            return Ok(Vec::new());
+        }
+        let data_obj = parse_object(data, &format!("the data of the `{event}` event"))?;
+        // Without an `event:` line the SSE event is called "message"; the data says what it is.
+        let kind = match event {
+            "message" | "" => data_obj.get("type").and_then(Value::as_str).unwrap_or(""),
+            _ => event,
+        };
+        let d = &data_obj;
+        match kind {
+            "message_start" => self.message_start(d),
+            "content_block_start" => self.content_block_start(d),
+            "content_block_delta" => self.content_block_delta(d),
+            "message_delta" => self.message_delta(d),
+            "message_stop" => self.message_stop(),
+            "error" => Err(stream_error(data)),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn id(&self, event: &str) -> Result<&str, TranslateError> {
+        match &self.id {
+            Some(id) => Ok(id),
+            None => fail(format!("expected `message_start` before `{event}`, found `{event}` first")),
+        }
+    }
+
+    fn chunk(&self, event: &str, delta: Value, finish_reason: Value) -> Result<Vec<u8>, TranslateError> {
+        let chunk = json!({
+            "id": self.id(event)?,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+        });
+        Ok(chunk.to_string().into_bytes())
+    }
+
+    fn message_start(&mut self, d: &Obj) -> Result<Vec<Vec<u8>>, TranslateError> {
+        if self.id.is_some() {
+            return fail("expected one `message_start` event, found a second".into());
+        }
+        let message = as_obj(d.get("message"), "message")?;
+        self.id = Some(format!("chatcmpl-{}", req_str(message, "id", "message")?));
+        let counts = read_usage(message.get("usage"), "message.usage")?;
+        self.prompt_tokens = counts.prompt.unwrap_or(0);
+        self.completion_tokens = counts.output.unwrap_or(0);
+        self.cached_tokens = counts.cache_read;
+        Ok(vec![self.chunk("message_start", json!({ "role": "assistant", "content": "" }), Value::Null)?])
+    }
+
+    fn content_block_start(&mut self, d: &Obj) -> Result<Vec<Vec<u8>>, TranslateError> {
+        const EVENT: &str = "content_block_start";
+        self.id(EVENT)?;
+        let index = block_index(d)?;
+        let block = as_obj(d.get("content_block"), "content_block")?;
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => match opt_str(block, "text", "content_block")? {
+                Some(text) if !text.is_empty() => {
+                    Ok(vec![self.chunk(EVENT, json!({ "content": text }), Value::Null)?])
+                }
+                _ => Ok(Vec::new()),
+            },
+            Some("tool_use") => {
+                if self.tool_blocks.iter().any(|&(b, _)| b == index) {
+                    return fail(format!("expected content block {index} to start once, found a second start"));
+                }
+                let tool_index = self.tool_blocks.len();
+                let call = json!({
+                    "index": tool_index,
+                    "id": req_str(block, "id", "content_block")?,
+                    "type": "function",
+                    "function": { "name": req_str(block, "name", "content_block")?, "arguments": "" },
+                });
+                self.tool_blocks.push((index, tool_index));
+                Ok(vec![self.chunk(EVENT, json!({ "tool_calls": [call] }), Value::Null)?])
+            }
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn content_block_delta(&mut self, d: &Obj) -> Result<Vec<Vec<u8>>, TranslateError> {
+        const EVENT: &str = "content_block_delta";
+        self.id(EVENT)?;
+        let index = block_index(d)?;
+        let delta = as_obj(d.get("delta"), "delta")?;
+        match delta.get("type").and_then(Value::as_str) {
+            Some("text_delta") => {
+                let text = req_str(delta, "text", "delta")?;
+                if text.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![self.chunk(EVENT, json!({ "content": text }), Value::Null)?])
+            }
+            Some("input_json_delta") => {
+                let partial = req_str(delta, "partial_json", "delta")?;
+                // Server tool blocks also stream input; only client tool calls are shown.
+                let Some(&(_, tool_index)) = self.tool_blocks.iter().find(|&&(b, _)| b == index) else {
+                    return Ok(Vec::new());
+                };
+                if partial.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let call = json!({ "index": tool_index, "function": { "arguments": partial } });
+                Ok(vec![self.chunk(EVENT, json!({ "tool_calls": [call] }), Value::Null)?])
+            }
+            // thinking_delta, signature_delta, citations_delta and later additions.
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    fn message_delta(&mut self, d: &Obj) -> Result<Vec<Vec<u8>>, TranslateError> {
+        const EVENT: &str = "message_delta";
+        self.id(EVENT)?;
+        let delta = as_obj(d.get("delta"), "delta")?;
+        let stop_reason = opt_str(delta, "stop_reason", "delta")?;
+        // Counts here are cumulative; input counts appear only when they changed (server tools).
+        let counts = read_usage(d.get("usage"), "usage")?;
+        if let Some(prompt) = counts.prompt {
+            self.prompt_tokens = prompt;
+            self.cached_tokens = counts.cache_read;
+        }
+        if let Some(output) = counts.output {
+            self.completion_tokens = output;
+        }
+        Ok(vec![self.chunk(EVENT, json!({}), finish_reason(stop_reason))?])
+    }
+
+    fn message_stop(&mut self) -> Result<Vec<Vec<u8>>, TranslateError> {
+        let chunk = json!({
+            "id": self.id("message_stop")?,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": self.usage().to_json(self.cached_tokens),
+        });
+        self.finished = true;
+        Ok(vec![chunk.to_string().into_bytes()])
+    }
+}
+
+fn block_index(d: &Obj) -> Result<u64, TranslateError> {
+    match d.get("index").and_then(Value::as_u64) {
+        Some(i) => Ok(i),
+        None => expected("a non-negative integer", "index", d.get("index")),
+    }
+}
+
+/// The message of an Anthropic `error` event, or its raw text.
+fn stream_error(data: &[u8]) -> TranslateError {
+    let body = serde_json::from_slice::<Value>(data).ok();
+    if let Some((_, message)) = body.as_ref().and_then(Value::as_object).and_then(error_parts) {
+        return TranslateError(message.to_string());
+    }
+    let text = raw_text(data);
+    TranslateError(if text.is_empty() { "upstream stream error without a message".into() } else { text })
+}
+
+/// Splits an SSE byte stream into (event name, data) pairs across arbitrary chunk boundaries.
+///
+/// Follows the WHATWG event-stream rules: lines end in `\n`, `\r\n` or `\r`; `data` lines are
+/// joined with `\n`; a line starting with `:` is a comment; one space after the colon is dropped;
+/// an event without an `event:` line is called "message"; an event without `data` is not
+/// dispatched; a leading byte order mark is ignored; `id` and `retry` are ignored. Bounded: an
+/// event larger than `max_event_bytes` as received (all its lines up to and including the blank
+/// line that ends it, one byte per line ending) is an error, caught before it is complete, after
+/// which every `push` fails. The buffers never hold more than that.
+#[derive(Debug)]
+pub struct SseSplitter {
+    max_event_bytes: usize,
+    /// Bytes of the current event received so far.
+    received: usize,
+    line: Vec<u8>,
+    event: Vec<u8>,
+    /// Each `data` value followed by `\n`, as the spec builds it.
+    data: Vec<u8>,
+    /// The last line ended in `\r`: a `\n` starting the next push belongs to it.
+    skip_lf: bool,
+    first_line: bool,
+    failed: Option<TranslateError>,
+}
+
+impl SseSplitter {
+    pub fn new(max_event_bytes: usize) -> Self {
+        SseSplitter {
+            max_event_bytes,
+            received: 0,
+            line: Vec::new(),
+            event: Vec::new(),
+            data: Vec::new(),
+            skip_lf: false,
+            first_line: true,
+            failed: None,
+        }
+    }
+
+    pub fn push(&mut self, mut bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, TranslateError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone());
+        }
+        let mut events = Vec::new();
+        while !bytes.is_empty() {
+            if self.skip_lf {
+                self.skip_lf = false;
+                if let Some(rest) = bytes.strip_prefix(b"\n") {
+                    bytes = rest;
+                    continue;
+                }
+            }
+            match bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+                None => {
+                    self.received(bytes.len())?;
+                    self.line.extend_from_slice(bytes);
+                    break;
+                }
+                Some(end) => {
+                    self.received(end + 1)?;
+                    self.line.extend_from_slice(&bytes[..end]);
+                    self.skip_lf = bytes[end] == b'\r';
+                    bytes = &bytes[end + 1..];
+                    self.end_line(&mut events);
+                }
+            }
+        }
+        Ok(events)
+    }
+
+    fn received(&mut self, n: usize) -> Result<(), TranslateError> {
+        self.received = self.received.saturating_add(n);
+        if self.received <= self.max_event_bytes {
+            return Ok(());
+        }
+        let e = TranslateError(format!(
+            "expected upstream stream events of at most {} bytes, found a larger one",
+            self.max_event_bytes
+        ));
+        self.failed = Some(e.clone());
+        Err(e)
+    }
+
+    fn end_line(&mut self, events: &mut Vec<(String, Vec<u8>)>) {
+        let line = std::mem::take(&mut self.line);
+        let mut l: &[u8] = &line;
+        if self.first_line {
+            self.first_line = false;
+            l = l.strip_prefix("\u{feff}".as_bytes()).unwrap_or(l);
+        }
+        if l.is_empty() {
+            if !self.data.is_empty() {
+                self.data.pop(); // the `\n` after the last data line
+                let name = if self.event.is_empty() {
+                    "message".to_string()
+                } else {
+                    String::from_utf8_lossy(&self.event).into_owned()
+                };
+                events.push((name, std::mem::take(&mut self.data)));
+            }
+            self.event.clear();
+            self.data.clear();
+            self.received = 0;
+        } else if l[0] != b':' {
+            let (field, value) = match l.iter().position(|&b| b == b':') {
+                Some(colon) => {
+                    let value = &l[colon + 1..];
+                    (&l[..colon], value.strip_prefix(b" ").unwrap_or(value))
+                }
+                None => (l, &[][..]),
+            };
+            match field {
+                b"event" => {
+                    self.event.clear();
+                    self.event.extend_from_slice(value);
+                }
+                b"data" => {
+                    self.data.extend_from_slice(value);
+                    self.data.push(b'\n');
+                }
+                _ => {}
+            }
+        }
+        // Keep the line buffer's allocation for the next line.
+        self.line = line;
+        self.line.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1085,5 +1429,236 @@ mod tests {
         assert_eq!(message, "a".repeat(499));
         let (_, message) = error_to_openai(400, &[0xff; 600]);
         assert_eq!(message, "\u{fffd}".repeat(500));
+    }
+
+    // --- streams ----------------------------------------------------------------------------
+
+    const STREAM: &str = concat!(
+        "event: message_start\n",
+        r#"data: {"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","content":[],"model":"claude-up","stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":3,"cache_read_input_tokens":2,"output_tokens":1}}}"#,
+        "\n\n",
+        "event: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        "\n\n",
+        "event: ping\n",
+        r#"data: {"type": "ping"}"#,
+        "\n\n",
+        "event: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hé"}}"#,
+        "\n\n",
+        "event: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"llo 🌍"}}"#,
+        "\n\n",
+        "event: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":0}"#,
+        "\n\n",
+        "event: content_block_start\n",
+        r#"data: {"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"weather","input":{}}}"#,
+        "\n\n",
+        "event: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+        "\n\n",
+        "event: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"city\": \"Par"}}"#,
+        "\n\n",
+        "event: content_block_delta\n",
+        r#"data: {"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"is\"}"}}"#,
+        "\n\n",
+        "event: content_block_stop\n",
+        r#"data: {"type":"content_block_stop","index":1}"#,
+        "\n\n",
+        "event: message_delta\n",
+        r#"data: {"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":42}}"#,
+        "\n\n",
+        "event: message_stop\n",
+        r#"data: {"type":"message_stop"}"#,
+        "\n\n",
+    );
+
+    fn split_all(max: usize, pieces: &[&[u8]]) -> Vec<(String, Vec<u8>)> {
+        let mut splitter = SseSplitter::new(max);
+        pieces.iter().flat_map(|p| splitter.push(p).unwrap()).collect()
+    }
+
+    fn translate_all(events: &[(String, Vec<u8>)]) -> (Vec<Value>, StreamTranslator) {
+        let mut t = StreamTranslator::new("gpt-4o", 1_700_000_000);
+        let mut chunks = Vec::new();
+        for (name, data) in events {
+            for chunk in t.on_event(name, data).unwrap() {
+                chunks.push(serde_json::from_slice(&chunk).unwrap());
+            }
+        }
+        (chunks, t)
+    }
+
+    fn chunk(delta: Value, finish_reason: Value) -> Value {
+        json!({
+            "id": "chatcmpl-msg_1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o",
+            "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_reason }],
+        })
+    }
+
+    #[test]
+    fn stream_translation() {
+        let events = split_all(1 << 16, &[STREAM.as_bytes()]);
+        assert_eq!(events.len(), 13);
+        let (chunks, t) = translate_all(&events);
+        let expected = vec![
+            chunk(json!({ "role": "assistant", "content": "" }), Value::Null),
+            chunk(json!({ "content": "Hé" }), Value::Null),
+            chunk(json!({ "content": "llo 🌍" }), Value::Null),
+            chunk(
+                json!({ "tool_calls": [{ "index": 0, "id": "toolu_1", "type": "function",
+                    "function": { "name": "weather", "arguments": "" } }] }),
+                Value::Null,
+            ),
+            chunk(
+                json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "{\"city\": \"Par" } }] }),
+                Value::Null,
+            ),
+            chunk(json!({ "tool_calls": [{ "index": 0, "function": { "arguments": "is\"}" } }] }), Value::Null),
+            chunk(json!({}), json!("tool_calls")),
+            json!({
+                "id": "chatcmpl-msg_1", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": "gpt-4o",
+                "choices": [],
+                "usage": { "prompt_tokens": 30, "completion_tokens": 42, "total_tokens": 72,
+                    "prompt_tokens_details": { "cached_tokens": 2 } },
+            }),
+        ];
+        assert_eq!(chunks, expected);
+        assert!(t.finished());
+        assert_eq!(t.usage(), Usage { prompt_tokens: 30, completion_tokens: 42, total_tokens: 72 });
+    }
+
+    #[test]
+    fn stream_usage_so_far_and_finish_reasons() {
+        let mut t = StreamTranslator::new("m", 1);
+        t.on_event(
+            "message_start",
+            br#"{"type":"message_start","message":{"id":"x","usage":{"input_tokens":4,"output_tokens":1}}}"#,
+        )
+        .unwrap();
+        assert_eq!(t.usage(), Usage { prompt_tokens: 4, completion_tokens: 1, total_tokens: 5 });
+        assert!(!t.finished());
+        for (stop, finish) in
+            [("end_turn", "stop"), ("stop_sequence", "stop"), ("max_tokens", "length"), ("tool_use", "tool_calls")]
+        {
+            let data =
+                json!({ "type": "message_delta", "delta": { "stop_reason": stop }, "usage": { "output_tokens": 9 } });
+            let chunks = t.on_event("message_delta", data.to_string().as_bytes()).unwrap();
+            let chunk: Value = serde_json::from_slice(&chunks[0]).unwrap();
+            assert_eq!(chunk["choices"][0]["finish_reason"], json!(finish));
+            assert_eq!(chunk["choices"][0]["delta"], json!({}));
+        }
+        assert_eq!(t.usage(), Usage { prompt_tokens: 4, completion_tokens: 9, total_tokens: 13 });
+        let stop = t.on_event("message_stop", br#"{"type":"message_stop"}"#).unwrap();
+        let stop: Value = serde_json::from_slice(&stop[0]).unwrap();
+        assert_eq!(stop["usage"], json!({ "prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13 }));
+        assert!(t.finished());
+        // Nothing more once finished.
+        assert!(t.on_event("content_block_delta", b"garbage").unwrap().is_empty());
+    }
+
+    #[test]
+    fn stream_quiet_events_errors_and_order() {
+        let mut t = StreamTranslator::new("m", 1);
+        assert!(t.on_event("ping", b"{}").unwrap().is_empty());
+        assert!(t.on_event("brand_new_event", b"not even json").unwrap().is_empty());
+        let e =
+            t.on_event("content_block_delta", br#"{"index":0,"delta":{"type":"text_delta","text":"x"}}"#).unwrap_err();
+        assert_eq!(e.0, "expected `message_start` before `content_block_delta`, found `content_block_delta` first");
+        // Without an `event:` name the data's `type` decides.
+        let start = t.on_event("message", br#"{"type":"message_start","message":{"id":"x"}}"#).unwrap();
+        assert_eq!(start.len(), 1);
+        assert!(t.on_event("content_block_stop", br#"{"type":"content_block_stop","index":0}"#).unwrap().is_empty());
+        let thinking = br#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#;
+        assert!(t.on_event("content_block_delta", thinking).unwrap().is_empty());
+        let e = t.on_event("error", br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#);
+        assert_eq!(e.unwrap_err().0, "Overloaded");
+        let e = t.on_event("message", br#"{"type":"error","error":{"type":"api_error","message":"Internal"}}"#);
+        assert_eq!(e.unwrap_err().0, "Internal");
+        assert_eq!(t.on_event("error", b"bad things").unwrap_err().0, "bad things");
+        let e = t.on_event("message_delta", b"{").unwrap_err();
+        assert!(e.0.starts_with("expected the data of the `message_delta` event to be JSON"), "{e}");
+        assert!(!t.finished());
+    }
+
+    // --- SSE splitting ------------------------------------------------------------------------
+
+    fn ev(name: &str, data: &str) -> (String, Vec<u8>) {
+        (name.to_string(), data.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn sse_field_rules() {
+        let input = concat!(
+            "\u{feff}: a comment\n",
+            "event: first\n",
+            "data: line one\n",
+            "data:line two\n",
+            "data:  two spaces\n",
+            "id: 7\n",
+            "retry: 10\n",
+            "\n",
+            "data: no name\r\n\r\n",
+            "event: only a name\n\n",
+            "data\n\n",
+            "event: cr\rdata: x\r\r",
+            ":\n",
+            "data: unterminated",
+        );
+        assert_eq!(
+            split_all(1024, &[input.as_bytes()]),
+            vec![
+                ev("first", "line one\nline two\n two spaces"),
+                ev("message", "no name"),
+                ev("message", ""),
+                ev("cr", "x"),
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_any_chunk_boundary_gives_the_same_events() {
+        let crlf = STREAM.replace('\n', "\r\n");
+        for stream in [STREAM, crlf.as_str()] {
+            let bytes = stream.as_bytes();
+            let whole = split_all(1 << 16, &[bytes]);
+            assert_eq!(whole.len(), 13);
+            // Every split point: mid-line, mid-"\r\n" and mid-UTF-8 ("é" and "🌍" are in there).
+            for at in 0..=bytes.len() {
+                assert_eq!(split_all(1 << 16, &[&bytes[..at], &bytes[at..]]), whole, "split at {at}");
+            }
+            let bytewise: Vec<&[u8]> = bytes.chunks(1).collect();
+            assert_eq!(split_all(1 << 16, &bytewise), whole);
+            let (chunks, _) = translate_all(&whole);
+            let text: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+            assert_eq!(text, "Héllo 🌍");
+        }
+        let emoji = "data: 🌍\n\n".as_bytes();
+        let mid_char = emoji.iter().position(|&b| b == 0xf0).unwrap() + 2;
+        assert_eq!(split_all(64, &[&emoji[..mid_char], &emoji[mid_char..]]), vec![ev("message", "🌍")]);
+    }
+
+    #[test]
+    fn sse_is_bounded() {
+        // 23 bytes as received, "\r\n" counting as one.
+        let event = b"data: 1234\r\ndata: 5678\n\r\n";
+        assert_eq!(split_all(23, &[event]), vec![ev("message", "1234\n5678")]);
+        let mut s = SseSplitter::new(22);
+        let e = s.push(event).unwrap_err();
+        assert_eq!(e.0, "expected upstream stream events of at most 22 bytes, found a larger one");
+        assert_eq!(s.push(b"\n").unwrap_err(), e, "a failed splitter stays failed");
+        // A line that never ends is caught before it ends.
+        let mut s = SseSplitter::new(130);
+        for _ in 0..10 {
+            s.push(b"data: 0123456").unwrap();
+        }
+        assert!(s.push(b"data: 0123456").is_err());
+        // Many small events pass: the bound is per event.
+        let mut s = SseSplitter::new(22);
+        for _ in 0..1000 {
+            assert_eq!(s.push(b"event: e\ndata: 12345\n\n").unwrap().len(), 1);
+        }
     }
 }
