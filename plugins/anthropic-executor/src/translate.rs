@@ -1661,4 +1661,157 @@ mod tests {
             assert_eq!(s.push(b"event: e\ndata: 12345\n\n").unwrap().len(), 1);
         }
     }
+
+    // --- never panics -----------------------------------------------------------------------
+
+    /// xorshift64*: deterministic, dependency-free pseudo-random numbers.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+        fn bytes(&mut self, max_len: usize) -> Vec<u8> {
+            (0..self.below(max_len + 1)).map(|_| self.next() as u8).collect()
+        }
+        fn value(&mut self, depth: u32) -> Value {
+            let strings =
+                ["", "text", "image_url", "function", "tool_use", "user", "data:x;base64,", "🌍", "{\"a\":1}"];
+            match self.below(if depth == 0 { 5 } else { 7 }) {
+                0 => Value::Null,
+                1 => Value::Bool(self.next() & 1 == 0),
+                2 => match self.below(4) {
+                    0 => json!(u64::MAX),
+                    1 => json!(-1),
+                    2 => json!(1.5e300),
+                    _ => json!(self.below(3)),
+                },
+                3 | 4 => strings[self.below(strings.len())].into(),
+                5 => (0..self.below(3)).map(|_| self.value(depth - 1)).collect(),
+                _ => {
+                    let keys = ["type", "text", "content", "role", "id", "index", "delta", "usage", "message"];
+                    (0..self.below(4))
+                        .map(|_| (keys[self.below(keys.len())].to_string(), self.value(depth - 1)))
+                        .collect()
+                }
+            }
+        }
+        /// `v` with about one node in `rate` replaced by a random value.
+        fn mutate(&mut self, v: &Value, rate: usize) -> Value {
+            if self.below(rate) == 0 {
+                return self.value(2);
+            }
+            match v {
+                Value::Array(a) => a.iter().map(|x| self.mutate(x, rate)).collect(),
+                Value::Object(m) => m.iter().map(|(k, x)| (k.clone(), self.mutate(x, rate))).collect(),
+                other => other.clone(),
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_input_never_panics() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let stream_events: Vec<(String, Vec<u8>)> = split_all(1 << 16, &[STREAM.as_bytes()]);
+        let names = ["message", "", "error", "ping", "message_start", "content_block_start", "content_block_delta"];
+        let pieces: Vec<Vec<u8>> = [
+            "event: ",
+            "event:",
+            "data: ",
+            "data:",
+            ":",
+            "\n",
+            "\r\n",
+            "\r",
+            "\u{feff}",
+            "id: 1",
+            "é",
+            "🌍",
+            "message_start",
+            "content_block_delta",
+            "message_delta",
+            "message_stop",
+            "error",
+            "{",
+            "}",
+        ]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .chain(STREAM.split_inclusive('\n').map(|l| l.as_bytes().to_vec()))
+        .collect();
+        let request = json!({
+            "messages": [
+                { "role": "system", "content": "s" },
+                { "role": "user", "content": [{ "type": "text", "text": "t" },
+                    { "type": "image_url", "image_url": { "url": "data:image/png;base64,AA" } }] },
+                { "role": "assistant", "content": null, "tool_calls": [
+                    { "id": "c", "type": "function", "function": { "name": "f", "arguments": "{}" } }] },
+                { "role": "tool", "tool_call_id": "c", "content": "r" },
+            ],
+            "max_tokens": 5, "temperature": 0.5, "stop": ["x"], "user": "u", "parallel_tool_calls": false,
+            "tools": [{ "type": "function", "function": { "name": "f", "parameters": { "type": "object" } } }],
+            "tool_choice": { "type": "function", "function": { "name": "f" } },
+        });
+        let response = json!({ "id": "m", "content": [{ "type": "text", "text": "x" },
+            { "type": "tool_use", "id": "t", "name": "n", "input": {} }], "stop_reason": "end_turn",
+            "usage": { "input_tokens": 1, "output_tokens": 2, "cache_read_input_tokens": 3 } });
+
+        for round in 0..3000 {
+            // SSE soup in random chunks, through the splitter into a translator.
+            // Mostly-valid inputs reach the success paths, mostly-invalid ones the error paths.
+            let rate = [4, 16, 64][rng.below(3)];
+            let mut soup = Vec::new();
+            if rng.below(2) == 0 {
+                // A real stream with a few bytes changed.
+                soup.extend(STREAM.as_bytes());
+                for _ in 0..rng.below(4) {
+                    let at = rng.below(soup.len());
+                    soup[at] = rng.next() as u8;
+                }
+            } else {
+                for _ in 0..rng.below(40) {
+                    if rng.below(5) == 0 {
+                        soup.extend(rng.bytes(8));
+                    } else {
+                        soup.extend(&pieces[rng.below(pieces.len())]);
+                    }
+                }
+            }
+            let mut splitter = SseSplitter::new(if rng.below(2) == 0 { 16 } else { 1 << 16 });
+            let mut translator = StreamTranslator::new("m", 0);
+            let mut rest = &soup[..];
+            while !rest.is_empty() {
+                let (piece, tail) = rest.split_at(rng.below(rest.len()) + 1);
+                rest = tail;
+                let Ok(events) = splitter.push(piece) else { break };
+                for (name, data) in events {
+                    if translator.on_event(&name, &data).is_err() {
+                        translator = StreamTranslator::new("m", 0);
+                    }
+                }
+            }
+            let _ = translator.usage();
+
+            // Real events with mutated data, and random bytes under every name.
+            let mut translator = StreamTranslator::new("m", 0);
+            for (name, data) in &stream_events {
+                let data: Value = serde_json::from_slice(data).unwrap();
+                let _ = translator.on_event(name, rng.mutate(&data, rate).to_string().as_bytes());
+                let _ = translator.on_event(names[rng.below(names.len())], &rng.bytes(32));
+            }
+
+            let _ = request_to_anthropic(rng.mutate(&request, rate).to_string().as_bytes(), "m", round, round % 2 == 0);
+            let _ = request_to_anthropic(&rng.bytes(64), "m", 1, false);
+            let _ = response_to_openai(rng.mutate(&response, rate).to_string().as_bytes(), "m", 0);
+            let _ = response_to_openai(&rng.bytes(64), "m", 0);
+            let _ = error_to_openai(rng.next() as u16, &rng.bytes(700));
+            let error = json!({ "type": "error", "error": { "type": "api_error", "message": "m" } });
+            let _ = error_to_openai(rng.next() as u16, rng.mutate(&error, rate).to_string().as_bytes());
+        }
+    }
 }
