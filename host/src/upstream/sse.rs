@@ -199,6 +199,18 @@ pub fn sse_frame(payload: &[u8]) -> Bytes {
     frame.freeze()
 }
 
+/// One named server-sent event: `event: NAME`, then the payload framed as by [`sse_frame`]. The
+/// name must be one line (the callers pass fixed names).
+pub fn sse_event(name: &str, payload: &[u8]) -> Bytes {
+    let data = sse_frame(payload);
+    let mut frame = BytesMut::with_capacity(name.len() + 8 + data.len());
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(name.as_bytes());
+    frame.extend_from_slice(b"\n");
+    frame.extend_from_slice(&data);
+    frame.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -287,6 +299,11 @@ mod tests {
         assert_eq!(&sse_frame(b"a\r\nb\rc")[..], b"data: a\ndata: b\ndata: c\n\n");
         assert_eq!(&sse_frame(b"a\n\nb\n")[..], b"data: a\ndata: \ndata: b\ndata: \n\n");
         assert_eq!(&sse_frame(b"\r\n")[..], b"data: \ndata: \n\n");
+    }
+
+    #[test]
+    fn sse_event_names_the_event_before_its_data() {
+        assert_eq!(&sse_event("ping", b"{\"type\":\"ping\"}")[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
     }
 
     mod prop {
