@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -45,6 +45,10 @@ use crate::services::events::EventBus;
 use crate::services::kv::{EmbeddedKv, KvLimits};
 use crate::services::lookup::Lookup;
 use crate::upstream::{Route, UpstreamReply, Upstreams, usage_of};
+
+/// Lives with the SSE parser (the mock upstream frames its streams with it too); re-exported for
+/// existing callers.
+pub use crate::upstream::sse::sse_frame;
 
 /// Why the gateway could not start.
 #[derive(Debug)]
@@ -772,32 +776,6 @@ struct StreamTask {
     record: Record,
     started: Instant,
     status: StatusCode,
-}
-
-/// One server-sent event: `data: PAYLOAD` and the blank line that ends it. A payload of several
-/// lines (split at `\n`, `\r\n` or `\r`) becomes one `data: ` line per line, which a client
-/// joins back with `\n`.
-pub fn sse_frame(payload: &[u8]) -> Bytes {
-    let Some(first_break) = memchr::memchr2(b'\n', b'\r', payload) else {
-        let mut frame = BytesMut::with_capacity(payload.len() + 8);
-        frame.extend_from_slice(b"data: ");
-        frame.extend_from_slice(payload);
-        frame.extend_from_slice(b"\n\n");
-        return frame.freeze();
-    };
-    let mut frame = BytesMut::with_capacity(payload.len() + 8 + 6 * 4);
-    let (mut line, mut rest) = (&payload[..first_break], &payload[first_break..]);
-    loop {
-        frame.extend_from_slice(b"data: ");
-        frame.extend_from_slice(line);
-        frame.extend_from_slice(b"\n");
-        let Some(&end) = rest.first() else { break };
-        rest = &rest[if end == b'\r' && rest.get(1) == Some(&b'\n') { 2 } else { 1 }..];
-        let next = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
-        (line, rest) = (&rest[..next], &rest[next..]);
-    }
-    frame.extend_from_slice(b"\n");
-    frame.freeze()
 }
 
 impl StreamTask {

@@ -1,14 +1,18 @@
-//! The gateway's mock LLM as a standalone OpenAI-compatible HTTP server: the upstream every
-//! target of the end-to-end load run talks to. `mock-server [--chunks N]`; prints
-//! `listening on http://ADDR` once bound to an ephemeral port on 127.0.0.1.
+//! The gateway's mock LLM as a standalone HTTP server: the upstream every target of the
+//! end-to-end load run talks to. It speaks OpenAI's chat completions (`POST …/chat/completions`)
+//! and Anthropic's Messages API (`POST …/v1/messages`), streaming or not; the answers are
+//! `MockUpstream::http`'s. `mock-server [--chunks N]`; prints `listening on http://ADDR` once
+//! bound to an ephemeral port on 127.0.0.1.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
 
 use bytes::Bytes;
-use gateway::server::sse_frame;
 use gateway::upstream::mock::MockUpstream;
 use http::{Response, StatusCode, header};
 use http_body_util::BodyExt;
@@ -16,61 +20,54 @@ use hyper::body::{Body, Frame, Incoming};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
 
-/// A response body sent as a sequence of frames: one for JSON, one per SSE event for streams.
-struct Frames(VecDeque<Bytes>);
+/// A response body sent as a sequence of frames: one for JSON, one per SSE event for streams,
+/// with `delay` between one frame and the next.
+struct Frames {
+    frames: VecDeque<Bytes>,
+    delay: Duration,
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
 
 impl Body for Frames {
     type Data = Bytes;
     type Error = Infallible;
 
-    fn poll_frame(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.get_mut().0.pop_front().map(|b| Ok(Frame::data(b))))
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(pause) = &mut this.pause {
+            ready!(pause.as_mut().poll(cx));
+            this.pause = None;
+        }
+        let Some(frame) = this.frames.pop_front() else { return Poll::Ready(None) };
+        if !this.delay.is_zero() && !this.frames.is_empty() {
+            this.pause = Some(Box::pin(tokio::time::sleep(this.delay)));
+        }
+        Poll::Ready(Some(Ok(Frame::data(frame))))
     }
 }
 
-#[derive(serde::Deserialize)]
-struct Peek {
-    #[serde(default)]
-    model: String,
-    #[serde(default)]
-    stream: bool,
-}
-
-fn reply(status: StatusCode, content_type: &'static str, frames: VecDeque<Bytes>) -> Response<Frames> {
-    let mut resp = Response::new(Frames(frames));
+fn reply(status: StatusCode, content_type: &'static str, frames: VecDeque<Bytes>, delay: Duration) -> Response<Frames> {
+    let mut resp = Response::new(Frames { frames, delay, pause: None });
     *resp.status_mut() = status;
     resp.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
     resp
 }
 
 async fn handle(mock: &MockUpstream, req: http::Request<Incoming>) -> Response<Frames> {
-    let error = |status, message: String| {
-        let body = serde_json::json!({ "error": { "message": message, "type": "invalid_request_error" } });
-        reply(status, "application/json", VecDeque::from([Bytes::from(body.to_string())]))
-    };
-    if !req.uri().path().ends_with("/chat/completions") {
-        return error(StatusCode::NOT_FOUND, format!("no route {}", req.uri().path()));
-    }
-    let body = match req.into_body().collect().await {
+    let (parts, body) = req.into_parts();
+    let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e) => {
+            let message = format!("expected a request body, found an error reading it: {e}");
+            let body = serde_json::json!({ "error": { "message": message, "type": "invalid_request_error" } });
+            let frames = VecDeque::from([Bytes::from(body.to_string())]);
+            return reply(StatusCode::BAD_REQUEST, "application/json", frames, Duration::ZERO);
+        }
     };
-    let peek: Peek = match serde_json::from_slice(&body) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
-    };
-    let answer = match mock.reply(&body, &peek.model) {
-        Ok(a) => a,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("{e:?}")),
-    };
-    if !peek.stream {
-        return reply(StatusCode::OK, "application/json", VecDeque::from([answer.completion()]));
-    }
-    let mut frames: VecDeque<Bytes> = answer.chunks().iter().map(|c| sse_frame(c)).collect();
-    frames.push_back(Bytes::from_static(b"data: [DONE]\n\n"));
-    reply(StatusCode::OK, "text/event-stream", frames)
+    let (status, content_type, frames, delay) =
+        mock.http(&parts.method, parts.uri.path(), &parts.headers, &body).into_frames();
+    reply(status, content_type, frames, delay)
 }
 
 fn main() -> std::io::Result<()> {

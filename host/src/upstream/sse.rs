@@ -1,5 +1,6 @@
 //! Splits a server-sent-events byte stream into event payloads (the `data:` lines), zero-copy
-//! for the common one-line event.
+//! for the common one-line event; and frames payloads as events (`sse_frame`), for the gateway's
+//! own streams and the mock upstream's.
 //!
 //! Lines end with `\n`, `\r\n` or `\r`; an event ends at a blank line. Parsing is linear: the
 //! scan for the end of the current event resumes where the previous push left it, so a large
@@ -172,6 +173,44 @@ impl SseParser {
     }
 }
 
+/// One server-sent event: `data: PAYLOAD` and the blank line that ends it. A payload of several
+/// lines (split at `\n`, `\r\n` or `\r`) becomes one `data: ` line per line, which a client
+/// joins back with `\n`.
+pub fn sse_frame(payload: &[u8]) -> Bytes {
+    let Some(first_break) = memchr::memchr2(b'\n', b'\r', payload) else {
+        let mut frame = BytesMut::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(payload);
+        frame.extend_from_slice(b"\n\n");
+        return frame.freeze();
+    };
+    let mut frame = BytesMut::with_capacity(payload.len() + 8 + 6 * 4);
+    let (mut line, mut rest) = (&payload[..first_break], &payload[first_break..]);
+    loop {
+        frame.extend_from_slice(b"data: ");
+        frame.extend_from_slice(line);
+        frame.extend_from_slice(b"\n");
+        let Some(&end) = rest.first() else { break };
+        rest = &rest[if end == b'\r' && rest.get(1) == Some(&b'\n') { 2 } else { 1 }..];
+        let next = memchr::memchr2(b'\n', b'\r', rest).unwrap_or(rest.len());
+        (line, rest) = (&rest[..next], &rest[next..]);
+    }
+    frame.extend_from_slice(b"\n");
+    frame.freeze()
+}
+
+/// One named server-sent event: `event: NAME`, then the payload framed as by [`sse_frame`]. The
+/// name must be one line (the callers pass fixed names).
+pub fn sse_event(name: &str, payload: &[u8]) -> Bytes {
+    let data = sse_frame(payload);
+    let mut frame = BytesMut::with_capacity(name.len() + 8 + data.len());
+    frame.extend_from_slice(b"event: ");
+    frame.extend_from_slice(name.as_bytes());
+    frame.extend_from_slice(b"\n");
+    frame.extend_from_slice(&data);
+    frame.freeze()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,16 +289,21 @@ mod tests {
 
     #[test]
     fn sse_frame_puts_a_one_line_payload_on_one_data_line() {
-        assert_eq!(&crate::server::sse_frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
-        assert_eq!(&crate::server::sse_frame(b"")[..], b"data: \n\n");
+        assert_eq!(&sse_frame(b"{\"a\":1}")[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(&sse_frame(b"")[..], b"data: \n\n");
     }
 
     #[test]
     fn sse_frame_puts_each_line_of_a_payload_on_its_own_data_line() {
-        assert_eq!(&crate::server::sse_frame(b"a\nb")[..], b"data: a\ndata: b\n\n");
-        assert_eq!(&crate::server::sse_frame(b"a\r\nb\rc")[..], b"data: a\ndata: b\ndata: c\n\n");
-        assert_eq!(&crate::server::sse_frame(b"a\n\nb\n")[..], b"data: a\ndata: \ndata: b\ndata: \n\n");
-        assert_eq!(&crate::server::sse_frame(b"\r\n")[..], b"data: \ndata: \n\n");
+        assert_eq!(&sse_frame(b"a\nb")[..], b"data: a\ndata: b\n\n");
+        assert_eq!(&sse_frame(b"a\r\nb\rc")[..], b"data: a\ndata: b\ndata: c\n\n");
+        assert_eq!(&sse_frame(b"a\n\nb\n")[..], b"data: a\ndata: \ndata: b\ndata: \n\n");
+        assert_eq!(&sse_frame(b"\r\n")[..], b"data: \ndata: \n\n");
+    }
+
+    #[test]
+    fn sse_event_names_the_event_before_its_data() {
+        assert_eq!(&sse_event("ping", b"{\"type\":\"ping\"}")[..], b"event: ping\ndata: {\"type\":\"ping\"}\n\n");
     }
 
     mod prop {
@@ -313,7 +357,7 @@ mod tests {
             #[test]
             fn a_framed_payload_parses_back(payload in "[a-z\r\n]{0,40}") {
                 let mut p = SseParser::default();
-                p.push(&crate::server::sse_frame(payload.as_bytes()));
+                p.push(&sse_frame(payload.as_bytes()));
                 let expected = payload.replace("\r\n", "\n").replace('\r', "\n");
                 let event = p.next_event().unwrap();
                 if expected == "[DONE]" {
