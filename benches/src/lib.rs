@@ -169,6 +169,7 @@ pub fn load_instances(lib: &str, count: usize, copies: &Path) -> Vec<Arc<LoadedP
 pub fn load_with_config(lib: &str, count: usize, copies: &Path, config: toml::Table) -> Vec<Arc<LoadedPlugin>> {
     let config = PluginConfig {
         path: artifact(lib),
+        name: None,
         enabled: true,
         order: 0,
         on_error: FailMode::FailClosed,

@@ -193,6 +193,11 @@ pub enum UpstreamKind {
         /// Name of the environment variable that holds the API key.
         #[serde(default)]
         api_key_env: Option<String>,
+        /// The header that carries the key: `authorization` (the default) sends
+        /// `Bearer <key>`; any other header (`x-api-key` for Anthropic's API, called by an
+        /// executor plugin through the host HTTP client) sends the key as it is.
+        #[serde(default)]
+        auth_header: Option<String>,
         #[serde(default = "default_connect_timeout")]
         connect_timeout_ms: u64,
         #[serde(default = "default_request_timeout")]
@@ -303,7 +308,12 @@ pub struct UpstreamConfig {
 pub struct ModelConfig {
     /// The model name clients ask for.
     pub name: String,
-    pub upstream: String,
+    /// The built-in upstream that serves it; or:
+    #[serde(default)]
+    pub upstream: Option<String>,
+    /// The executor plugin (by instance name) that serves it.
+    #[serde(default)]
+    pub executor: Option<String>,
     /// The name sent upstream; defaults to `name`.
     #[serde(default)]
     pub upstream_model: Option<String>,
@@ -325,6 +335,11 @@ pub struct PluginConfig {
     /// The plugin's `.so`; relative paths are resolved against the config file's directory
     /// (for the embedded default, the gateway executable's directory).
     pub path: PathBuf,
+    /// The instance name (default: the name the plugin declares). The same `.so` can be loaded
+    /// several times under different names with different configs: one executor per provider
+    /// account, say.
+    #[serde(default)]
+    pub name: Option<String>,
     #[serde(default = "yes")]
     pub enabled: bool,
     /// Plugins run in ascending order; equal orders keep their listing order.
@@ -471,12 +486,30 @@ impl GatewayConfig {
 
     fn validate(&self) -> Result<(), String> {
         for model in &self.models {
-            if !self.upstreams.iter().any(|u| u.name == model.upstream) {
-                let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
-                return Err(format!(
-                    "model `{}` routes to upstream `{}`, expected one of {known:?}",
-                    model.name, model.upstream
-                ));
+            match (&model.upstream, &model.executor) {
+                (Some(upstream), None) => {
+                    if !self.upstreams.iter().any(|u| u.name == *upstream) {
+                        let known: Vec<&str> = self.upstreams.iter().map(|u| u.name.as_str()).collect();
+                        return Err(format!(
+                            "model `{}` routes to upstream `{upstream}`, expected one of {known:?}",
+                            model.name
+                        ));
+                    }
+                }
+                // Which plugin instance serves it is known once plugins are loaded (see `App::new`).
+                (None, Some(_)) => {}
+                (Some(_), Some(_)) => {
+                    return Err(format!(
+                        "model `{}` names both an upstream and an executor: expected exactly one of them",
+                        model.name
+                    ));
+                }
+                (None, None) => {
+                    return Err(format!(
+                        "model `{}` names no upstream and no executor: expected `upstream = \"...\"` or `executor = \"...\"`",
+                        model.name
+                    ));
+                }
             }
         }
         for (i, model) in self.models.iter().enumerate() {
@@ -555,7 +588,7 @@ mod tests {
         let config = GatewayConfig::parse(DEFAULT_CONFIG, "default", Path::new("/x")).unwrap();
         assert!(!config.plugins.is_empty());
         assert!(config.plugins.iter().all(|p| p.path.starts_with("/x")));
-        assert!(config.models.iter().any(|m| m.upstream == "mock"));
+        assert!(config.models.iter().any(|m| m.upstream.as_deref() == Some("mock")));
     }
 
     #[test]

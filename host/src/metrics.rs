@@ -57,6 +57,16 @@ pub struct HookMetrics {
     pub latency: Histogram,
 }
 
+/// Per plugin and upstream: calls through the host HTTP client.
+#[derive(Default)]
+pub struct HttpCallMetrics {
+    pub calls: AtomicU64,
+    /// No response, a 5xx, or a body that broke off.
+    pub errors: AtomicU64,
+    pub response_bytes: AtomicU64,
+    pub latency: Histogram,
+}
+
 /// Everything the gateway counts. Per-hook entries are created when a pipeline is built, so the
 /// request path only touches atomics it already holds.
 pub struct Metrics {
@@ -77,6 +87,8 @@ pub struct Metrics {
     hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
     /// Counters by (metric name, plugin).
     plugin_counters: Mutex<Vec<(&'static str, String, Arc<AtomicU64>)>>,
+    /// By (plugin, upstream).
+    http_calls: Mutex<Vec<(String, String, Arc<HttpCallMetrics>)>>,
 }
 
 impl Default for Metrics {
@@ -94,6 +106,7 @@ impl Default for Metrics {
             events_dropped: Arc::default(),
             hooks: Mutex::default(),
             plugin_counters: Mutex::default(),
+            http_calls: Mutex::default(),
         }
     }
 }
@@ -107,6 +120,17 @@ impl Metrics {
         }
         let m = Arc::new(HookMetrics::default());
         hooks.push((plugin.to_owned(), hook, m.clone()));
+        m
+    }
+
+    /// The counters for one plugin's calls to one upstream, created on first use.
+    pub fn http_call(&self, plugin: &str, upstream: &str) -> Arc<HttpCallMetrics> {
+        let mut calls = self.http_calls.lock();
+        if let Some((_, _, m)) = calls.iter().find(|(p, u, _)| p == plugin && u == upstream) {
+            return m.clone();
+        }
+        let m = Arc::new(HttpCallMetrics::default());
+        calls.push((plugin.to_owned(), upstream.to_owned(), m.clone()));
         m
     }
 
@@ -200,6 +224,27 @@ impl Metrics {
                 &mut out,
                 "gateway_plugin_hook_duration_seconds",
                 &format!("plugin=\"{plugin}\",hook=\"{hook}\""),
+            );
+        }
+        drop(hooks);
+        let calls = self.http_calls.lock();
+        for (name, field) in [
+            ("gateway_http_client_calls_total", 0),
+            ("gateway_http_client_errors_total", 1),
+            ("gateway_http_client_response_bytes_total", 2),
+        ] {
+            let _ = writeln!(out, "# TYPE {name} counter");
+            for (plugin, upstream, m) in calls.iter() {
+                let value = [&m.calls, &m.errors, &m.response_bytes][field].load(Relaxed);
+                let _ = writeln!(out, "{name}{{plugin=\"{plugin}\",upstream=\"{upstream}\"}} {value}");
+            }
+        }
+        out.push_str("# TYPE gateway_http_client_duration_seconds histogram\n");
+        for (plugin, upstream, m) in calls.iter() {
+            m.latency.render(
+                &mut out,
+                "gateway_http_client_duration_seconds",
+                &format!("plugin=\"{plugin}\",upstream=\"{upstream}\""),
             );
         }
         out

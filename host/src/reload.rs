@@ -23,10 +23,18 @@ use crate::server::App;
 /// Why a reload did not happen. The old version keeps serving.
 #[derive(Debug)]
 pub enum ReloadError {
-    UnknownPlugin { name: String, known: Vec<String> },
+    UnknownPlugin {
+        name: String,
+        known: Vec<String>,
+    },
     Config(String),
     Load(LoadError),
-    Renamed { expected: String, found: String },
+    Renamed {
+        expected: String,
+        found: String,
+    },
+    /// The new version no longer serves the models routed to it.
+    Executor(String),
     ShuttingDown,
 }
 
@@ -39,6 +47,7 @@ impl std::fmt::Display for ReloadError {
             ReloadError::Config(e) => write!(f, "cannot re-read the gateway config: {e}"),
             ReloadError::Load(e) => write!(f, "{e}"),
             ReloadError::ShuttingDown => f.write_str("the gateway is shutting down: no more reloads"),
+            ReloadError::Executor(e) => write!(f, "the new version cannot take over: {e}"),
             ReloadError::Renamed { expected, found } => write!(
                 f,
                 "the new file is plugin `{found}`, expected `{expected}`: a reload replaces a plugin with a version of itself"
@@ -194,8 +203,10 @@ impl Registry {
         let old_config =
             self.entries.lock().iter().find(|e| e.name == name).map(|e| e.config.clone()).ok_or_else(unknown)?;
         // The same plugin in the re-read config: the entry with the same path.
-        let config =
-            fresh.and_then(|f| f.iter().find(|c| c.path == old_config.path)).cloned().unwrap_or(old_config.clone());
+        let config = fresh
+            .and_then(|f| f.iter().find(|c| c.path == old_config.path && c.name == old_config.name))
+            .cloned()
+            .unwrap_or(old_config.clone());
         let sha256 = file_hash(&config.path).map_err(ReloadError::Load)?;
         let old = &current.plugin;
         let same_config = config.config == old_config.config
@@ -224,17 +235,24 @@ impl Registry {
             .collect();
         let new = plugin::load(&config, &app.config.data_dir.join("plugins"), &taken, &app.services)
             .map_err(ReloadError::Load)?;
-        if new.info.name != name {
-            return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.info.name.clone() });
+        if new.name() != name {
+            return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.name().to_owned() });
         }
         let new = Arc::new(new);
+        let slot = Arc::new(Slot::new(new.clone(), config.isolate, app.metrics.clone()));
+        let slots = pipeline.slots.iter().map(|s| if s.name() == name { slot.clone() } else { s.clone() }).collect();
+        let next = Pipeline::new(slots);
+        // Models routed to this plugin must still have their executor in the new version.
+        let routed = app.upstreams.routes.values().filter_map(|r| match &r.target {
+            crate::upstream::Target::Executor(e) if e == name => Some((r.model.as_str(), e.as_str())),
+            _ => None,
+        });
+        crate::pipeline::check_executors(&next, routed).map_err(ReloadError::Executor)?;
         // As `Lifecycle` documents: the old version lets go of what the new one takes over, the
         // new one is told it is ready, then the swap is one store.
         old.quiesce();
         new.ready();
-        let slot = Arc::new(Slot::new(new.clone(), config.isolate, app.metrics.clone()));
-        let slots = pipeline.slots.iter().map(|s| if s.name() == name { slot.clone() } else { s.clone() }).collect();
-        app.pipeline.store(Arc::new(Pipeline::new(slots)));
+        app.pipeline.store(Arc::new(next));
         if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.name == name) {
             entry.config = config;
         }

@@ -37,14 +37,15 @@ use crate::collector::{Collector, Record};
 use crate::config::GatewayConfig;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
-use crate::pipeline::{ContextState, Pipeline, RequestState, ResponseState, Slot, Stop};
+use crate::pipeline::{ContextState, Pipeline, RequestState, ResponseState, Slot, Stop, check_executors};
 use crate::plugin::{self, LoadError};
 use crate::reload::{Registry, ReloadError};
 use crate::services::Services;
 use crate::services::events::EventBus;
+use crate::services::http::HttpClient;
 use crate::services::kv::{EmbeddedKv, KvLimits};
 use crate::services::lookup::Lookup;
-use crate::upstream::{Route, UpstreamReply, Upstreams, usage_of};
+use crate::upstream::{Route, Target, UpstreamReply, Upstreams, usage_of};
 
 /// Lives with the SSE parser (the mock upstream frames its streams with it too); re-exported for
 /// existing callers.
@@ -55,8 +56,13 @@ pub use crate::upstream::sse::sse_frame;
 pub enum GatewayError {
     Load(LoadError),
     Kv(crate::services::kv::KvError),
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     Runtime(std::io::Error),
+    /// A model routes to an executor that is not loaded, or does not speak OpenAI chat.
+    Executor(String),
 }
 
 impl std::fmt::Display for GatewayError {
@@ -66,6 +72,7 @@ impl std::fmt::Display for GatewayError {
             GatewayError::Kv(e) => write!(f, "{e}"),
             GatewayError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             GatewayError::Runtime(e) => write!(f, "cannot start the async runtime: {e}"),
+            GatewayError::Executor(e) => write!(f, "{e}"),
         }
     }
 }
@@ -76,6 +83,7 @@ impl std::error::Error for GatewayError {
             GatewayError::Load(e) => Some(e),
             GatewayError::Kv(e) => Some(e),
             GatewayError::Bind { source, .. } | GatewayError::Runtime(source) => Some(source),
+            GatewayError::Executor(_) => None,
         }
     }
 }
@@ -102,12 +110,14 @@ impl App {
         let upstreams = Upstreams::from_config(&config);
         let limits = KvLimits { max_key_bytes: config.kv.max_key_bytes, max_value_bytes: config.kv.max_value_bytes };
         let kv = EmbeddedKv::open(&config.data_dir.join("kv.redb"), limits).map_err(GatewayError::Kv)?;
+        let http = Arc::new(HttpClient::new(upstreams.http_targets(), metrics.clone()));
         let services = Services::new(
             kv,
             EventBus::start(config.event_queue, metrics.events_dropped.clone()),
             Lookup::from_config(&config, &upstreams),
             config.logging.clone(),
             metrics.clone(),
+            http,
         );
         let configs = config.enabled_plugins();
         let loaded =
@@ -115,13 +125,18 @@ impl App {
         let slots =
             loaded.into_iter().zip(&configs).map(|(p, c)| Arc::new(Slot::new(p, c.isolate, metrics.clone()))).collect();
         let pipeline = Pipeline::new(slots);
+        let routed = upstreams.routes.values().filter_map(|r| match &r.target {
+            Target::Executor(name) => Some((r.model.as_str(), name.as_str())),
+            Target::Upstream(_) => None,
+        });
+        check_executors(&pipeline, routed).map_err(GatewayError::Executor)?;
         for slot in &pipeline.slots {
             slot.plugin.ready();
         }
         let registry = Registry::new(&pipeline, &configs, config_path);
         let collector = Collector::start(config.collector_queue, metrics.clone());
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
-        Ok(Arc::new(App {
+        let app = Arc::new(App {
             upstreams,
             pipeline: ArcSwap::from_pointee(pipeline),
             metrics,
@@ -132,7 +147,26 @@ impl App {
             config,
             boot,
             next_request: AtomicU64::new(1),
-        }))
+        });
+        // Every call a plugin makes through the host HTTP client reaches the data collectors
+        // as a proxy-log record (method, `upstream:NAME/path`, status, bytes, latency).
+        let weak = Arc::downgrade(&app);
+        app.services.http.set_sink(Box::new(move |call| {
+            let Some(app) = weak.upgrade() else { return };
+            let record = Record {
+                request_id: call.request_id,
+                method: call.method,
+                path: format!("upstream:{}{}", call.upstream, call.path),
+                status: call.status,
+                request_bytes: call.request_bytes,
+                response_bytes: call.response_bytes,
+                latency_us: call.latency_us,
+                unix_ms: call.unix_ms,
+                ..Record::default()
+            };
+            app.collector.submit(&app.pipeline.load_full(), record);
+        }));
+        Ok(app)
     }
 
     /// Stops in dependency order: queued records reach the collectors, plugins shut down (each
@@ -280,7 +314,11 @@ async fn refuse(mut stream: tokio::net::TcpStream, cap: usize) {
 /// plugin whose file or config changed.
 pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), GatewayError> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(GatewayError::Runtime)?;
-    let app = App::new(config, config_path)?;
+    // Inside the runtime's context: the host HTTP client runs its calls on it.
+    let app = {
+        let _entered = runtime.enter();
+        App::new(config, config_path)?
+    };
     let _watcher = if app.config.admin.watch { Some(watch(&app)) } else { None };
     runtime.block_on(async {
         tokio::spawn(reaper(app.clone()));
@@ -426,6 +464,7 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
     let path = req.uri().path();
     let resp = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat(app, req, peer, started).await,
+        (&Method::POST, "/v1/count_tokens") => count_tokens(app, req, peer, started).await,
         (&Method::GET, "/v1/models") => models(app),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         (&Method::GET, "/metrics") => {
@@ -433,7 +472,10 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
-        (m, "/v1/chat/completions") => error_response(&ApiError::method_not_allowed(m, path, "POST")),
+        (m, "/v1/chat/completions" | "/v1/count_tokens") => {
+            error_response(&ApiError::method_not_allowed(m, path, "POST"))
+        }
+        (_, p) if p.starts_with("/admin/executors/") && p.contains("/http/") => executor_http(app, req).await,
         (m, "/v1/models" | "/healthz" | "/metrics") => error_response(&ApiError::method_not_allowed(m, path, "GET")),
         (m, p) if p.starts_with("/admin/") => admin(app, m, p, req.headers()).await,
         _ => error_response(&ApiError::not_found(path)),
@@ -442,8 +484,8 @@ async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Res
     resp
 }
 
-/// `GET /admin/plugins`, `POST /admin/plugins/{name}/reload`, `POST /admin/reload`.
-async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
+/// `Err` with the 401 to send unless `headers` carry the admin token.
+fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -464,12 +506,32 @@ async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap)
                 "admin endpoints are disabled: set [admin] token or GATEWAY_ADMIN_TOKEN"
             },
         );
-        return error_response(&e);
+        return Err(error_response(&e));
+    }
+    Ok(())
+}
+
+/// `GET /admin/plugins`, `GET /admin/executors`, `POST /admin/plugins/{name}/reload`,
+/// `POST /admin/reload`.
+async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
+    if let Err(denied) = admin_check(app, headers) {
+        return denied;
     }
     let json = |status, value: serde_json::Value| json_response(status, Bytes::from(value.to_string()));
     let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
     match (method, segments.as_slice()) {
         (&Method::GET, ["plugins"]) => json(StatusCode::OK, serde_json::json!({ "plugins": app.registry.status(app) })),
+        (&Method::GET, ["executors"]) => {
+            let pipeline = app.pipeline.load();
+            let executors: Vec<serde_json::Value> = pipeline
+                .executor_names()
+                .map(|name| match pipeline.describe_executor(name) {
+                    Ok(info) => serde_json::json!({ "name": name, "executor": info }),
+                    Err(e) => serde_json::json!({ "name": name, "error": e }),
+                })
+                .collect();
+            json(StatusCode::OK, serde_json::json!({ "executors": executors }))
+        }
         (&Method::POST, ["reload"]) => {
             let worker = app.clone();
             let results =
@@ -509,6 +571,114 @@ async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap)
     }
 }
 
+/// `ANY /admin/executors/{name}/http/{path}`: the request, minus that prefix, passed through
+/// to executor `name`'s `http_request` (which calls its provider with its credentials).
+async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Response<GatewayBody> {
+    if let Err(denied) = admin_check(app, req.headers()) {
+        return denied;
+    }
+    let rest = req.uri().path().trim_start_matches("/admin/executors/");
+    let Some((name, path)) = rest.split_once("/http") else {
+        return error_response(&ApiError::not_found(req.uri().path()));
+    };
+    let name = name.to_owned();
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{}?{q}", if path.is_empty() { "/" } else { path }),
+        None => if path.is_empty() { "/" } else { path }.to_owned(),
+    };
+    let Ok(uri) = path_and_query.parse::<http::Uri>() else {
+        return error_response(&ApiError::invalid_request("invalid_path", "expected a valid path after /http"));
+    };
+    let limits = &app.config.limits;
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error_response(&ApiError::too_large(limits.max_body_bytes, None)),
+    };
+    let state = RequestState {
+        method: parts.method,
+        uri,
+        headers: parts.headers,
+        body,
+        ctx: ContextState { request_id: app.request_id(), ..ContextState::default() },
+    };
+    let pipeline = app.pipeline.load_full();
+    match pipeline.executor_http(&name, &state).await {
+        Ok((status, headers, body)) => {
+            let mut resp = Response::new(GatewayBody::full(body));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+/// `POST /v1/count_tokens`: a chat request's input tokens, counted by the executor its model
+/// routes to, after the same request hooks a chat request goes through.
+async fn count_tokens(
+    app: &Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let pipeline = app.pipeline.load_full();
+    let request_id = app.request_id();
+    let mut record = Record {
+        request_id: request_id.clone(),
+        method: "POST".into(),
+        path: req.uri().path().to_owned(),
+        unix_ms: unix_ms(),
+        ..Record::default()
+    };
+    let mut req = match read_request(app, req, peer, request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
+            return finish(app, &pipeline, record, error_state(&e), &ctx, started);
+        }
+    };
+    record.request_bytes = req.body.len() as u64;
+    let phases = request_phases(app, &pipeline, &mut req);
+    record.app_id.clone_from(&req.ctx.app_id);
+    record.user_id.clone_from(&req.ctx.user_id);
+    record.model.clone_from(&req.ctx.model);
+    let resp = match phases {
+        Err(Stop::Respond(resp)) => resp,
+        Err(Stop::Error(e)) => error_state(&e),
+        Ok((route, _)) => match &route.target {
+            Target::Executor(name) => match pipeline.count_tokens(name, &req, &route.upstream_model).await {
+                Ok(n) => ResponseState {
+                    status: StatusCode::OK,
+                    headers: json_headers(),
+                    body: Bytes::from(
+                        serde_json::json!({ "object": "token_count", "model": req.ctx.model, "input_tokens": n })
+                            .to_string(),
+                    ),
+                },
+                Err(e) => error_state(&e),
+            },
+            Target::Upstream(i) => error_state(&ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "invalid_request_error",
+                "count_tokens_unsupported",
+                format!(
+                    "model `{}` is served by upstream `{}`, which cannot count tokens: expected a model served by an executor plugin",
+                    req.ctx.model,
+                    app.upstreams.upstreams[*i].name()
+                ),
+            )),
+        },
+    };
+    finish(app, &pipeline, record, resp, &req.ctx, started)
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -519,7 +689,7 @@ fn models(app: &App) -> Response<GatewayBody> {
         .models
         .iter()
         .map(|m| {
-            let owner = app.upstreams.routes.get(m).map_or("", |r| app.upstreams.upstreams[r.upstream].name());
+            let owner = app.upstreams.routes.get(m).map_or("", |r| app.upstreams.owner(r));
             serde_json::json!({ "id": m, "object": "model", "created": 0, "owned_by": owner })
         })
         .collect();
@@ -625,11 +795,14 @@ fn request_phases<'u>(app: &'u App, pipeline: &Pipeline, req: &mut RequestState)
     let (model, _) = peek(&req.body)?;
     req.ctx.model = model;
     let route = app.upstreams.route(&req.ctx.model)?;
-    let upstream = &app.upstreams.upstreams[route.upstream];
+    let base_url = match &route.target {
+        Target::Upstream(i) => app.upstreams.upstreams[*i].base_url(),
+        Target::Executor(_) => "",
+    };
     let raw = RawUpstream {
-        name: upstream.name().into(),
-        kind: upstream.kind().into(),
-        base_url: upstream.base_url().into(),
+        name: app.upstreams.owner(route).into(),
+        kind: app.upstreams.owner_kind(route).into(),
+        base_url: base_url.into(),
         model: route.upstream_model.as_str().into(),
     };
     pipeline.after_selection(req, &raw)?;
@@ -700,9 +873,12 @@ async fn chat(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr, started:
             return finish(app, &pipeline, record, resp, &req.ctx, started);
         }
     };
-    let upstream = &app.upstreams.upstreams[route.upstream];
-    record.upstream = upstream.name().to_owned();
-    let reply = match upstream.call(req.body.clone(), route, stream).await {
+    record.upstream = app.upstreams.owner(route).to_owned();
+    let reply = match &route.target {
+        Target::Upstream(i) => app.upstreams.upstreams[*i].call(req.body.clone(), route, stream).await,
+        Target::Executor(name) => pipeline.execute(name, &req, &route.upstream_model, stream).await,
+    };
+    let reply = match reply {
         Ok(r) => r,
         Err(e) => return finish(app, &pipeline, record, error_state(&e), &req.ctx, started),
     };

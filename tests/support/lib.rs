@@ -30,6 +30,7 @@ pub fn gateway_bin() -> PathBuf {
 pub fn plugin_config(path: PathBuf, config_toml: &str) -> PluginConfig {
     PluginConfig {
         path,
+        name: None,
         enabled: true,
         order: 0,
         on_error: FailMode::FailClosed,

@@ -5,6 +5,7 @@
 //! `isolate = true`, whose hooks run under `block_in_place` so that a hook that blocks moves
 //! the worker's other tasks elsewhere. Data collectors always run on the collector thread.
 
+mod executor;
 mod request;
 mod stream;
 
@@ -27,6 +28,7 @@ use crate::config::{FailMode, QuarantinePolicy};
 use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
+pub use executor::{ExecutorInfo, check_executors};
 pub use request::{ContextState, RequestState};
 use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
 pub use stream::StreamFilters;
@@ -256,7 +258,35 @@ impl<T> Hook<T> {
         };
         m.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
-        match r.error() {
+        self.account(which, r.error(), probe);
+        r
+    }
+
+    /// Awaits hook `which`'s future with the same accounting as [`Hook::invoke`]: its latency
+    /// runs until the future completes. The future runs on this task: dropping it (the client
+    /// went away) cancels it inside the plugin.
+    async fn invoke_async<R: Outcome>(
+        &self,
+        which: usize,
+        probe: bool,
+        future: impl std::future::Future<Output = R>,
+    ) -> R {
+        let (name, m) = &self.metrics[which];
+        let span =
+            tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
+        m.calls.fetch_add(1, Relaxed);
+        let started = quanta::Instant::now();
+        let r = tracing::Instrument::instrument(future, span.clone()).await;
+        m.latency.observe(quanta::Instant::now() - started);
+        span.record("outcome", r.label());
+        self.account(which, r.error(), probe);
+        r
+    }
+
+    /// Counts a call's error or panic; a panic counts toward quarantine.
+    fn account(&self, which: usize, error: Option<&PluginError>, probe: bool) {
+        let m = &self.metrics[which].1;
+        match error {
             Some(e) if e.code == ffi::code::PANIC => {
                 m.errors.fetch_add(1, Relaxed);
                 m.panics.fetch_add(1, Relaxed);
@@ -268,7 +298,6 @@ impl<T> Hook<T> {
             }
             None => self.slot.on_success(probe),
         }
-        r
     }
 
     /// A failed hook under the plugin's failure policy: `None` to go on without it (fail-open),
@@ -386,6 +415,7 @@ pub struct Pipeline {
     stream_chunk: Vec<Hook<ffi::StreamChunkV1>>,
     stream_complete: Vec<Hook<ffi::StreamCompleteV1>>,
     collectors: Vec<Hook<ffi::DataCollectorV1>>,
+    executors: Vec<Hook<ffi::ExecutorV1>>,
 }
 
 /// A request hook: the capability's call for the request view.
@@ -420,6 +450,9 @@ impl Pipeline {
             }
             if let Some(c) = plugin.cap() {
                 p.collectors.push(Hook::new(c, slot));
+            }
+            if let Some(c) = plugin.cap() {
+                p.executors.push(Hook::new(c, slot));
             }
         }
         p.slots = slots;

@@ -75,7 +75,8 @@ impl fmt::Display for LoadError {
             ),
             LoadError::DuplicateName { name, path, first } => write!(
                 f,
-                "plugin name `{name}` from {} is already taken by {}: expected each plugin name once",
+                "plugin name `{name}` from {} is already taken by {}: expected each plugin name once (give one \
+                 of them another `name` in its [[plugins]] entry to load the same plugin twice)",
                 path.display(),
                 first.display()
             ),
@@ -243,6 +244,8 @@ fn private_copy(path: &Path, dir: &Path) -> Result<(PathBuf, String), LoadError>
 
 /// One initialised plugin instance together with the library that holds its code.
 pub struct LoadedPlugin {
+    /// The instance name: the config's `name`, or the plugin's own.
+    name: String,
     pub info: PluginInfo,
     pub source_path: PathBuf,
     pub private_path: PathBuf,
@@ -255,8 +258,9 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// The instance name (several instances of one plugin each have their own).
     pub fn name(&self) -> &str {
-        &self.info.name
+        &self.name
     }
 
     /// The capability `T` of this plugin, if it has it.
@@ -293,8 +297,16 @@ pub fn load(
     let (private_path, sha256) = private_copy(&config.path, copies_dir)?;
     let inspected = inspect(&private_path).map_err(|e| with_source_path(e, &private_path, &config.path))?;
     let info = inspected.info;
-    if let Some((_, first)) = taken.iter().find(|(n, _)| *n == info.name) {
-        return Err(LoadError::DuplicateName { name: info.name, path: config.path.clone(), first: first.clone() });
+    let name = config.name.clone().unwrap_or_else(|| info.name.clone());
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return Err(LoadError::ConfigRejected {
+            name: info.name.clone(),
+            field: "name".into(),
+            rule: format!("instance name {name:?}: expected ASCII letters, digits, `-`, `_` or `.`"),
+        });
+    }
+    if let Some((_, first)) = taken.iter().find(|(n, _)| *n == name) {
+        return Err(LoadError::DuplicateName { name, path: config.path.clone(), first: first.clone() });
     }
     let config_json = serde_json::to_value(&config.config).map_err(|e| LoadError::ConfigRejected {
         name: info.name.clone(),
@@ -302,13 +314,15 @@ pub fn load(
         rule: e.to_string(),
     })?;
     validate_config(&info, &config_json)?;
-    let services = PluginServices::new(&info.name, &info.version, shared);
+    // Each instance has its own KV namespace, log tag and subscriptions.
+    let services = PluginServices::new(&name, &info.version, shared);
     // A failed init also ends whatever the plugin registered before failing (subscriptions).
     let instance = inspected.library.instantiate(&config_json.to_string(), services).map_err(|e| {
         LoadError::InitializeFailed { name: info.name.clone(), code: e.code, message: e.message.into() }
     })?;
-    tracing::info!(plugin = %info.name, version = %info.version, abi = %info.abi_version, path = %config.path.display(), "plugin loaded");
+    tracing::info!(plugin = %name, declared_name = %info.name, version = %info.version, abi = %info.abi_version, path = %config.path.display(), "plugin loaded");
     Ok(LoadedPlugin {
+        name,
         info,
         source_path: config.path.clone(),
         private_path,
@@ -356,7 +370,7 @@ pub fn load_all(
     let mut taken: Vec<(String, PathBuf)> = Vec::new();
     for config in configs {
         let plugin = load(config, copies_dir, &taken, shared)?;
-        taken.push((plugin.info.name.clone(), plugin.source_path.clone()));
+        taken.push((plugin.name().to_owned(), plugin.source_path.clone()));
         loaded.push(Arc::new(plugin));
     }
     Ok(loaded)

@@ -32,11 +32,10 @@ impl Lookup {
             .iter()
             .filter_map(|name| {
                 let route = upstreams.routes.get(name)?;
-                let upstream = &upstreams.upstreams[route.upstream];
                 Some(ModelInfo {
                     name: name.as_str().into(),
-                    upstream: upstream.name().into(),
-                    upstream_kind: upstream.kind().into(),
+                    upstream: upstreams.owner(route).into(),
+                    upstream_kind: upstreams.owner_kind(route).into(),
                     upstream_model: route.upstream_model.as_str().into(),
                 })
             })

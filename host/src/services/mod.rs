@@ -1,8 +1,9 @@
-//! Host services for plugins: logging, KV, events and lookups. [`Services`] is shared by the
+//! Host services for plugins: logging, KV, events, lookups and the HTTP client. [`Services`] is shared by the
 //! gateway; each plugin instance reaches it through its own [`PluginServices`], which
 //! identifies the plugin in everything it does.
 
 pub mod events;
+pub mod http;
 pub mod kv;
 pub mod lookup;
 
@@ -26,6 +27,7 @@ pub struct Services {
     pub lookup: Lookup,
     pub logging: LoggingConfig,
     pub metrics: Arc<Metrics>,
+    pub http: Arc<http::HttpClient>,
     next_instance: AtomicU64,
 }
 
@@ -36,8 +38,9 @@ impl Services {
         lookup: Lookup,
         logging: LoggingConfig,
         metrics: Arc<Metrics>,
+        http: Arc<http::HttpClient>,
     ) -> Arc<Self> {
-        Arc::new(Services { kv, events, lookup, logging, metrics, next_instance: AtomicU64::new(1) })
+        Arc::new(Services { kv, events, lookup, logging, metrics, http, next_instance: AtomicU64::new(1) })
     }
 }
 
@@ -49,12 +52,14 @@ impl Services {
         let limits = kv::KvLimits { max_key_bytes: config.max_key_bytes, max_value_bytes: config.max_value_bytes };
         let kv = kv::EmbeddedKv::open(&dir.join("kv.redb"), limits)?;
         let metrics = Arc::new(Metrics::default());
+        let http = Arc::new(http::HttpClient::new(Default::default(), metrics.clone()));
         Ok(Services::new(
             kv,
             EventBus::start(64, metrics.events_dropped.clone()),
             Lookup::default(),
             LoggingConfig::default(),
             metrics,
+            http,
         ))
     }
 }
@@ -182,6 +187,10 @@ impl HostServices for PluginServices {
 
     fn validate_credential(&self, credential: &str) -> Option<(String, String)> {
         self.shared.lookup.credential(credential)
+    }
+
+    fn http(&self, call: plugin_abi::ffi::HttpCall) -> plugin_abi::ffi::HttpFuture {
+        self.shared.http.send(&self.name, call)
     }
 
     /// Ends the instance's event subscriptions (and refuses new ones); called before it is

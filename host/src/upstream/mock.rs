@@ -103,6 +103,7 @@ impl MockUpstream {
     /// - `POST …/messages` (as `/v1/messages`): Anthropic's Messages API, which wants the
     ///   `x-api-key` and `anthropic-version` headers (any non-empty values), or with
     ///   `"stream": true` its named events from `message_start` to `message_stop`;
+    /// - `POST …/messages/count_tokens`: `{"input_tokens": N}` for the same request;
     /// - anything else: 404 (Anthropic's error shape for paths with a `messages` segment,
     ///   OpenAI's otherwise), or 405 for a method other than POST on those two paths.
     ///
@@ -111,7 +112,7 @@ impl MockUpstream {
     pub fn http(&self, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> MockHttpReply {
         if path.ends_with("/chat/completions") {
             self.openai_http(method, path, body)
-        } else if path.ends_with("/messages") {
+        } else if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
             self.anthropic_http(method, path, headers, body)
         } else if path.split('/').any(|segment| segment == "messages") {
             anthropic_error(
@@ -182,11 +183,20 @@ impl MockUpstream {
                 format!("expected an anthropic-version header (such as 2023-06-01), found {found}"),
             );
         }
-        let request = match MessagesRequest::parse(body) {
+        let counting = path.ends_with("/messages/count_tokens");
+        let request = match MessagesRequest::parse(body, counting) {
             Ok(request) => request,
             Err(message) => return anthropic_error(StatusCode::BAD_REQUEST, "invalid_request_error", message),
         };
         let answer = self.compose(&request.messages, &request.system, &request.model, "msg_mock_");
+        if counting {
+            let body = serde_json::json!({ "input_tokens": answer.usage.prompt_tokens });
+            return MockHttpReply::Full {
+                status: StatusCode::OK,
+                content_type: JSON,
+                body: Bytes::from(body.to_string()),
+            };
+        }
         if request.stream {
             MockHttpReply::Stream { status: StatusCode::OK, events: answer.message_events(), delay: self.chunk_delay }
         } else {
@@ -278,7 +288,8 @@ struct MessagesRequest {
 }
 
 impl MessagesRequest {
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    /// `counting`: a `count_tokens` request, which has no `max_tokens`.
+    fn parse(body: &[u8], counting: bool) -> Result<Self, String> {
         let value: Value =
             serde_json::from_slice(body).map_err(|e| format!("expected a JSON body, found invalid JSON: {e}"))?;
         let Value::Object(request) = value else {
@@ -290,6 +301,7 @@ impl MessagesRequest {
             Some(other) => return Err(format!("`model`: expected a non-empty string, found {}", describe(other))),
         };
         match request.get("max_tokens") {
+            None if counting => {}
             None => return Err("missing `max_tokens`: expected a positive integer".to_owned()),
             Some(v) if v.as_u64().is_some_and(|n| n > 0) => {}
             Some(other) => {

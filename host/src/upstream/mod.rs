@@ -1,10 +1,11 @@
 //! Upstreams that models route to: the embedded mock, or an OpenAI-compatible HTTP API.
 
 pub mod mock;
-mod openai;
+pub mod openai;
 pub mod sse;
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,15 +19,24 @@ use mock::MockUpstream;
 use openai::{OpenAiUpstream, SseEvents};
 
 pub enum Upstream {
-    Mock { name: String, mock: MockUpstream },
-    OpenAi(Box<OpenAiUpstream>),
+    Mock { name: String, mock: Arc<MockUpstream> },
+    OpenAi(Arc<OpenAiUpstream>),
 }
 
 /// What a model resolves to.
 pub struct Route {
     pub model: String,
     pub upstream_model: String,
-    pub upstream: usize,
+    pub target: Target,
+}
+
+/// Who serves a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// A built-in upstream, by index into [`Upstreams::upstreams`].
+    Upstream(usize),
+    /// An executor plugin, by instance name.
+    Executor(String),
 }
 
 /// Every upstream and model route from the config.
@@ -45,11 +55,12 @@ impl Upstreams {
             .map(|u| match &u.kind {
                 UpstreamKind::Mock { chunks, chunk_delay_ms } => Upstream::Mock {
                     name: u.name.clone(),
-                    mock: MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms)),
+                    mock: Arc::new(MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms))),
                 },
                 UpstreamKind::Openai {
                     base_url,
                     api_key_env,
+                    auth_header,
                     connect_timeout_ms,
                     timeout_ms,
                     ca_certs,
@@ -57,11 +68,12 @@ impl Upstreams {
                     max_event_bytes,
                     ca_file: _,
                     allow_insecure_http: _,
-                } => Upstream::OpenAi(Box::new(OpenAiUpstream::new(
+                } => Upstream::OpenAi(Arc::new(OpenAiUpstream::new(
                     &u.name,
                     openai::Settings {
                         base_url,
                         api_key_env: api_key_env.as_deref(),
+                        auth_header: auth_header.as_deref(),
                         connect_timeout: Duration::from_millis(*connect_timeout_ms),
                         timeout: Duration::from_millis(*timeout_ms),
                         ca_certs,
@@ -73,11 +85,45 @@ impl Upstreams {
             .collect();
         let mut routes = HashMap::new();
         for m in &config.models {
-            let upstream = config.upstreams.iter().position(|u| u.name == m.upstream).expect("validated by config");
+            let target = match (&m.upstream, &m.executor) {
+                (Some(name), _) => Target::Upstream(
+                    config.upstreams.iter().position(|u| u.name == *name).expect("validated by config"),
+                ),
+                (None, Some(executor)) => Target::Executor(executor.clone()),
+                (None, None) => unreachable!("validated by config"),
+            };
             let upstream_model = m.upstream_model.clone().unwrap_or_else(|| m.name.clone());
-            routes.insert(m.name.clone(), Route { model: m.name.clone(), upstream_model, upstream });
+            routes.insert(m.name.clone(), Route { model: m.name.clone(), upstream_model, target });
         }
         Upstreams { upstreams, routes, models: config.models.iter().map(|m| m.name.clone()).collect() }
+    }
+
+    /// Who serves `route`: the upstream's name, or the executor's.
+    pub fn owner<'a>(&'a self, route: &'a Route) -> &'a str {
+        match &route.target {
+            Target::Upstream(i) => self.upstreams[*i].name(),
+            Target::Executor(name) => name,
+        }
+    }
+
+    /// The (name, kind) of who serves `route`.
+    pub fn owner_kind(&self, route: &Route) -> &'static str {
+        match &route.target {
+            Target::Upstream(i) => self.upstreams[*i].kind(),
+            Target::Executor(_) => "executor",
+        }
+    }
+
+    /// Every upstream as the host HTTP client reaches it, by name.
+    pub fn http_targets(&self) -> HashMap<String, crate::services::http::HttpTarget> {
+        use crate::services::http::HttpTarget;
+        self.upstreams
+            .iter()
+            .map(|u| match u {
+                Upstream::Mock { name, mock } => (name.clone(), HttpTarget::Mock(mock.clone())),
+                Upstream::OpenAi(o) => (o.name.clone(), HttpTarget::Remote(o.clone())),
+            })
+            .collect()
     }
 
     pub fn route(&self, model: &str) -> Result<&Route, ApiError> {
@@ -161,7 +207,7 @@ fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, ApiError> {
 }
 
 /// Drops hop-by-hop and framing headers; the gateway frames its own response.
-fn forwardable(mut headers: HeaderMap) -> HeaderMap {
+pub fn forwardable(mut headers: HeaderMap) -> HeaderMap {
     for name in [
         http::header::CONNECTION,
         http::header::CONTENT_LENGTH,
@@ -180,8 +226,20 @@ pub enum UpstreamReply {
 
 /// The event payloads of a streamed reply, without SSE framing.
 pub enum Events {
-    Mock { chunks: VecDeque<Bytes>, delay: Duration, first: bool },
+    Mock {
+        chunks: VecDeque<Bytes>,
+        delay: Duration,
+        first: bool,
+    },
     Sse(SseEvents),
+    /// An executor plugin's chunks.
+    Plugin(Box<dyn PollEvents>),
+}
+
+/// Event payloads produced by something polled in place (an executor plugin's stream); an
+/// error message (fit for the client) ends them.
+pub trait PollEvents: Send {
+    fn poll_event(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Result<Bytes, String>>>;
 }
 
 impl Events {
@@ -196,6 +254,7 @@ impl Events {
                 Some(Ok(chunk))
             }
             Events::Sse(sse) => sse.next().await,
+            Events::Plugin(events) => std::future::poll_fn(|cx| events.poll_event(cx)).await,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -23,6 +23,8 @@ use crate::error::ApiError;
 pub struct Settings<'a> {
     pub base_url: &'a str,
     pub api_key_env: Option<&'a str>,
+    /// `None` or `authorization`: `Bearer <key>`; another header: the key as it is.
+    pub auth_header: Option<&'a str>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub ca_certs: &'a [CertificateDer<'static>],
@@ -33,9 +35,9 @@ pub struct Settings<'a> {
 pub struct OpenAiUpstream {
     pub name: String,
     pub base_url: String,
-    api_key: Option<HeaderValue>,
-    timeout: Duration,
-    max_response_bytes: usize,
+    api_key: Option<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+    pub max_response_bytes: usize,
     max_event_bytes: usize,
     client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
 }
@@ -66,8 +68,15 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 impl OpenAiUpstream {
     pub fn new(name: &str, s: Settings<'_>) -> Self {
+        let header = match s.auth_header.map(str::to_ascii_lowercase) {
+            None => http::header::AUTHORIZATION,
+            Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or(http::header::AUTHORIZATION),
+        };
         let api_key = s.api_key_env.and_then(|var| match std::env::var(var) {
-            Ok(key) => HeaderValue::from_str(&format!("Bearer {key}")).ok(),
+            Ok(key) if header == http::header::AUTHORIZATION => {
+                HeaderValue::from_str(&format!("Bearer {key}")).ok().map(|v| (header.clone(), v))
+            }
+            Ok(key) => HeaderValue::from_str(&key).ok().map(|v| (header.clone(), v)),
             Err(_) => {
                 tracing::warn!(upstream = name, var, "API key variable is not set: calling the upstream without a key");
                 None
@@ -95,18 +104,34 @@ impl OpenAiUpstream {
     }
 
     pub async fn send(&self, body: Bytes) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
-        let url = format!("{}/chat/completions", self.base_url);
-        let mut req = Request::post(&url)
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .body(Full::new(body))
-            .map_err(|e| {
-                tracing::warn!(upstream = %self.name, %url, "cannot build the upstream request: {e}");
-                ApiError::upstream(format!("upstream `{}`: its configured URL is invalid", self.name))
-            })?;
-        if let Some(key) = &self.api_key {
-            req.headers_mut().insert(http::header::AUTHORIZATION, key.clone());
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.request(Method::POST, "/chat/completions", headers, body, self.timeout).await
+    }
+
+    /// Sends `method path` (path and query, appended to the base URL) with `headers` and the
+    /// upstream's key; waits at most `timeout` for the response head.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
+        let url = format!("{}{path}", self.base_url);
+        let mut req = Request::builder().method(method).uri(&url).body(Full::new(body)).map_err(|e| {
+            tracing::warn!(upstream = %self.name, %url, "cannot build the upstream request: {e}");
+            ApiError::upstream(format!(
+                "upstream `{}`: its configured URL and this path do not form a valid URL",
+                self.name
+            ))
+        })?;
+        *req.headers_mut() = headers;
+        if let Some((name, key)) = &self.api_key {
+            req.headers_mut().insert(name.clone(), key.clone());
         }
-        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+        let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name))?
             .map_err(|e| {

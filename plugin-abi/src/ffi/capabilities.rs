@@ -4,15 +4,79 @@
 use std::ffi::c_void;
 
 use abi_stable::StableAbi;
-use abi_stable::std_types::{ROption, RResult, RSlice, RStr};
+use abi_stable::std_types::{ROk, ROption, RResult, RSlice, RStr, RString, RVec};
 
 use super::define::capabilities;
 use super::glue::{Exported, config_schema, outcome, unit};
 use super::*;
+use crate::sdk::executor::{self, ExecRequest, HttpPassthrough};
 use crate::sdk::{
-    self, Auth, Chunk, ConfigProvider, Context, DataCollector, Lifecycle, Plugin, PostAuth, PreAuth, Request,
+    self, Auth, Chunk, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth, PreAuth, Request,
     RequestInterceptor, Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
 };
+
+/// A request as an executor receives it: borrowed for the call that starts it.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawExecRequest<'a> {
+    /// Request id, app, user, the model the client asked for, client IP, metadata.
+    pub ctx: RawContext<'a>,
+    /// The model to ask the provider for.
+    pub upstream_model: RStr<'a>,
+    /// The format of `body`: "openai".
+    pub format: RStr<'a>,
+    pub stream: bool,
+    pub headers: RSlice<'a, RawHeader<'a>>,
+    pub body: RSlice<'a, u8>,
+}
+
+/// A whole executor response.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ExecResponse {
+    pub status: u16,
+    pub headers: RVec<OwnedHeader>,
+    pub body: RVec<u8>,
+}
+
+/// An executor failure: the status and OpenAI error type the client gets, and the error
+/// (code [`code::PANIC`] for a panic, which the host counts toward quarantine).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ExecError {
+    pub status: u16,
+    pub kind: RString,
+    pub error: PluginError,
+}
+
+impl<T> FromPanic for RResult<T, ExecError> {
+    fn from_panic(message: String) -> Self {
+        RResult::RErr(ExecError {
+            status: 500,
+            kind: "api_error".into(),
+            error: PluginError { code: code::PANIC, message: format!("plugin panicked: {message}").into() },
+        })
+    }
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ExecutorModel {
+    pub id: RString,
+    pub owned_by: RString,
+    pub context_length: u64,
+}
+
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct ExecutorInfo {
+    pub identifier: RString,
+    pub input_formats: RVec<RString>,
+    pub output_formats: RVec<RString>,
+    pub models: RVec<ExecutorModel>,
+}
+
+super::define::returned_as_is!(RResult<ExecutorInfo, PluginError>);
 
 capabilities! {
     /// Capability [`cap::PRE_AUTH`], version 1: runs before authentication.
@@ -157,6 +221,27 @@ capabilities! {
 
     /// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
     /// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
+    /// Capability [`cap::EXECUTOR`], version 1: the plugin is the provider for the models routed
+    /// to it. The request and response hooks run around it as around a built-in upstream.
+    ExecutorV1 = (cap::EXECUTOR, 1) Executor: Executor {
+        /// What it serves; asked once at load.
+        pub fn describe() -> RResult<ExecutorInfo, PluginError> as "describe"
+            => |p| ROk(executor::info_to_raw(p.describe()));
+        /// A non-streaming request.
+        pub fn execute(req: &RawExecRequest<'_>) -> RFuture<RResult<ExecResponse, ExecError>> as "execute"
+            => |p| executor::response_future(p.execute(ExecRequest::from_raw(req)));
+        /// A streaming request: the first item is the first chunk, or the error the client gets
+        /// with its status.
+        pub fn execute_stream(req: &RawExecRequest<'_>) -> RStream<RResult<RVec<u8>, ExecError>> as "execute_stream"
+            => |p| executor::chunk_stream(p.execute_stream(ExecRequest::from_raw(req)));
+        /// Input tokens the request would use.
+        pub fn count_tokens(req: &RawExecRequest<'_>) -> RFuture<RResult<u64, ExecError>> as "count_tokens"
+            => |p| executor::count_future(p.count_tokens(ExecRequest::from_raw(req)));
+        /// A raw request with the provider's credentials.
+        pub fn http_request(req: &RawRequest<'_>) -> RFuture<RResult<ExecResponse, ExecError>> as "http_request"
+            => |p| executor::response_future(p.http_request(HttpPassthrough::from_raw(req)));
+    }
+
     /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work
     /// without. A host that lacks one of them refuses the plugin at load, naming it, instead of
     /// skipping the table (an auth plugin whose auth table is skipped would let every request in).

@@ -41,6 +41,32 @@ impl Drop for Subscriber {
 /// [`code::SERVICE`].
 pub type ServiceResult<T> = Result<T, String>;
 
+/// An outgoing HTTP call, as the host receives it (owned: the call outlives the plugin's borrow).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    pub upstream: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// `None`: the upstream's own timeout.
+    pub timeout: Option<std::time::Duration>,
+    pub request_id: String,
+}
+
+/// The body of an [`HttpResponse`]: chunks until `None`; an error ends it.
+pub type HttpBody = std::pin::Pin<Box<dyn ItemSource<Item = ServiceResult<Vec<u8>>>>>;
+
+/// A host's answer to an [`HttpCall`].
+pub struct HttpResponse {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: HttpBody,
+}
+
+/// The future a host's HTTP client returns.
+pub type HttpFuture = std::pin::Pin<Box<dyn std::future::Future<Output = ServiceResult<HttpResponse>> + Send>>;
+
 /// What a host offers its plugins. Called on whatever thread the plugin calls from.
 pub trait HostServices: Send + Sync + 'static {
     /// A log line; `level` is one of [`level`] (others are treated as trace).
@@ -60,6 +86,12 @@ pub trait HostServices: Send + Sync + 'static {
     fn model_info(&self, model: &str) -> Option<ModelInfo>;
     /// The (app id, user id) of an API key.
     fn validate_credential(&self, credential: &str) -> Option<(String, String)>;
+    /// Sends `call` through the host's HTTP client. The future must not need the caller's
+    /// runtime (the plugin may poll it from anywhere). Default: no HTTP client.
+    fn http(&self, call: HttpCall) -> HttpFuture {
+        let _ = call;
+        Box::pin(std::future::ready(Err("this host offers no HTTP client".to_owned())))
+    }
     /// The instance is going away: end what it holds in the host (its subscriptions) and refuse
     /// new subscriptions. No callback into the plugin may start once this returns; one already
     /// running may finish (its `Subscriber` keeps the library loaded). Default: nothing to end.
@@ -119,6 +151,7 @@ extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u3
         (service::HANDLE, 1) => {
             RSome(TableEntry::new(const { &HandleV1 { retain: retain::<S>, release: release::<S> } }))
         }
+        (service::HTTP, 1) => RSome(TableEntry::new(const { &HttpV1 { send: http_send::<S> } })),
         (service::LOOKUP, 1) => RSome(TableEntry::new(
             const {
                 &LookupV1 {
@@ -292,6 +325,60 @@ extern "C" fn validate_credential<S: HostServices>(ctx: *const c_void, credentia
                 .into()
         },
     )
+}
+
+extern "C" fn http_send<S: HostServices>(
+    ctx: *const c_void,
+    call: &RawHttpCall<'_>,
+) -> RFuture<RResult<HttpReply, PluginError>> {
+    with::<S, _>(
+        ctx,
+        |closed| RFuture::ready(refused(closed)),
+        |c| {
+            let call = HttpCall {
+                upstream: call.upstream.as_str().to_owned(),
+                method: call.method.as_str().to_owned(),
+                path: call.path.as_str().to_owned(),
+                headers: call.headers.iter().map(|h| (h.name.as_str().to_owned(), h.value.to_vec())).collect(),
+                body: call.body.to_vec(),
+                timeout: (call.timeout_ms > 0).then(|| std::time::Duration::from_millis(call.timeout_ms)),
+                request_id: call.request_id.as_str().to_owned(),
+            };
+            let sent = c.services.http(call);
+            RFuture::new(async move {
+                match sent.await {
+                    Ok(resp) => ROk(HttpReply {
+                        status: resp.status,
+                        headers: resp
+                            .headers
+                            .into_iter()
+                            .map(|(name, value)| OwnedHeader { name: name.into(), value: value.into() })
+                            .collect(),
+                        body: RStream::new(BodyItems(resp.body)),
+                    }),
+                    Err(e) => RErr(service_error(e)),
+                }
+            })
+        },
+    )
+}
+
+/// A host body as the plugin reads it.
+struct BodyItems(HttpBody);
+
+impl ItemSource for BodyItems {
+    type Item = RResult<RVec<u8>, PluginError>;
+    fn poll_item(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        self.0.as_mut().poll_item(cx).map(|item| {
+            item.map(|r| match r {
+                Ok(bytes) => ROk(RVec::from(bytes)),
+                Err(e) => RErr(service_error(e)),
+            })
+        })
+    }
 }
 
 // The plugin side: trampolines the SDK passes to the host.

@@ -46,6 +46,8 @@ pub mod cap {
     pub const BUILD: u32 = 11;
     /// Added in ABI 1.4. Exported by `#[derive(Plugin)]` when the plugin lists `required(...)`.
     pub const REQUIREMENTS: u32 = 12;
+    /// Added in ABI 1.4.
+    pub const EXECUTOR: u32 = 13;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.
@@ -59,6 +61,8 @@ pub mod service {
     pub const LOOKUP: u32 = 4;
     /// Added in ABI 1.3.
     pub const HANDLE: u32 = 5;
+    /// Added in ABI 1.4.
+    pub const HTTP: u32 = 6;
 }
 
 /// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
@@ -539,6 +543,44 @@ pub struct HandleV1 {
     pub release: extern "C" fn(ctx: *const c_void),
 }
 
+/// One outgoing HTTP call a plugin asks the host to make. Borrowed for the `send` call: the
+/// host copies what it needs before returning.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawHttpCall<'a> {
+    /// A configured upstream: the host adds its base URL, credentials, TLS and limits.
+    pub upstream: RStr<'a>,
+    pub method: RStr<'a>,
+    /// Path and query, appended to the upstream's base URL.
+    pub path: RStr<'a>,
+    pub headers: RSlice<'a, RawHeader<'a>>,
+    pub body: RSlice<'a, u8>,
+    /// 0: the upstream's own timeout.
+    pub timeout_ms: u64,
+    /// The gateway request this call serves, for the log (empty if none).
+    pub request_id: RStr<'a>,
+}
+
+/// A response to a [`RawHttpCall`]: status and headers, then the body as it arrives.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct HttpReply {
+    pub status: u16,
+    pub headers: RVec<OwnedHeader>,
+    /// Body chunks; an error item (the upstream broke off, stalled, or went over its size
+    /// limit) ends it.
+    pub body: RStream<RResult<RVec<u8>, PluginError>>,
+}
+
+/// Service [`service::HTTP`], version 1: the host's HTTP client (pooled connections, TLS,
+/// timeouts, size limits, every call metered). The future and the body stream are the host's:
+/// the plugin needs no runtime of its own to drive them.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HttpV1 {
+    pub send: extern "C" fn(ctx: *const c_void, call: &RawHttpCall<'_>) -> RFuture<RResult<HttpReply, PluginError>>,
+}
+
 /// Panic strategies for [`BuildV1::panic`].
 pub mod panic_strategy {
     /// Panics unwind: the SDK's guards catch them at the boundary.
@@ -572,6 +614,7 @@ tables! {
     EventsV1 => service::EVENTS, 1, "Events";
     LookupV1 => service::LOOKUP, 1, "Lookup";
     HandleV1 => service::HANDLE, 1, "Handle";
+    HttpV1 => service::HTTP, 1, "Http";
 }
 
 impl TableEntry {
@@ -675,7 +718,7 @@ pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, MissingCapability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
-pub use host::{HostServices, ServiceResult, Subscriber};
+pub use host::{HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, ServiceResult, Subscriber};
 pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};

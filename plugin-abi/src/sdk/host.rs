@@ -22,6 +22,7 @@ pub struct Host {
     kv: Option<&'static ffi::KvV1>,
     events: Option<&'static ffi::EventsV1>,
     lookup: Option<&'static ffi::LookupV1>,
+    http: Option<&'static ffi::HttpV1>,
     /// Counts this handle in the host, so that what it points to outlives it.
     handle: Option<&'static ffi::HandleV1>,
     stop: StopSignal,
@@ -40,6 +41,7 @@ impl Clone for Host {
             kv: self.kv,
             events: self.events,
             lookup: self.lookup,
+            http: self.http,
             handle: self.handle,
             stop: self.stop.clone(),
             _mock: self._mock.clone(),
@@ -168,6 +170,7 @@ impl Host {
             kv: lookup(&raw),
             events: lookup(&raw),
             lookup: lookup(&raw),
+            http: lookup(&raw),
             handle,
             stop,
             _mock: None,
@@ -180,6 +183,15 @@ impl Host {
         let mut host = Host::with_stop(raw, StopSignal::default());
         host._mock = Some(ctx);
         host
+    }
+
+    /// Sends `req` through the gateway's HTTP client to a configured upstream. The returned
+    /// future owns everything it needs: await it in an async hook (or anywhere else).
+    pub fn http(
+        &self,
+        req: crate::sdk::HttpRequest,
+    ) -> impl std::future::Future<Output = Result<crate::sdk::HttpResponse, PluginError>> + Send + 'static {
+        crate::sdk::http::send(&self.raw, self.http, req)
     }
 
     /// Fires when this instance shuts down (also on unload), before `Plugin::shutdown`.

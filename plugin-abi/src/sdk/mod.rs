@@ -2,12 +2,18 @@
 
 mod capability;
 mod decision;
+pub(crate) mod executor;
 mod host;
+mod http;
 mod view;
 
 pub use capability::*;
 pub use decision::*;
+pub use executor::{
+    ChunkStream, ExecError, ExecRequest, ExecResponse, Executor, ExecutorInfo, ExecutorModel, HttpPassthrough,
+};
 pub use host::{App, Config, Direction, Event, Host, Level, Model, StopSignal};
+pub use http::{HttpRequest, HttpResponse};
 pub use view::{Chunk, Context, Headers, History, Request, Upstream, UpstreamResponse};
 
 /// Runs `f`, turning a panic into its message. The payload is dropped inside a guard of its own:

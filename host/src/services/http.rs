@@ -1,0 +1,303 @@
+//! The HTTP client plugins call upstreams through (the `Http` host service). A call names a
+//! configured upstream; the host adds its base URL, credentials, TLS, timeout and size limit,
+//! and counts it (metrics per plugin and upstream, and a proxy-log record for the collectors).
+//!
+//! Every call runs as a task on the gateway's runtime and reaches the plugin through channels,
+//! so the plugin can poll the answer from anywhere, with no runtime of its own; dropping the
+//! answer (or the body) before the end cancels the call.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use http_body_util::BodyExt;
+use plugin_abi::ffi::{HttpCall, HttpFuture, HttpResponse, ItemSource, ServiceResult};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::{HttpCallMetrics, Metrics};
+use crate::upstream::mock::{MockHttpReply, MockUpstream};
+use crate::upstream::openai::OpenAiUpstream;
+
+/// Where calls to one upstream go.
+#[derive(Clone)]
+pub enum HttpTarget {
+    /// The embedded mock, answered in process (no network).
+    Mock(Arc<MockUpstream>),
+    Remote(Arc<OpenAiUpstream>),
+}
+
+/// One finished call, for the proxy log.
+#[derive(Debug, Clone)]
+pub struct CallLog {
+    pub request_id: String,
+    pub plugin: String,
+    pub upstream: String,
+    pub method: String,
+    pub path: String,
+    /// 0 when no response arrived.
+    pub status: u16,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub latency_us: u64,
+    pub unix_ms: u64,
+}
+
+type Sink = Box<dyn Fn(CallLog) + Send + Sync>;
+
+pub struct HttpClient {
+    targets: HashMap<String, HttpTarget>,
+    runtime: Option<tokio::runtime::Handle>,
+    metrics: Arc<Metrics>,
+    sink: OnceLock<Sink>,
+}
+
+/// Body chunks in flight between the call's task and the plugin.
+const BODY_QUEUE: usize = 16;
+
+impl HttpClient {
+    /// A client for `targets` that runs its calls on the current tokio runtime (none outside
+    /// one: every call then fails, saying so).
+    pub fn new(targets: HashMap<String, HttpTarget>, metrics: Arc<Metrics>) -> Self {
+        HttpClient { targets, runtime: tokio::runtime::Handle::try_current().ok(), metrics, sink: OnceLock::new() }
+    }
+
+    /// Where finished calls are logged (set once, by the gateway).
+    pub fn set_sink(&self, sink: Sink) {
+        let _ = self.sink.set(sink);
+    }
+
+    /// Sends `call` for `plugin`.
+    pub fn send(self: &Arc<Self>, plugin: &str, call: HttpCall) -> HttpFuture {
+        let fail = |message: String| -> HttpFuture { Box::pin(std::future::ready(Err(message))) };
+        let Some(target) = self.targets.get(&call.upstream).cloned() else {
+            let mut known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return fail(format!("no upstream named `{}`: expected one of {known:?}", call.upstream));
+        };
+        let Some(runtime) = self.runtime.clone() else {
+            return fail("the host HTTP client is not running (no runtime)".into());
+        };
+        let Ok(method) = Method::from_bytes(call.method.as_bytes()) else {
+            return fail(format!("invalid HTTP method {:?}: expected a token such as GET or POST", call.method));
+        };
+        if !call.path.starts_with('/') {
+            return fail(format!("invalid path {:?}: expected a path starting with `/`", call.path));
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &call.headers {
+            match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+                (Ok(n), Ok(v)) => {
+                    headers.append(n, v);
+                }
+                _ => return fail(format!("invalid header {name:?}: expected a valid HTTP header name and value")),
+            }
+        }
+        let meter = Meter {
+            client: self.clone(),
+            metrics: self.metrics.http_call(plugin, &call.upstream),
+            log: CallLog {
+                request_id: call.request_id,
+                plugin: plugin.to_owned(),
+                upstream: call.upstream,
+                method: call.method,
+                path: call.path,
+                status: 0,
+                request_bytes: call.body.len() as u64,
+                response_bytes: 0,
+                latency_us: 0,
+                unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+            },
+            started: Instant::now(),
+            failed: false,
+        };
+        meter.metrics.calls.fetch_add(1, Relaxed);
+        let (head_tx, head_rx) = oneshot::channel();
+        let body = Bytes::from(call.body);
+        let timeout = call.timeout;
+        let task = runtime.spawn(run(target, method, headers, body, timeout, head_tx, meter));
+        Box::pin(async move {
+            // Dropping this future before the head arrives cancels the call.
+            let abort = AbortOnDrop(Some(task));
+            match head_rx.await {
+                Ok(Ok((status, headers, body))) => {
+                    // From here the body channel carries the call: dropping it cancels it.
+                    abort.release();
+                    Ok(HttpResponse { status, headers, body: Box::pin(BodyChannel(body)) })
+                }
+                Ok(Err(message)) => Err(message),
+                Err(_) => Err("the HTTP call ended without an answer".into()),
+            }
+        })
+    }
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    fn release(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = self.0.take() {
+            task.abort();
+        }
+    }
+}
+
+type Head = ServiceResult<(u16, Vec<(String, String)>, mpsc::Receiver<ServiceResult<Vec<u8>>>)>;
+
+/// Counts one call and logs it when it ends, however it ends (also when cancelled).
+struct Meter {
+    client: Arc<HttpClient>,
+    metrics: Arc<HttpCallMetrics>,
+    log: CallLog,
+    started: Instant,
+    failed: bool,
+}
+
+impl Drop for Meter {
+    fn drop(&mut self) {
+        let took = self.started.elapsed();
+        self.metrics.latency.observe(took);
+        if self.failed || self.log.status == 0 || self.log.status >= 500 {
+            self.metrics.errors.fetch_add(1, Relaxed);
+        }
+        self.metrics.response_bytes.fetch_add(self.log.response_bytes, Relaxed);
+        self.log.latency_us = took.as_micros() as u64;
+        tracing::debug!(
+            plugin = %self.log.plugin,
+            upstream = %self.log.upstream,
+            request_id = %self.log.request_id,
+            status = self.log.status,
+            bytes = self.log.response_bytes,
+            latency_us = self.log.latency_us,
+            "{} {}",
+            self.log.method,
+            self.log.path
+        );
+        if let Some(sink) = self.client.sink.get() {
+            sink(std::mem::replace(&mut self.log, CallLog::empty()));
+        }
+    }
+}
+
+impl CallLog {
+    fn empty() -> Self {
+        CallLog {
+            request_id: String::new(),
+            plugin: String::new(),
+            upstream: String::new(),
+            method: String::new(),
+            path: String::new(),
+            status: 0,
+            request_bytes: 0,
+            response_bytes: 0,
+            latency_us: 0,
+            unix_ms: 0,
+        }
+    }
+}
+
+/// The call's task: sends the request, hands back the head, then pumps the body.
+async fn run(
+    target: HttpTarget,
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Option<Duration>,
+    head_tx: oneshot::Sender<Head>,
+    mut meter: Meter,
+) {
+    let (tx, rx) = mpsc::channel(BODY_QUEUE);
+    let path = meter.log.path.clone();
+    match target {
+        HttpTarget::Mock(mock) => {
+            let reply = mock.http(&method, &path, &headers, &body);
+            let stream = matches!(reply, MockHttpReply::Stream { .. });
+            let (status, content_type, frames, delay) = reply.into_frames();
+            meter.log.status = status.as_u16();
+            let head = vec![("content-type".to_owned(), content_type.to_owned())];
+            if head_tx.send(Ok((status.as_u16(), head, rx))).is_err() {
+                return;
+            }
+            for (i, frame) in frames.into_iter().enumerate() {
+                if stream && i > 0 && !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                meter.log.response_bytes += frame.len() as u64;
+                if tx.send(Ok(frame.to_vec())).await.is_err() {
+                    return;
+                }
+            }
+        }
+        HttpTarget::Remote(upstream) => {
+            let timeout = timeout.unwrap_or(upstream.timeout);
+            let (status, resp_headers, mut incoming) =
+                match upstream.request(method, &path, headers, body, timeout).await {
+                    Ok(r) => r,
+                    Err(e) => {
+                        meter.failed = true;
+                        let _ = head_tx.send(Err(e.message));
+                        return;
+                    }
+                };
+            meter.log.status = status.as_u16();
+            let head = resp_headers
+                .iter()
+                .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+                .collect();
+            if head_tx.send(Ok((status.as_u16(), head, rx))).is_err() {
+                return;
+            }
+            let limit = upstream.max_response_bytes as u64;
+            loop {
+                let frame = tokio::select! {
+                    frame = tokio::time::timeout(timeout, incoming.frame()) => frame,
+                    () = tx.closed() => return,
+                };
+                let chunk = match frame {
+                    Err(_) => Err(format!("upstream `{}` stalled mid-body", meter.log.upstream)),
+                    Ok(None) => return,
+                    Ok(Some(Err(e))) => Err(format!("upstream `{}` broke off its response: {e}", meter.log.upstream)),
+                    Ok(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) => Ok(data),
+                        Err(_) => continue,
+                    },
+                };
+                let chunk = chunk.and_then(|data| {
+                    meter.log.response_bytes += data.len() as u64;
+                    if meter.log.response_bytes > limit {
+                        Err(format!(
+                            "upstream `{}`: response body too large: expected at most {limit} bytes",
+                            meter.log.upstream
+                        ))
+                    } else {
+                        Ok(data.to_vec())
+                    }
+                });
+                let end = chunk.is_err();
+                meter.failed |= end;
+                if tx.send(chunk).await.is_err() || end {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The body as the plugin reads it: chunks from the call's task.
+struct BodyChannel(mpsc::Receiver<ServiceResult<Vec<u8>>>);
+
+impl ItemSource for BodyChannel {
+    type Item = ServiceResult<Vec<u8>>;
+    fn poll_item(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
