@@ -308,3 +308,41 @@ impl From<Result<ureq::Response, ureq::Error>> for Reply {
 pub fn chat_body(model: &str, content: &str, stream: bool) -> serde_json::Value {
     serde_json::json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": content }] })
 }
+
+/// The `mock-server` binary (OpenAI and Anthropic APIs over real HTTP on 127.0.0.1), killed
+/// when dropped.
+pub struct MockServer {
+    child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl MockServer {
+    pub fn start() -> MockServer {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(target_dir().join("mock-server"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mock-server is built by `cargo build --workspace --all-targets` (make build)");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let addr = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("listening on http://") {
+                        break addr.trim().parse().unwrap();
+                    }
+                }
+                _ => panic!("mock-server exited before listening"),
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        MockServer { child, addr }
+    }
+}
+
+impl Drop for MockServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
