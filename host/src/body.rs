@@ -5,8 +5,11 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::mpsc;
+
+use crate::error::ApiError;
 
 pub enum GatewayBody {
     Full(Option<Bytes>),
@@ -42,4 +45,17 @@ impl Body for GatewayBody {
             GatewayBody::Stream(_) => SizeHint::default(),
         }
     }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
+    let mut resp = Response::new(GatewayBody::full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+/// An error response in OpenAI's shape.
+pub fn error_response(e: &ApiError) -> Response<GatewayBody> {
+    json_response(e.status, e.body())
 }

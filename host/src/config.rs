@@ -85,19 +85,6 @@ impl Default for LoggingConfig {
     }
 }
 
-impl LoggingConfig {
-    pub fn plugin_max_level(&self) -> u8 {
-        use plugin_abi::ffi::level;
-        match self.plugin_level.as_str() {
-            "error" => level::ERROR,
-            "warn" => level::WARN,
-            "debug" => level::DEBUG,
-            "trace" => level::TRACE,
-            _ => level::INFO,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {

@@ -2,6 +2,8 @@
 //! `main.rs` only parses the command line and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod admin;
+pub mod app;
 pub mod body;
 pub mod collector;
 pub mod config;
@@ -10,7 +12,10 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod record;
 pub mod reload;
+pub mod routes;
+pub mod run;
 pub mod server;
 pub mod services;
 pub mod upstream;

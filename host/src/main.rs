@@ -43,7 +43,7 @@ fn check(path: &std::path::Path) -> ExitCode {
             println!("author:       {}", info.author);
             println!("description:  {}", info.description);
             println!("repository:   {}", info.repository);
-            println!("abi:          {} (gateway speaks {})", info.abi_version, plugin_abi::ffi::host_abi_version());
+            println!("abi:          {} (gateway speaks {})", info.abi_version, plugin::host_abi_version());
             println!("capabilities: {}", info.capabilities.join(", "));
             if !info.required.is_empty() {
                 println!("required:     {}", info.required.join(", "));
@@ -77,7 +77,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match gateway::server::run(settings, config) {
+    match gateway::run::run(settings, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -251,6 +251,22 @@ impl Metrics {
     }
 }
 
+/// Counts a value up while alive.
+pub struct Gauge<'a>(&'a AtomicU64);
+
+impl<'a> Gauge<'a> {
+    pub fn new(g: &'a AtomicU64) -> Self {
+        g.fetch_add(1, Relaxed);
+        Gauge(g)
+    }
+}
+
+impl Drop for Gauge<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

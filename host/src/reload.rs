@@ -12,13 +12,26 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 
 use crate::config::{GatewayConfig, PluginConfig};
+use crate::metrics::Metrics;
 use crate::pipeline::{Pipeline, Slot};
 use crate::plugin::{self, LoadError, LoadedPlugin};
-use crate::server::App;
+use crate::services::Services;
+use crate::upstream::Upstreams;
+
+/// What a reload works on: the live pipeline, and what loading a plugin needs.
+pub struct Live<'a> {
+    pub pipeline: &'a ArcSwap<Pipeline>,
+    pub services: &'a Arc<Services>,
+    pub metrics: &'a Arc<Metrics>,
+    pub upstreams: &'a Upstreams,
+    /// Where private copies of plugin files go.
+    pub copies: PathBuf,
+}
 
 /// Why a reload did not happen. The old version keeps serving.
 #[derive(Debug)]
@@ -139,7 +152,7 @@ impl Registry {
     }
 
     /// Reloads plugin `name` if its file or its config (re-read from the config file) changed.
-    pub fn reload(&self, app: &App, name: &str) -> Result<Reloaded, ReloadError> {
+    pub fn reload(&self, app: &Live<'_>, name: &str) -> Result<Reloaded, ReloadError> {
         let _one = self.reloading.lock();
         self.check_running()?;
         let fresh = self.reread()?;
@@ -147,7 +160,7 @@ impl Registry {
     }
 
     /// Reloads every plugin whose file or config changed. One failure does not stop the others.
-    pub fn reload_changed(&self, app: &App) -> Vec<(String, Result<Reloaded, ReloadError>)> {
+    pub fn reload_changed(&self, app: &Live<'_>) -> Vec<(String, Result<Reloaded, ReloadError>)> {
         let _one = self.reloading.lock();
         if let Err(e) = self.check_running() {
             return vec![("(all)".into(), Err(e))];
@@ -166,7 +179,12 @@ impl Registry {
             .collect()
     }
 
-    fn reload_locked(&self, app: &App, name: &str, fresh: Option<&[PluginConfig]>) -> Result<Reloaded, ReloadError> {
+    fn reload_locked(
+        &self,
+        app: &Live<'_>,
+        name: &str,
+        fresh: Option<&[PluginConfig]>,
+    ) -> Result<Reloaded, ReloadError> {
         let started = Instant::now();
         let result = self.try_reload(app, name, fresh, started);
         match &result {
@@ -189,7 +207,7 @@ impl Registry {
 
     fn try_reload(
         &self,
-        app: &App,
+        app: &Live<'_>,
         name: &str,
         fresh: Option<&[PluginConfig]>,
         started: Instant,
@@ -233,8 +251,7 @@ impl Registry {
             .filter(|s| s.name() != name)
             .map(|s| (s.name().to_owned(), s.plugin.source_path.clone()))
             .collect();
-        let new = plugin::load(&config, &app.config.data_dir.join("plugins"), &taken, &app.services)
-            .map_err(ReloadError::Load)?;
+        let new = plugin::load(&config, &app.copies, &taken, app.services).map_err(ReloadError::Load)?;
         if new.name() != name {
             return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.name().to_owned() });
         }
@@ -305,7 +322,7 @@ impl Registry {
     }
 
     /// What `GET /admin/plugins` shows.
-    pub fn status(&self, app: &App) -> Vec<serde_json::Value> {
+    pub fn status(&self, app: &Live<'_>) -> Vec<serde_json::Value> {
         let pipeline = app.pipeline.load_full();
         let hooks = app.metrics.hook_totals();
         pipeline

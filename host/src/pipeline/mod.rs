@@ -5,7 +5,9 @@
 //! `isolate = true`, whose hooks run under `block_in_place` so that a hook that blocks moves
 //! the worker's other tasks elsewhere. Data collectors always run on the collector thread.
 
+mod collect;
 mod executor;
+pub mod flow;
 mod request;
 mod stream;
 
@@ -28,6 +30,7 @@ use crate::config::{FailMode, QuarantinePolicy};
 use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
+pub use collect::RecordSink;
 pub use executor::{ExecutorInfo, check_executors};
 pub use request::{ContextState, RequestState};
 use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
@@ -685,30 +688,6 @@ impl Pipeline {
                     "stream_complete failed: {}",
                     e.message
                 );
-            }
-        }
-    }
-
-    /// Hands one finished request to every data collector. Runs on the collector thread.
-    pub fn collect(&self, rec: &crate::collector::Record) {
-        for hook in &self.collectors {
-            if hook.slot.is_quarantined() {
-                continue;
-            }
-            let log = rec.raw_proxy_log();
-            use ffi::DataCollectorV1 as D;
-            let mut failed = hook.invoke(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)).into_result().err();
-            if let Some(analytics) = rec.raw_analytics() {
-                let r = hook.invoke(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
-                failed = failed.or(r.into_result().err());
-            }
-            if let Some(budget) = rec.raw_budget() {
-                let r = hook.invoke(D::on_budget, false, |cap| cap.on_budget(&budget));
-                failed = failed.or(r.into_result().err());
-            }
-            if let Some(e) = failed {
-                hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);
-                tracing::warn!(plugin = hook.slot.name(), code = e.code, "data collector failed: {}", e.message);
             }
         }
     }

@@ -11,6 +11,8 @@ use sha2::{Digest, Sha256};
 use crate::config::{FailMode, PluginConfig, QuarantinePolicy};
 use crate::services::{PluginServices, Services};
 
+pub use plugin_abi::ffi::host_abi_version;
+
 /// Why a plugin could not be loaded. Every variant names the file or plugin, what was expected
 /// and what was found.
 #[derive(Debug)]

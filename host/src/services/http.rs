@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::{HttpCallMetrics, Metrics};
 use crate::upstream::mock::{MockHttpReply, MockUpstream};
 use crate::upstream::openai::OpenAiUpstream;
+use crate::upstream::{Upstream, Upstreams};
 
 /// Where calls to one upstream go.
 #[derive(Clone)]
@@ -28,6 +29,20 @@ pub enum HttpTarget {
     /// The embedded mock, answered in process (no network).
     Mock(Arc<MockUpstream>),
     Remote(Arc<OpenAiUpstream>),
+}
+
+impl HttpTarget {
+    /// Every configured upstream as the HTTP client reaches it, by name.
+    pub fn all(upstreams: &Upstreams) -> HashMap<String, HttpTarget> {
+        upstreams
+            .upstreams
+            .iter()
+            .map(|u| match u {
+                Upstream::Mock { name, mock } => (name.clone(), HttpTarget::Mock(mock.clone())),
+                Upstream::OpenAi(o) => (o.name.clone(), HttpTarget::Remote(o.clone())),
+            })
+            .collect()
+    }
 }
 
 /// One finished call, for the proxy log.

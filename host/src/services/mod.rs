@@ -20,6 +20,17 @@ use events::EventBus;
 use kv::KvStore;
 use lookup::Lookup;
 
+/// The most verbose plugin log level `logging` lets through (one of [`level`]).
+fn max_level(logging: &LoggingConfig) -> u8 {
+    match logging.plugin_level.as_str() {
+        "error" => level::ERROR,
+        "warn" => level::WARN,
+        "debug" => level::DEBUG,
+        "trace" => level::TRACE,
+        _ => level::INFO,
+    }
+}
+
 /// What every plugin instance shares.
 pub struct Services {
     pub kv: Arc<dyn KvStore>,
@@ -121,7 +132,7 @@ fn ttl(ms: u64) -> Option<Duration> {
 
 impl HostServices for PluginServices {
     fn log(&self, lvl: u8, message: &str) {
-        if lvl > self.shared.logging.plugin_max_level() {
+        if lvl > max_level(&self.shared.logging) {
             return;
         }
         if !self.admit_log() {

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::sse::{sse_event, sse_frame};
-use crate::collector::Usage;
 use crate::error::ApiError;
+use crate::record::Usage;
 
 pub struct MockUpstream {
     pub chunks: usize,

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde::Deserialize;
 
-use crate::collector::Usage;
 use crate::config::{GatewayConfig, UpstreamKind};
 use crate::error::ApiError;
+use crate::record::Usage;
 use mock::MockUpstream;
 use openai::{OpenAiUpstream, SseEvents};
 
@@ -112,18 +112,6 @@ impl Upstreams {
             Target::Upstream(i) => self.upstreams[*i].kind(),
             Target::Executor(_) => "executor",
         }
-    }
-
-    /// Every upstream as the host HTTP client reaches it, by name.
-    pub fn http_targets(&self) -> HashMap<String, crate::services::http::HttpTarget> {
-        use crate::services::http::HttpTarget;
-        self.upstreams
-            .iter()
-            .map(|u| match u {
-                Upstream::Mock { name, mock } => (name.clone(), HttpTarget::Mock(mock.clone())),
-                Upstream::OpenAi(o) => (o.name.clone(), HttpTarget::Remote(o.clone())),
-            })
-            .collect()
     }
 
     pub fn route(&self, model: &str) -> Result<&Route, ApiError> {

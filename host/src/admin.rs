@@ -1,0 +1,152 @@
+//! The admin API, behind the admin token: plugin status and reloads, executors and their
+//! passthrough.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{GatewayBody, error_response, json_response};
+use crate::error::ApiError;
+use crate::pipeline::{ContextState, RequestState};
+use crate::reload::ReloadError;
+
+/// `Err` with the 401 to send unless `headers` carry the admin token.
+fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
+    let authorized = match (&app.admin_token, given) {
+        (Some(token), Some(given)) => constant_time_eq(token.as_bytes(), given.as_bytes()),
+        _ => false,
+    };
+    if !authorized {
+        let e = ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_request_error",
+            "admin_unauthorized",
+            if app.admin_token.is_some() {
+                "admin endpoints need `Authorization: Bearer <admin token>`"
+            } else {
+                "admin endpoints are disabled: set [admin] token or GATEWAY_ADMIN_TOKEN"
+            },
+        );
+        return Err(error_response(&e));
+    }
+    Ok(())
+}
+
+/// `GET /admin/plugins`, `GET /admin/executors`, `POST /admin/plugins/{name}/reload`,
+/// `POST /admin/reload`.
+pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
+    if let Err(denied) = admin_check(app, headers) {
+        return denied;
+    }
+    let json = |status, value: serde_json::Value| json_response(status, Bytes::from(value.to_string()));
+    let segments: Vec<&str> = path.trim_start_matches("/admin/").split('/').collect();
+    match (method, segments.as_slice()) {
+        (&Method::GET, ["plugins"]) => {
+            json(StatusCode::OK, serde_json::json!({ "plugins": app.registry.status(&app.live()) }))
+        }
+        (&Method::GET, ["executors"]) => {
+            let pipeline = app.pipeline.load();
+            let executors: Vec<serde_json::Value> = pipeline
+                .executor_names()
+                .map(|name| match pipeline.describe_executor(name) {
+                    Ok(info) => serde_json::json!({ "name": name, "executor": info }),
+                    Err(e) => serde_json::json!({ "name": name, "error": e }),
+                })
+                .collect();
+            json(StatusCode::OK, serde_json::json!({ "executors": executors }))
+        }
+        (&Method::POST, ["reload"]) => {
+            let worker = app.clone();
+            let results = tokio::task::spawn_blocking(move || worker.registry.reload_changed(&worker.live()))
+                .await
+                .unwrap_or_default();
+            let failed = results.iter().any(|(_, r)| r.is_err());
+            let body: Vec<serde_json::Value> = results
+                .into_iter()
+                .map(|(name, r)| match r {
+                    Ok(done) => serde_json::to_value(done).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "plugin": name, "outcome": "failed", "error": e.to_string() }),
+                })
+                .collect();
+            let status = if failed { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
+            json(status, serde_json::json!({ "results": body }))
+        }
+        (&Method::POST, ["plugins", name, "reload"]) => {
+            let (worker, name) = (app.clone(), (*name).to_owned());
+            let result = tokio::task::spawn_blocking(move || worker.registry.reload(&worker.live(), &name)).await;
+            match result {
+                Ok(Ok(done)) => json(StatusCode::OK, serde_json::to_value(done).unwrap_or_default()),
+                Ok(Err(e @ ReloadError::UnknownPlugin { .. })) => error_response(&ApiError::new(
+                    StatusCode::NOT_FOUND,
+                    "invalid_request_error",
+                    "unknown_plugin",
+                    e.to_string(),
+                )),
+                Ok(Err(e)) => error_response(&ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request_error",
+                    "reload_failed",
+                    format!("{e}; the running version keeps serving"),
+                )),
+                Err(e) => error_response(&ApiError::upstream(format!("reload task failed: {e}"))),
+            }
+        }
+        _ => error_response(&ApiError::not_found(path)),
+    }
+}
+
+/// `ANY /admin/executors/{name}/http/{path}`: the request, minus that prefix, passed through
+/// to executor `name`'s `http_request` (which calls its provider with its credentials).
+pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Response<GatewayBody> {
+    if let Err(denied) = admin_check(app, req.headers()) {
+        return denied;
+    }
+    let rest = req.uri().path().trim_start_matches("/admin/executors/");
+    let Some((name, path)) = rest.split_once("/http") else {
+        return error_response(&ApiError::not_found(req.uri().path()));
+    };
+    let name = name.to_owned();
+    let path_and_query = match req.uri().query() {
+        Some(q) => format!("{}?{q}", if path.is_empty() { "/" } else { path }),
+        None => if path.is_empty() { "/" } else { path }.to_owned(),
+    };
+    let Ok(uri) = path_and_query.parse::<http::Uri>() else {
+        return error_response(&ApiError::invalid_request("invalid_path", "expected a valid path after /http"));
+    };
+    let limits = &app.config.limits;
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, limits.max_body_bytes).collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => return error_response(&ApiError::too_large(limits.max_body_bytes, None)),
+    };
+    let state = RequestState {
+        method: parts.method,
+        uri,
+        headers: parts.headers,
+        body,
+        ctx: ContextState { request_id: app.request_id(), ..ContextState::default() },
+    };
+    let pipeline = app.pipeline.load_full();
+    match pipeline.executor_http(&name, &state).await {
+        Ok((status, headers, body)) => {
+            let mut resp = Response::new(GatewayBody::full(body));
+            *resp.status_mut() = status;
+            *resp.headers_mut() = headers;
+            resp
+        }
+        Err(e) => error_response(&e),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,507 @@
+//! One request's way through the gateway, in phase order: the pipeline owns the order and the
+//! short-circuit rules; the HTTP layer only routes a request here.
+//!
+//! ```text
+//! read + validate ─▶ pre_auth ─▶ auth ─▶ post_auth ─▶ before_selection ─▶ select upstream
+//!   ─▶ after_selection ─▶ upstream or executor ─▶ response headers ─▶ response body (non-streaming)
+//!                                                                └▶ stream chunks, per chunk (streaming)
+//!                                                                   ─▶ stream complete
+//!   ─▶ data collectors (queued, off the request path)
+//! ```
+//!
+//! A plugin that answers (`Respond`) or fails closed stops the request phases: later request
+//! hooks are skipped, the response headers phase still runs (so headers are stamped on every
+//! response), the body phase (which is for upstream bodies) does not.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use plugin_abi::ffi::{RawUpstream, StreamSummary};
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use tokio::sync::mpsc;
+
+use super::{ContextState, Pipeline, RecordSink, RequestState, ResponseState, Stop};
+use crate::body::GatewayBody;
+use crate::config::Limits;
+use crate::error::ApiError;
+use crate::record::Record;
+use crate::upstream::sse::sse_frame;
+use crate::upstream::{Route, Target, UpstreamReply, Upstreams, usage_of};
+
+/// What every request needs besides its pipeline snapshot.
+pub struct Env<'a> {
+    pub upstreams: &'a Upstreams,
+    pub limits: &'a Limits,
+    /// Where finished requests' records go (the collector queue).
+    pub sink: &'a Arc<dyn RecordSink>,
+}
+
+/// The fields of a chat request the gateway itself needs; the rest passes through untouched.
+#[derive(Deserialize)]
+struct ChatPeek<'a> {
+    #[serde(borrow)]
+    model: Cow<'a, str>,
+    #[serde(default)]
+    stream: bool,
+    messages: Vec<IgnoredAny>,
+}
+
+fn peek(body: &[u8]) -> Result<(String, bool), ApiError> {
+    let p: ChatPeek<'_> = serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => ApiError::invalid_request(
+            "invalid_request",
+            format!("invalid chat request: expected `model` and `messages`, found {e}"),
+        ),
+        _ => ApiError::invalid_request(
+            "invalid_json",
+            format!("request body is not valid JSON: expected a JSON object, found {e}"),
+        ),
+    })?;
+    if p.messages.is_empty() {
+        return Err(ApiError::invalid_request(
+            "invalid_request",
+            "`messages` must not be empty: expected at least one message",
+        ));
+    }
+    Ok((p.model.into_owned(), p.stream))
+}
+
+/// Reads and checks the request; what fails here never reaches a plugin.
+async fn read_request(
+    limits: &Limits,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    request_id: String,
+) -> Result<RequestState, ApiError> {
+    let (parts, body) = req.into_parts();
+    let head_bytes: usize = parts.headers.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if head_bytes > limits.max_header_bytes {
+        return Err(ApiError::headers_too_large(limits.max_header_bytes, head_bytes));
+    }
+    let content_type =
+        parts.headers.get(header::CONTENT_TYPE).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match content_type.as_deref() {
+        Some(ct) if ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => {}
+        other => return Err(ApiError::unsupported_media_type(other.unwrap_or("(none)"))),
+    }
+    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > limits.max_body_bytes as u64) {
+        return Err(ApiError::too_large(limits.max_body_bytes, Some(len)));
+    }
+    let read = tokio::time::timeout(
+        Duration::from_millis(limits.body_timeout_ms),
+        Limited::new(body, limits.max_body_bytes).collect(),
+    );
+    let body = match read.await {
+        Err(_) => return Err(ApiError::timeout("request body")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(ApiError::too_large(limits.max_body_bytes, None));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}")));
+        }
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    let (model, _) = peek(&body)?;
+    Ok(RequestState {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        body,
+        ctx: ContextState { request_id, model, client_ip: peer.ip().to_string(), ..ContextState::default() },
+    })
+}
+
+fn credential(headers: &HeaderMap) -> &str {
+    if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        if let Some(token) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            return token.trim();
+        }
+    }
+    headers.get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("").trim()
+}
+
+/// The request phases up to the upstream. Returns the route and whether to stream.
+fn request_phases<'u>(
+    upstreams: &'u Upstreams,
+    pipeline: &Pipeline,
+    req: &mut RequestState,
+) -> Result<(&'u Route, bool), Stop> {
+    pipeline.pre_auth(req)?;
+    if pipeline.requires_auth() {
+        let cred = credential(&req.headers).to_owned();
+        pipeline.auth(req, &cred)?;
+    }
+    pipeline.post_auth(req)?;
+    pipeline.before_selection(req)?;
+    // Hooks may have rewritten the body: the model and stream flag are read from what they left.
+    let (model, _) = peek(&req.body)?;
+    req.ctx.model = model;
+    let route = upstreams.route(&req.ctx.model)?;
+    let base_url = match &route.target {
+        Target::Upstream(i) => upstreams.upstreams[*i].base_url(),
+        Target::Executor(_) => "",
+    };
+    let raw = RawUpstream {
+        name: upstreams.owner(route).into(),
+        kind: upstreams.owner_kind(route).into(),
+        base_url: base_url.into(),
+        model: route.upstream_model.as_str().into(),
+    };
+    pipeline.after_selection(req, &raw)?;
+    let (_, stream) = peek(&req.body)?;
+    Ok((route, stream))
+}
+
+fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody> {
+    let mut out = Response::new(GatewayBody::full(resp.body));
+    *out.status_mut() = resp.status;
+    *out.headers_mut() = resp.headers;
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        out.headers_mut().insert("x-request-id", v);
+    }
+    out
+}
+
+fn error_state(e: &ApiError) -> ResponseState {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    ResponseState { status: e.status, headers, body: e.body() }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+/// `POST /v1/chat/completions`: the whole phase order (see the module docs), from reading the
+/// request to queueing its record.
+pub async fn chat(
+    env: &Env<'_>,
+    pipeline: Arc<Pipeline>,
+    request_id: String,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let upstreams = env.upstreams;
+    let mut record = Record {
+        request_id: request_id.clone(),
+        method: "POST".into(),
+        path: req.uri().path().to_owned(),
+        unix_ms: unix_ms(),
+        ..Record::default()
+    };
+    let mut req = match read_request(env.limits, req, peer, request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
+            return finish(env.sink, &pipeline, record, error_state(&e), &ctx, started);
+        }
+    };
+    record.request_bytes = req.body.len() as u64;
+    let phases = request_phases(env.upstreams, &pipeline, &mut req);
+    record.app_id.clone_from(&req.ctx.app_id);
+    record.user_id.clone_from(&req.ctx.user_id);
+    record.model.clone_from(&req.ctx.model);
+    let (route, stream) = match phases {
+        Ok(ok) => ok,
+        Err(stop) => {
+            // Short-circuit: later request hooks are skipped; the response headers phase still
+            // runs (so headers are stamped on every response); the body phase, which is for
+            // upstream bodies, does not.
+            let (mut resp, failed) = match stop {
+                Stop::Respond(resp) => (resp, false),
+                Stop::Error(e) => (error_state(&e), true),
+            };
+            if let Err(e) = pipeline.response_headers(&req.ctx, &mut resp) {
+                // The first failure is the one worth reporting.
+                if failed {
+                    tracing::warn!(request_id = %req.ctx.request_id, "response headers phase failed too: {e}");
+                } else {
+                    resp = error_state(&e);
+                }
+            }
+            return finish(env.sink, &pipeline, record, resp, &req.ctx, started);
+        }
+    };
+    record.upstream = upstreams.owner(route).to_owned();
+    let reply = match &route.target {
+        Target::Upstream(i) => upstreams.upstreams[*i].call(req.body.clone(), route, stream).await,
+        Target::Executor(name) => pipeline.execute(name, &req, &route.upstream_model, stream).await,
+    };
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => return finish(env.sink, &pipeline, record, error_state(&e), &req.ctx, started),
+    };
+    match reply {
+        UpstreamReply::Full { status, headers, body } => {
+            record.usage = usage_of(&body);
+            let mut resp = ResponseState { status, headers, body };
+            let phases = pipeline
+                .response_headers(&req.ctx, &mut resp)
+                .and_then(|()| pipeline.response_body(&req.ctx, &mut resp));
+            if let Err(e) = phases {
+                resp = error_state(&e);
+            }
+            record.ttft_us = started.elapsed().as_micros() as u64;
+            finish(env.sink, &pipeline, record, resp, &req.ctx, started)
+        }
+        UpstreamReply::Stream { status, headers, events } => {
+            record.streamed = true;
+            let mut head = ResponseState { status, headers, body: Bytes::new() };
+            if let Err(e) = pipeline.response_headers(&req.ctx, &mut head) {
+                return finish(env.sink, &pipeline, record, error_state(&e), &req.ctx, started);
+            }
+            let filters = match pipeline.stream_start(&req.ctx, &head) {
+                Ok(f) => f,
+                Err(e) => {
+                    return finish(env.sink, &pipeline, record, error_state(&e), &req.ctx, started);
+                }
+            };
+            let (tx, rx) = mpsc::channel::<Bytes>(16);
+            let request_id = req.ctx.request_id.clone();
+            let task = StreamTask {
+                sink: env.sink.clone(),
+                pipeline,
+                filters,
+                events,
+                tx,
+                ctx: req.ctx,
+                record,
+                started,
+                status,
+            };
+            tokio::spawn(task.run());
+            let mut out = Response::new(GatewayBody::Stream(rx));
+            *out.status_mut() = head.status;
+            *out.headers_mut() = head.headers;
+            out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            if let Ok(v) = HeaderValue::from_str(&request_id) {
+                out.headers_mut().insert("x-request-id", v);
+            }
+            out
+        }
+    }
+}
+
+/// Sends a whole response and queues its record.
+fn finish(
+    sink: &Arc<dyn RecordSink>,
+    pipeline: &Arc<Pipeline>,
+    mut record: Record,
+    resp: ResponseState,
+    ctx: &ContextState,
+    started: Instant,
+) -> Response<GatewayBody> {
+    record.status = resp.status.as_u16();
+    record.response_bytes = resp.body.len() as u64;
+    record.latency_us = started.elapsed().as_micros() as u64;
+    sink.submit(pipeline, record);
+    into_response(resp, &ctx.request_id)
+}
+
+/// Runs one stream: upstream events through the chunk plugins to the client, then the
+/// stream-complete hooks and the record.
+struct StreamTask {
+    sink: Arc<dyn RecordSink>,
+    pipeline: Arc<Pipeline>,
+    filters: crate::pipeline::StreamFilters,
+    events: crate::upstream::Events,
+    tx: mpsc::Sender<Bytes>,
+    ctx: ContextState,
+    record: Record,
+    started: Instant,
+    status: StatusCode,
+}
+
+impl StreamTask {
+    async fn run(mut self) {
+        let (mut chunks, mut bytes, mut completed) = (0u64, 0u64, false);
+        loop {
+            let next = tokio::select! {
+                next = self.events.next() => next,
+                () = self.tx.closed() => break,
+            };
+            let data = match next {
+                None => {
+                    completed = true;
+                    break;
+                }
+                Some(Ok(data)) => data,
+                Some(Err(message)) => {
+                    tracing::warn!(request_id = %self.ctx.request_id, "{message}");
+                    let _ = self.tx.send(sse_frame(&ApiError::upstream(message).body())).await;
+                    break;
+                }
+            };
+            if let Some(usage) = usage_of(&data) {
+                self.record.usage = Some(usage);
+            }
+            let out = match self.filters.on_chunk(data, &self.ctx.request_id) {
+                Ok(Some(out)) => out,
+                Ok(None) => continue,
+                Err(e) => {
+                    let _ = self.tx.send(sse_frame(&e.body())).await;
+                    break;
+                }
+            };
+            if chunks == 0 {
+                self.record.ttft_us = self.started.elapsed().as_micros() as u64;
+            }
+            chunks += 1;
+            bytes += out.len() as u64;
+            if self.tx.send(sse_frame(&out)).await.is_err() {
+                break;
+            }
+        }
+        if completed {
+            completed = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_ok();
+        }
+        // Plugin stream state ends before stream-complete hooks run.
+        drop(self.filters);
+        let duration = self.started.elapsed();
+        let summary = StreamSummary {
+            status: self.status.as_u16(),
+            chunks,
+            bytes,
+            duration_us: duration.as_micros() as u64,
+            completed,
+        };
+        self.pipeline.stream_complete(&self.ctx, &summary);
+        self.record.status = self.status.as_u16();
+        self.record.response_bytes = bytes;
+        self.record.latency_us = duration.as_micros() as u64;
+        self.sink.submit(&self.pipeline, self.record);
+    }
+}
+
+/// `POST /v1/count_tokens`: a chat request's input tokens, counted by the executor its model
+/// routes to, after the same request hooks a chat request goes through.
+pub async fn count_tokens(
+    env: &Env<'_>,
+    pipeline: Arc<Pipeline>,
+    request_id: String,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let upstreams = env.upstreams;
+    let mut record = Record {
+        request_id: request_id.clone(),
+        method: "POST".into(),
+        path: req.uri().path().to_owned(),
+        unix_ms: unix_ms(),
+        ..Record::default()
+    };
+    let mut req = match read_request(env.limits, req, peer, request_id).await {
+        Ok(r) => r,
+        Err(e) => {
+            let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
+            return finish(env.sink, &pipeline, record, error_state(&e), &ctx, started);
+        }
+    };
+    record.request_bytes = req.body.len() as u64;
+    let phases = request_phases(env.upstreams, &pipeline, &mut req);
+    record.app_id.clone_from(&req.ctx.app_id);
+    record.user_id.clone_from(&req.ctx.user_id);
+    record.model.clone_from(&req.ctx.model);
+    let resp = match phases {
+        Err(Stop::Respond(resp)) => resp,
+        Err(Stop::Error(e)) => error_state(&e),
+        Ok((route, _)) => match &route.target {
+            Target::Executor(name) => match pipeline.count_tokens(name, &req, &route.upstream_model).await {
+                Ok(n) => ResponseState {
+                    status: StatusCode::OK,
+                    headers: json_headers(),
+                    body: Bytes::from(
+                        serde_json::json!({ "object": "token_count", "model": req.ctx.model, "input_tokens": n })
+                            .to_string(),
+                    ),
+                },
+                Err(e) => error_state(&e),
+            },
+            Target::Upstream(i) => error_state(&ApiError::new(
+                StatusCode::NOT_IMPLEMENTED,
+                "invalid_request_error",
+                "count_tokens_unsupported",
+                format!(
+                    "model `{}` is served by upstream `{}`, which cannot count tokens: expected a model served by an executor plugin",
+                    req.ctx.model,
+                    upstreams.upstreams[*i].name()
+                ),
+            )),
+        },
+    };
+    finish(env.sink, &pipeline, record, resp, &req.ctx, started)
+}
+
+fn json_headers() -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn chat(model: &str, stream: bool) -> String {
+        serde_json::json!({ "model": model, "stream": stream, "messages": [{ "role": "user", "content": "x" }] })
+            .to_string()
+    }
+
+    proptest! {
+        /// The request reader's check: any bytes are a chat request or a 400 that says why.
+        #[test]
+        fn any_body_is_a_chat_request_or_a_400(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(e) = peek(&body) {
+                prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+                prop_assert!(e.message.contains("expected"), "{}", e.message);
+            }
+        }
+
+        /// A valid request cut or corrupted anywhere is refused, never misread.
+        #[test]
+        fn a_cut_or_corrupted_request_is_refused(model in "[a-z0-9-]{1,12}", at in any::<prop::sample::Index>(), byte in any::<u8>()) {
+            let body = chat(&model, true).into_bytes();
+            let cut = at.index(body.len());
+            prop_assert!(peek(&body[..cut]).is_err());
+            let mut corrupted = body.clone();
+            corrupted[cut] = byte;
+            if let Ok((m, _)) = peek(&corrupted) {
+                // A change inside the model name (or a whitespace swap) may still be valid JSON.
+                prop_assert!(m.len() == model.len() || corrupted[cut].is_ascii_whitespace());
+            }
+        }
+
+        /// Model and stream flag come back as sent, whatever the model's characters.
+        #[test]
+        fn chat_requests_give_their_model_and_stream_flag(model in "\\PC{0,24}", stream in any::<bool>()) {
+            let (m, s) = peek(chat(&model, stream).as_bytes()).unwrap();
+            prop_assert_eq!(m, model);
+            prop_assert_eq!(s, stream);
+        }
+
+        /// Credential extraction takes any header values without panicking.
+        #[test]
+        fn credentials_never_panic(auth in proptest::collection::vec(any::<u8>(), 0..64), key in "[ -~]{0,32}") {
+            let mut headers = HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&auth) {
+                headers.insert(header::AUTHORIZATION, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&key) {
+                headers.insert("x-api-key", v);
+            }
+            let found = credential(&headers);
+            prop_assert_eq!(found, found.trim());
+        }
+    }
+}

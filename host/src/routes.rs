@@ -1,0 +1,60 @@
+//! Routing: which handler serves which method and path, and the small endpoints (models,
+//! health, metrics). Chat and token counting run in the pipeline ([`flow`]).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use hyper::body::Incoming;
+
+use crate::admin::{admin, executor_http};
+use crate::app::App;
+use crate::body::{GatewayBody, error_response, json_response};
+use crate::error::ApiError;
+use crate::metrics::Gauge;
+use crate::pipeline::flow;
+
+pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
+    let started = Instant::now();
+    let _inflight = Gauge::new(&app.metrics.inflight_requests);
+    let path = req.uri().path();
+    let resp = match (req.method(), path) {
+        (&Method::POST, "/v1/chat/completions") => {
+            flow::chat(&app.env(), app.pipeline.load_full(), app.request_id(), req, peer, started).await
+        }
+        (&Method::POST, "/v1/count_tokens") => {
+            flow::count_tokens(&app.env(), app.pipeline.load_full(), app.request_id(), req, peer, started).await
+        }
+        (&Method::GET, "/v1/models") => models(app),
+        (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
+        (&Method::GET, "/metrics") => {
+            let mut resp = Response::new(GatewayBody::full(app.metrics.render()));
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+            resp
+        }
+        (m, "/v1/chat/completions" | "/v1/count_tokens") => {
+            error_response(&ApiError::method_not_allowed(m, path, "POST"))
+        }
+        (_, p) if p.starts_with("/admin/executors/") && p.contains("/http/") => executor_http(app, req).await,
+        (m, "/v1/models" | "/healthz" | "/metrics") => error_response(&ApiError::method_not_allowed(m, path, "GET")),
+        (m, p) if p.starts_with("/admin/") => admin(app, m, p, req.headers()).await,
+        _ => error_response(&ApiError::not_found(path)),
+    };
+    app.metrics.count_request(resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+fn models(app: &App) -> Response<GatewayBody> {
+    let data: Vec<serde_json::Value> = app
+        .upstreams
+        .models
+        .iter()
+        .map(|m| {
+            let owner = app.upstreams.routes.get(m).map_or("", |r| app.upstreams.owner(r));
+            serde_json::json!({ "id": m, "object": "model", "created": 0, "owned_by": owner })
+        })
+        .collect();
+    json_response(StatusCode::OK, Bytes::from(serde_json::json!({ "object": "list", "data": data }).to_string()))
+}
