@@ -307,3 +307,29 @@ fn a_model_routed_to_a_missing_executor_stops_the_gateway_at_start() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("model `m`: no loaded plugin instance `nobody` is an executor"), "{stderr}");
 }
+
+/// The embedded default (`make run`) serves its second model through anthropic-executor on the
+/// mock, with every example plugin around it. The default's own `listen` and `data_dir` are
+/// replaced by the test's; everything else is the file as shipped.
+#[test]
+fn the_embedded_default_serves_mock_claude_through_the_executor() {
+    let shipped = include_str!("../host/default-config.toml");
+    let config: String = shipped
+        .lines()
+        .filter(|l| !l.starts_with("listen =") && !l.starts_with("data_dir ="))
+        .map(|l| l.replace("path = \"lib", "path = \"{target}/lib").replace("path = \"data/", "path = \"{dir}/"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let gw = Gateway::start(&config);
+    let models = gw.get("/v1/models").json();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["mock-gpt", "mock-claude"]);
+    for model in ["mock-gpt", "mock-claude"] {
+        let r = gw.chat(Some("sk-gateway-demo"), &chat_body(model, "write to jane@example.com", false));
+        assert_eq!(r.status, 200, "{model}: {}\n{}", r.body, gw.logs());
+        assert_eq!(r.json()["choices"][0]["message"]["content"], "Mock reply to: write to [REDACTED]");
+        assert_eq!(r.header("x-gateway"), Some("llm-gateway"));
+        let r = gw.chat(Some("sk-gateway-demo"), &chat_body(model, "stream to jane@example.com", true));
+        assert_eq!(r.streamed_text(), "Mock reply to: stream to [REDACTED]", "{model}: {}", r.body);
+    }
+}
