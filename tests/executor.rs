@@ -333,3 +333,38 @@ fn the_embedded_default_serves_mock_claude_through_the_executor() {
         assert_eq!(r.streamed_text(), "Mock reply to: stream to [REDACTED]", "{model}: {}", r.body);
     }
 }
+
+/// The host HTTP client enforces the upstream's `max_response_bytes` on what it hands a plugin.
+#[test]
+fn the_host_http_client_enforces_the_upstreams_response_limit() {
+    let mock = MockServer::start();
+    let config = format!(
+        r#"
+[[upstreams]]
+name = "anthropic"
+kind = "openai"
+base_url = "http://{addr}"
+max_response_bytes = 64
+
+[[models]]
+name = "claude"
+executor = "anthropic-executor"
+
+[[plugins]]
+path = "{{target}}/libanthropic_executor.so"
+[plugins.config]
+upstream = "anthropic"
+api_key = "k"
+"#,
+        addr = mock.addr
+    );
+    let gw = Gateway::start(&config);
+    let r = gw.chat(None, &chat_body("claude", "a reply longer than sixty-four bytes, surely", false));
+    assert_eq!(r.status, 502, "{}", r.body);
+    let message = r.error()["message"].as_str().unwrap().to_owned();
+    assert!(message.contains("response body too large: expected at most 64 bytes"), "{message}");
+    assert_eq!(
+        gw.metric("gateway_http_client_errors_total{plugin=\"anthropic-executor\",upstream=\"anthropic\"}"),
+        Some(1.0)
+    );
+}
