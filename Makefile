@@ -13,7 +13,10 @@ ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-1.3 tests/fixtures/abi
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
 
-.PHONY: build build-release run test bench bench-e2e bench-peers soak
+# The test runner; installed (pinned) when missing, so that `make test` works on a fresh machine.
+NEXTEST_VERSION := 0.9.143
+
+.PHONY: build build-release run test bench bench-e2e bench-peers soak nextest
 
 build: $(VENV)/.openai-$(OPENAI_VERSION)
 	$(CARGO) build --workspace --all-targets
@@ -30,8 +33,11 @@ build-release:
 run: build-release
 	./target/release/gateway
 
+nextest:
+	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --version $(NEXTEST_VERSION) --locked
+
 # Doc tests first, then every other test under nextest, whose summary closes the run.
-test: build
+test: build nextest
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
 
