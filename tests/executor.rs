@@ -262,6 +262,9 @@ fn a_panic_mid_stream_ends_the_stream_with_an_error_event() {
     let last = r.events().last().cloned().unwrap();
     assert!(last.contains("executor `executor-faults` panicked mid-stream"), "{}", r.body);
     assert!(gw.logs().contains("executor-faults panics mid-stream"), "{}", gw.logs());
+    // Counted like a panic before the first chunk.
+    let panics = gw.metric("gateway_plugin_hook_panics_total{plugin=\"executor-faults\",hook=\"execute_stream\"}");
+    assert_eq!(panics, Some(1.0));
     assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
 }
 
@@ -367,4 +370,57 @@ api_key = "k"
         gw.metric("gateway_http_client_errors_total{plugin=\"anthropic-executor\",upstream=\"anthropic\"}"),
         Some(1.0)
     );
+}
+
+/// An executor that never answers, or stalls mid-stream, is cut off after
+/// `limits.executor_timeout_ms`: a 504, or an error event; its future is dropped inside it.
+#[test]
+fn an_executor_that_never_answers_is_cut_off_and_dropped() {
+    let gw = Gateway::start(&format!("[limits]\nexecutor_timeout_ms = 300\n{}", faults("never")));
+    let r = gw.chat(None, &chat_body("faulty-model", "hi", false));
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert!(r.error()["message"].as_str().unwrap().contains("did not answer within 300 ms"), "{}", r.body);
+    assert!(gw.wait_for_log("executor-faults future dropped"), "{}", gw.logs());
+    assert_eq!(gw.chat(None, &chat_body("mock-gpt", "hi", false)).status, 200);
+
+    let gw = Gateway::start(&format!("[limits]\nexecutor_timeout_ms = 300\n{}", faults("stall_stream")));
+    let r = gw.chat(None, &chat_body("faulty-model", "hi", true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.streamed_text(), "first");
+    assert!(r.events().last().unwrap().contains("sent nothing for 300 ms"), "{}", r.body);
+}
+
+/// A quarantine probe whose call never finishes (its client went away) leaves the executor
+/// quarantined for another probe period, not switched off until a reload.
+#[test]
+fn an_abandoned_quarantine_probe_does_not_keep_the_executor_off_for_good() {
+    use std::io::Write;
+    let config =
+        faults("panic_then_never").replace("quarantine_after = 2", "quarantine_after = 1\nquarantine_probe_secs = 0.3");
+    let gw = Gateway::start(&config);
+    assert_eq!(gw.chat(None, &chat_body("faulty-model", "hi", false)).status, 500);
+    assert_eq!(gw.chat(None, &chat_body("faulty-model", "hi", false)).status, 503);
+    let probe_then_hang_up = || {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        let body = chat_body("faulty-model", "hi", false).to_string();
+        let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
+        write!(
+            conn,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        drop(conn);
+    };
+    probe_then_hang_up();
+    assert!(gw.wait_for_log("quarantine probe did not finish"), "{}", gw.logs());
+    // Not stuck probing: a later request probes again (and is abandoned again).
+    probe_then_hang_up();
+    let probed_twice = (0..500).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        gw.logs().matches("quarantine probe did not finish").count() == 2
+    });
+    assert!(probed_twice, "{}", gw.logs());
+    assert_eq!(gw.logs().matches("probing it with one request").count(), 2, "{}", gw.logs());
 }

@@ -101,7 +101,7 @@ fn a_plugin_requiring_a_capability_this_host_lacks_is_refused() {
     assert!(msg.contains("requires capability `Auth` version 2, and this gateway knows version 1 of it only"), "{msg}");
     assert!(msg.contains(&format!("this gateway speaks plugin ABI {}", plugin_abi::ABI_VERSION)), "{msg}");
     let auth = load("api-key-auth", "[keys.sk-long-enough]\napp = \"a\"\nuser = \"u\"\n").unwrap();
-    assert_eq!(auth.info.capabilities, ["ConfigProvider", "Auth"]);
+    assert_eq!(auth.info.capabilities, ["Auth", "ConfigProvider"]);
     assert_eq!(auth.info.required, ["Auth"]);
     let out = Command::new(gateway_bin()).arg("check").arg(plugin_so("requires-future")).output().unwrap();
     assert!(!out.status.success());

@@ -2,6 +2,7 @@
 //! passthrough.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
@@ -136,7 +137,7 @@ pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Res
         ctx: ContextState { request_id: app.request_id(), ..ContextState::default() },
     };
     let pipeline = app.pipeline.load_full();
-    match pipeline.executor_http(&name, &state).await {
+    match pipeline.executor_http(&name, &state, Duration::from_millis(app.config.limits.executor_timeout_ms)).await {
         Ok((status, headers, body)) => {
             let mut resp = Response::new(GatewayBody::full(body));
             *resp.status_mut() = status;

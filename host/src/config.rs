@@ -145,6 +145,10 @@ pub struct Limits {
     /// connection, so that a stalled client cannot pin its stream, upstream connection and
     /// plugin version.
     pub write_timeout_ms: u64,
+    /// How long an executor plugin may take to answer (its whole response, or a stream's first
+    /// chunk), and to send each next chunk; past it the call is dropped (cancelled inside the
+    /// plugin) and the client gets a 504, or an error event mid-stream.
+    pub executor_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -156,6 +160,7 @@ impl Default for Limits {
             body_timeout_ms: 30_000,
             max_connections: 4096,
             write_timeout_ms: 30_000,
+            executor_timeout_ms: 300_000,
         }
     }
 }
@@ -525,8 +530,12 @@ impl GatewayConfig {
         if self.limits.max_body_bytes == 0 {
             return Err("limits.max_body_bytes must be at least 1".into());
         }
-        if self.limits.max_connections == 0 || self.limits.write_timeout_ms == 0 {
-            return Err("limits.max_connections and limits.write_timeout_ms must be at least 1".into());
+        if self.limits.max_connections == 0 || self.limits.write_timeout_ms == 0 || self.limits.executor_timeout_ms == 0
+        {
+            return Err(
+                "limits.max_connections, limits.write_timeout_ms and limits.executor_timeout_ms must be at least 1"
+                    .into(),
+            );
         }
         if self.collector_queue == 0 || self.event_queue == 0 {
             return Err("collector_queue and event_queue must be at least 1".into());

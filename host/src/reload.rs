@@ -252,8 +252,9 @@ impl Registry {
             .map(|s| (s.name().to_owned(), s.plugin.source_path.clone()))
             .collect();
         let new = plugin::load(&config, &app.copies, &taken, app.services).map_err(ReloadError::Load)?;
-        if new.name() != name {
-            return Err(ReloadError::Renamed { expected: name.to_owned(), found: new.name().to_owned() });
+        // Another plugin under the same instance name is not a new version of this one.
+        if new.name() != name || new.info.name != old.info.name {
+            return Err(ReloadError::Renamed { expected: old.info.name.clone(), found: new.info.name.clone() });
         }
         let new = Arc::new(new);
         let slot = Arc::new(Slot::new(new.clone(), config.isolate, app.metrics.clone()));

@@ -33,7 +33,7 @@ pub const ABI_VERSION: &str = env!("CARGO_PKG_VERSION");
 pub mod __private {
     pub use crate::ffi::TableId;
     pub use crate::ffi::caps;
-    pub use crate::ffi::define::{Entry, Marker};
+    pub use crate::ffi::define::{Entry, Implemented, Marker, NotImplemented, exported_entries};
     pub use crate::ffi::glue::{Exported, lib_header};
     pub use crate::ffi::{PluginMetadata, TableEntry};
     pub use abi_stable::library::LibHeader;

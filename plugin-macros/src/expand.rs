@@ -31,20 +31,20 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
     // Each listed capability is a marker type its definition declares; its table entry for this
     // plugin type exists only if the type implements the capability's trait. A misspelled name
     // is an unknown type (rustc suggests the near ones); a missing impl an unmet bound.
-    // Required capabilities are exported too (once, if also listed in `capabilities`).
-    let mut exported: Vec<&Ident> = spec.capabilities.iter().collect();
-    exported.extend(spec.required.iter().filter(|r| !spec.capabilities.contains(r)));
-    let entries = exported.into_iter().map(|cap| {
-        // The type carries the capability's span too: rustc reports an unmet bound on it.
+    // Every capability the type implements is exported, found by probing each known one (the
+    // derive knows none by name). A listed capability is also checked: each is a marker type its
+    // definition declares, whose entry exists only if the type implements the capability's
+    // trait. A misspelled name is an unknown type (rustc suggests the near ones); a listed but
+    // unimplemented one an unmet bound, spanned on the name as written.
+    let checks = spec.capabilities.iter().chain(&spec.required).map(|cap| {
         let ty = Ident::new(&ident.to_string(), cap.span());
-        quote_spanned!(cap.span()=> <::plugin_abi::__private::caps::#cap as ::plugin_abi::__private::Entry<#ty>>::ENTRY)
+        quote_spanned!(cap.span()=> const _: ::plugin_abi::__private::TableEntry =
+            <::plugin_abi::__private::caps::#cap as ::plugin_abi::__private::Entry<#ty>>::ENTRY;)
     });
     let required = spec
         .required
         .iter()
         .map(|cap| quote_spanned!(cap.span()=> __p::TableId::of::<<__p::caps::#cap as __p::Marker>::Table>()));
-    let requirements =
-        (!spec.required.is_empty()).then(|| quote!(<__p::caps::Requirements as __p::Entry<#ident>>::ENTRY,));
     let export = Ident::new(&abi_stable_shared::mangled_root_module_loader_name(), Span::call_site());
     let abort_message = format!(
         "plugin `{}` is being built with `panic = \"abort\"`: the gateway contains a plugin's panics only \
@@ -59,19 +59,28 @@ pub fn expand(spec: &PluginSpec) -> TokenStream {
         const _: () = {
             use ::plugin_abi::__private as __p;
 
+            #(#checks)*
+
             impl __p::Exported for #ident {
-                const METADATA: &'static __p::PluginMetadata = &__p::PluginMetadata {
-                    name: __p::RStr::from_str(#name),
-                    version: __p::RStr::from_str(#version),
-                    author: __p::RStr::from_str(#author),
-                    description: __p::RStr::from_str(#description),
-                    repository: __p::RStr::from_str(#repository),
-                    capabilities: __p::RSlice::from_slice(&[
-                        #(#entries,)*
-                        #requirements
-                        <__p::caps::Build as __p::Entry<#ident>>::ENTRY,
-                    ]),
-                };
+                fn metadata() -> &'static __p::PluginMetadata {
+                    use __p::{Implemented as _, NotImplemented as _};
+                    static ENTRIES: ::std::sync::OnceLock<::std::vec::Vec<__p::TableEntry>> =
+                        ::std::sync::OnceLock::new();
+                    static METADATA: ::std::sync::OnceLock<__p::PluginMetadata> = ::std::sync::OnceLock::new();
+                    METADATA.get_or_init(|| {
+                        let entries = ENTRIES.get_or_init(|| {
+                            __p::exported_entries::<#ident>(::plugin_abi::__implemented_capabilities!(#ident))
+                        });
+                        __p::PluginMetadata {
+                            name: __p::RStr::from_str(#name),
+                            version: __p::RStr::from_str(#version),
+                            author: __p::RStr::from_str(#author),
+                            description: __p::RStr::from_str(#description),
+                            repository: __p::RStr::from_str(#repository),
+                            capabilities: __p::RSlice::from_slice(entries),
+                        }
+                    })
+                }
                 const REQUIRED: &'static [__p::TableId] = &[#(#required),*];
             }
 
@@ -92,10 +101,10 @@ mod tests {
         let out = derive(input).to_string();
         assert!(out.contains("caps :: PostAuth as :: plugin_abi :: __private :: Entry < X >"), "{out}");
         assert!(out.contains("caps :: StreamChunk as :: plugin_abi :: __private :: Entry < X >"), "{out}");
+        assert!(out.contains("__implemented_capabilities ! (X)"), "{out}");
         assert!(out.contains("no_mangle"), "{out}");
         assert!(out.contains("CARGO_PKG_VERSION"), "{out}");
         assert_eq!(out.matches("LibHeader").count(), 1);
-        assert!(out.contains("caps :: Build as __p :: Entry < X >"), "{out}");
     }
 
     #[test]

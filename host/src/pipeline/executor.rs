@@ -1,16 +1,21 @@
 //! Executor plugins: a model routed to one is served by the plugin instead of a built-in
 //! upstream, with every other phase of the pipeline around it unchanged.
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
-use abi_stable::std_types::{RErr, ROk, RResult};
+use abi_stable::std_types::{RErr, ROk, RResult, RVec};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use plugin_abi::ffi::{self, ExecError, InstanceStream, RawExecRequest};
 
 use super::request::{raw_headers, scratch};
-use super::{Hook, Outcome, Pipeline, RequestState};
+use super::{Hook, Outcome, Pipeline, RequestState, Slot};
 use crate::error::ApiError;
+use crate::metrics::HookMetrics;
 use crate::upstream::{Events, PollEvents, UpstreamReply};
 
 impl<T> Outcome for RResult<T, ExecError> {
@@ -79,13 +84,15 @@ impl Pipeline {
         }
     }
 
-    /// Runs executor `name` on the request as the request hooks left it.
+    /// Runs executor `name` on the request as the request hooks left it. `timeout` bounds the
+    /// answer (a stream's first chunk) and each next chunk.
     pub async fn execute(
         &self,
         name: &str,
         req: &RequestState,
         upstream_model: &str,
         stream: bool,
+        timeout: Duration,
     ) -> Result<UpstreamReply, ApiError> {
         let hook = self.executor(name).ok_or_else(|| not_loaded(name, &req.ctx.model))?;
         let Some(probe) = hook.quarantine_check()? else {
@@ -93,11 +100,11 @@ impl Pipeline {
         };
         let request_id = &req.ctx.request_id;
         if !stream {
-            let future = with_raw(req, upstream_model, false, |raw| hook.cap.execute(raw));
+            let future = bounded(timeout, with_raw(req, upstream_model, false, |raw| hook.cap.execute(raw)));
             return match hook.invoke_async(ffi::ExecutorV1::execute, probe, future).await {
                 ROk(resp) => {
                     let headers = header_map(resp.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())));
-                    let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let status = answer_status(resp.status, name, request_id)?;
                     Ok(UpstreamReply::Full { status, headers, body: Bytes::from(resp.body.into_vec()) })
                 }
                 RErr(e) => Err(exec_error(hook, ffi::ExecutorV1::execute, e, request_id)),
@@ -105,7 +112,8 @@ impl Pipeline {
         }
         let mut chunks = with_raw(req, upstream_model, true, |raw| hook.cap.execute_stream(raw));
         // The first chunk decides the status: an error before it reaches the client as one.
-        let first = hook.invoke_async(ffi::ExecutorV1::execute_stream, probe, FirstChunk(&mut chunks)).await;
+        let first = bounded_first(timeout, FirstChunk(&mut chunks));
+        let first = hook.invoke_async(ffi::ExecutorV1::execute_stream, probe, first).await;
         let first = match first {
             None => None,
             Some(ROk(chunk)) => Some(Bytes::from(chunk.into_vec())),
@@ -113,28 +121,45 @@ impl Pipeline {
         };
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-        let events = ExecutorEvents { first, chunks, name: name.to_owned(), done: false };
+        let events = ExecutorEvents {
+            first,
+            chunks,
+            name: name.to_owned(),
+            done: false,
+            timeout,
+            idle: Box::pin(tokio::time::sleep(timeout)),
+            slot: hook.slot.clone(),
+            metrics: hook.metrics[ffi::ExecutorV1::execute_stream].1.clone(),
+        };
         Ok(UpstreamReply::Stream { status: StatusCode::OK, headers, events: Events::Plugin(Box::new(events)) })
     }
 
-    /// Input tokens of the request, counted by executor `name`.
-    pub async fn count_tokens(&self, name: &str, req: &RequestState, upstream_model: &str) -> Result<u64, ApiError> {
+    /// Input tokens of the request, counted by executor `name` within `timeout`.
+    pub async fn count_tokens(
+        &self,
+        name: &str,
+        req: &RequestState,
+        upstream_model: &str,
+        timeout: Duration,
+    ) -> Result<u64, ApiError> {
         let hook = self.executor(name).ok_or_else(|| not_loaded(name, &req.ctx.model))?;
         let Some(probe) = hook.quarantine_check()? else {
             return Err(ApiError::plugin_quarantined(name));
         };
-        let future = with_raw(req, upstream_model, false, |raw| hook.cap.count_tokens(raw));
+        let future = bounded(timeout, with_raw(req, upstream_model, false, |raw| hook.cap.count_tokens(raw)));
         match hook.invoke_async(ffi::ExecutorV1::count_tokens, probe, future).await {
             ROk(n) => Ok(n),
             RErr(e) => Err(exec_error(hook, ffi::ExecutorV1::count_tokens, e, &req.ctx.request_id)),
         }
     }
 
-    /// A raw request passed through to executor `name` (the admin API's passthrough).
+    /// A raw request passed through to executor `name` (the admin API's passthrough), within
+    /// `timeout`.
     pub async fn executor_http(
         &self,
         name: &str,
         req: &RequestState,
+        timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
         let hook = self.executor(name).ok_or_else(|| {
             ApiError::new(
@@ -144,16 +169,19 @@ impl Pipeline {
                 format!("no loaded plugin instance `{name}` is an executor"),
             )
         })?;
+        let Some(probe) = hook.quarantine_check()? else {
+            return Err(ApiError::plugin_quarantined(name));
+        };
         let future = {
             let metadata = req.ctx.raw_metadata();
             let headers = raw_headers(&req.headers, scratch());
             let raw = req.raw(&headers, &metadata);
-            hook.cap.http_request(&raw)
+            bounded(timeout, hook.cap.http_request(&raw))
         };
-        match hook.invoke_async(ffi::ExecutorV1::http_request, false, future).await {
+        match hook.invoke_async(ffi::ExecutorV1::http_request, probe, future).await {
             ROk(resp) => {
                 let headers = header_map(resp.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())));
-                let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+                let status = answer_status(resp.status, name, &req.ctx.request_id)?;
                 Ok((status, headers, Bytes::from(resp.body.into_vec())))
             }
             RErr(e) => Err(exec_error(hook, ffi::ExecutorV1::http_request, e, &req.ctx.request_id)),
@@ -175,6 +203,48 @@ fn with_raw<R>(req: &RequestState, upstream_model: &str, stream: bool, f: impl F
         body: req.body.as_ref().into(),
     };
     f(&raw)
+}
+
+/// An executor's answer within `limit`; past it the future is dropped (cancelled inside the
+/// plugin) and the answer is a 504.
+async fn bounded<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = RResult<T, ExecError>>,
+) -> RResult<T, ExecError> {
+    match tokio::time::timeout(limit, future).await {
+        Ok(r) => r,
+        Err(_) => RErr(timed_out(limit)),
+    }
+}
+
+async fn bounded_first(limit: Duration, first: FirstChunk<'_>) -> Option<RResult<RVec<u8>, ExecError>> {
+    match tokio::time::timeout(limit, first).await {
+        Ok(r) => r,
+        Err(_) => Some(RErr(timed_out(limit))),
+    }
+}
+
+fn timed_out(limit: Duration) -> ExecError {
+    ExecError {
+        status: 504,
+        kind: "api_error".into(),
+        error: ffi::PluginError {
+            code: ffi::code::INTERNAL,
+            message: format!("did not answer within {} ms (limits.executor_timeout_ms)", limit.as_millis()).into(),
+        },
+    }
+}
+
+/// The status an executor answered with, if it is a final HTTP status (200 to 599); a 1xx would
+/// make the connection an upgrade.
+fn answer_status(status: u16, name: &str, request_id: &str) -> Result<StatusCode, ApiError> {
+    match StatusCode::from_u16(status) {
+        Ok(s) if (200..600).contains(&status) => Ok(s),
+        _ => {
+            tracing::warn!(plugin = name, request_id, status, "executor answered with an invalid status");
+            Err(ApiError::upstream(format!("executor `{name}` answered with status {status}: expected 200 to 599")))
+        }
+    }
 }
 
 fn not_loaded(name: &str, model: &str) -> ApiError {
@@ -248,6 +318,12 @@ struct ExecutorEvents {
     chunks: Chunks,
     name: String,
     done: bool,
+    /// Each next chunk must come within this.
+    timeout: Duration,
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// For counting a panic mid-stream, as the first chunk's is.
+    slot: Arc<Slot>,
+    metrics: Arc<HookMetrics>,
 }
 
 impl PollEvents for ExecutorEvents {
@@ -259,15 +335,38 @@ impl PollEvents for ExecutorEvents {
             return Poll::Ready(None);
         }
         match self.chunks.poll_next(cx) {
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                if self.idle.as_mut().poll(cx).is_ready() {
+                    self.done = true;
+                    self.metrics.errors.fetch_add(1, Relaxed);
+                    tracing::warn!(plugin = %self.name, "executor sent no chunk within {} ms: stream cut", self.timeout.as_millis());
+                    return Poll::Ready(Some(Err(format!(
+                        "executor `{}` sent nothing for {} ms",
+                        self.name,
+                        self.timeout.as_millis()
+                    ))));
+                }
+                Poll::Pending
+            }
             Poll::Ready(None) => {
                 self.done = true;
                 Poll::Ready(None)
             }
-            Poll::Ready(Some(ROk(chunk))) => Poll::Ready(Some(Ok(Bytes::from(chunk.into_vec())))),
+            Poll::Ready(Some(ROk(chunk))) => {
+                let deadline = tokio::time::Instant::now() + self.timeout;
+                self.idle.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(Bytes::from(chunk.into_vec()))))
+            }
             Poll::Ready(Some(RErr(e))) => {
                 self.done = true;
-                let what = if e.error.code == ffi::code::PANIC { "panicked" } else { "failed" };
+                self.metrics.errors.fetch_add(1, Relaxed);
+                let what = if e.error.code == ffi::code::PANIC {
+                    self.metrics.panics.fetch_add(1, Relaxed);
+                    self.slot.on_panic(false);
+                    "panicked"
+                } else {
+                    "failed"
+                };
                 tracing::warn!(plugin = %self.name, "executor {what} mid-stream: {}", e.error.message);
                 Poll::Ready(Some(Err(format!("executor `{}` {what} mid-stream", self.name))))
             }

@@ -234,7 +234,10 @@ pub async fn chat(
     record.upstream = upstreams.owner(route).to_owned();
     let reply = match &route.target {
         Target::Upstream(i) => upstreams.upstreams[*i].call(req.body.clone(), route, stream).await,
-        Target::Executor(name) => pipeline.execute(name, &req, &route.upstream_model, stream).await,
+        Target::Executor(name) => {
+            let timeout = Duration::from_millis(env.limits.executor_timeout_ms);
+            pipeline.execute(name, &req, &route.upstream_model, stream, timeout).await
+        }
     };
     let reply = match reply {
         Ok(r) => r,
@@ -416,7 +419,10 @@ pub async fn count_tokens(
         Err(Stop::Respond(resp)) => resp,
         Err(Stop::Error(e)) => error_state(&e),
         Ok((route, _)) => match &route.target {
-            Target::Executor(name) => match pipeline.count_tokens(name, &req, &route.upstream_model).await {
+            Target::Executor(name) => match pipeline
+                .count_tokens(name, &req, &route.upstream_model, Duration::from_millis(env.limits.executor_timeout_ms))
+                .await
+            {
                 Ok(n) => ResponseState {
                     status: StatusCode::OK,
                     headers: json_headers(),

@@ -157,6 +157,17 @@ impl Slot {
         }
     }
 
+    /// The probe call was dropped before it finished (the client went away, or it timed out):
+    /// the plugin stays quarantined for another `probe_after`, so a probe nobody completes
+    /// cannot keep it switched off for good.
+    fn probe_abandoned(&self) {
+        let b = &self.breaker;
+        b.opened_ns.store(self.now_ns(), Relaxed);
+        if b.state.compare_exchange(PROBING, OPEN, AcqRel, Relaxed).is_ok() {
+            tracing::warn!(plugin = self.name(), "quarantine probe did not finish: the plugin stays quarantined");
+        }
+    }
+
     /// A call did not panic: if it was the probe, the plugin is re-enabled.
     fn on_success(&self, probe: bool) {
         let b = &self.breaker;
@@ -279,7 +290,9 @@ impl<T> Hook<T> {
             tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
         m.calls.fetch_add(1, Relaxed);
         let started = quanta::Instant::now();
+        let unfinished = Unfinished { slot: &self.slot, probe };
         let r = tracing::Instrument::instrument(future, span.clone()).await;
+        std::mem::forget(unfinished);
         m.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
         self.account(which, r.error(), probe);
@@ -357,6 +370,20 @@ impl<T> Hook<T> {
 fn can_block_in_place() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
+}
+
+/// Dropped only if an async hook's future is dropped before it finished.
+struct Unfinished<'a> {
+    slot: &'a Slot,
+    probe: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.probe {
+            self.slot.probe_abandoned();
+        }
+    }
 }
 
 /// Why the request phases stopped before the upstream.

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use http_body_util::BodyExt;
-use plugin_abi::ffi::{HttpCall, HttpFuture, HttpResponse, ItemSource, ServiceResult};
+use plugin_abi::ffi::{HttpCall, HttpFuture, HttpResponse, ItemSource, KeepAlive, ServiceResult};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::metrics::{HttpCallMetrics, Metrics};
@@ -105,6 +105,8 @@ impl HttpClient {
         let mut headers = HeaderMap::new();
         for (name, value) in &call.headers {
             match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
+                // The client frames the request and picks the host itself.
+                (Ok(n), Ok(_)) if HOP_BY_HOP.contains(&n.as_str()) => {}
                 (Ok(n), Ok(v)) => {
                     headers.append(n, v);
                 }
@@ -133,7 +135,10 @@ impl HttpClient {
         let (head_tx, head_rx) = oneshot::channel();
         let body = Bytes::from(call.body);
         let timeout = call.timeout;
-        let task = runtime.spawn(run(target, method, headers, body, timeout, head_tx, meter));
+        let task = runtime.spawn(Holding {
+            future: Box::pin(run(target, method, headers, body, timeout, head_tx, meter)),
+            _keep_alive: call.keep_alive,
+        });
         Box::pin(async move {
             // Dropping this future before the head arrives cancels the call.
             let abort = AbortOnDrop(Some(task));
@@ -147,6 +152,23 @@ impl HttpClient {
                 Err(_) => Err("the HTTP call ended without an answer".into()),
             }
         })
+    }
+}
+
+/// Headers the client sets itself.
+const HOP_BY_HOP: &[&str] = &["host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"];
+
+/// A call's task with the plugin's library: a waker the plugin made may sit in the call's
+/// channels, so the library is released only after the task's state (fields drop in order).
+struct Holding<F> {
+    future: std::pin::Pin<Box<F>>,
+    _keep_alive: KeepAlive,
+}
+
+impl<F: std::future::Future> std::future::Future for Holding<F> {
+    type Output = F::Output;
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.future.as_mut().poll(cx)
     }
 }
 
@@ -181,7 +203,8 @@ impl Drop for Meter {
     fn drop(&mut self) {
         let took = self.started.elapsed();
         self.metrics.latency.observe(took);
-        if self.failed || self.log.status == 0 || self.log.status >= 500 {
+        // A call the plugin dropped before the answer (status 0, not failed) is not an error.
+        if self.failed || self.log.status >= 500 {
             self.metrics.errors.fetch_add(1, Relaxed);
         }
         self.metrics.response_bytes.fetch_add(self.log.response_bytes, Relaxed);
@@ -253,7 +276,8 @@ async fn run(
             }
         }
         HttpTarget::Remote(upstream) => {
-            let timeout = timeout.unwrap_or(upstream.timeout);
+            // A plugin may shorten the upstream's timeout, not lengthen it.
+            let timeout = timeout.map_or(upstream.timeout, |t| t.min(upstream.timeout));
             let (status, resp_headers, mut incoming) =
                 match upstream.request(method, &path, headers, body, timeout).await {
                     Ok(r) => r,
@@ -299,8 +323,15 @@ async fn run(
                 });
                 let end = chunk.is_err();
                 meter.failed |= end;
-                if tx.send(chunk).await.is_err() || end {
-                    return;
+                // A plugin that stops reading for a whole timeout lets the call go.
+                match tokio::time::timeout(timeout, tx.send(chunk)).await {
+                    Ok(Ok(())) if !end => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        meter.failed = true;
+                        tracing::warn!(plugin = %meter.log.plugin, upstream = %meter.log.upstream, "plugin stopped reading an upstream body: call cut");
+                        return;
+                    }
                 }
             }
         }

@@ -79,6 +79,8 @@ pub struct ExecutorInfo {
 super::define::returned_as_is!(RResult<ExecutorInfo, PluginError>);
 
 capabilities! {
+    dollar = $;
+
     /// Capability [`cap::PRE_AUTH`], version 1: runs before authentication.
     PreAuthV1 = (cap::PRE_AUTH, 1) PreAuth: PreAuth {
         pub fn on_pre_auth(req: &RawRequest<'_>) -> HookOutcome as "pre_auth"
@@ -219,8 +221,6 @@ capabilities! {
         pub fn quiesce() -> () as "quiesce" => |p| p.quiesce();
     }
 
-    /// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
-    /// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
     /// Capability [`cap::EXECUTOR`], version 1: the plugin is the provider for the models routed
     /// to it. The request and response hooks run around it as around a built-in upstream.
     ExecutorV1 = (cap::EXECUTOR, 1) Executor: Executor {
@@ -249,6 +249,8 @@ capabilities! {
         required: RSlice<'static, TableId> = RSlice::from_slice(P::REQUIRED),
     ] {}
 
+    /// Capability [`cap::BUILD`], version 1: how the plugin was built. Exported by every plugin
+    /// built with ABI 1.3 or later; the host refuses a plugin whose panics would abort.
     BuildV1 = (cap::BUILD, 1) Build: Plugin [
         /// One of [`panic_strategy`].
         panic: u8 = super::glue::PANIC_STRATEGY,

@@ -26,7 +26,7 @@
 
 /// See the module docs.
 macro_rules! capabilities {
-    ($(
+    (dollar = $d:tt; $(
         $(#[$meta:meta])*
         $table:ident = ($id:expr, $version:literal) $marker:ident : $bound:path
         $([ $( $(#[$dmeta:meta])* $dfield:ident : $dty:ty = $dval:expr ),* $(,)? ])?
@@ -97,6 +97,19 @@ macro_rules! capabilities {
             };
         )*
 
+        /// The table entries of every capability type `$ty` implements, found by autoref
+        /// specialization in the plugin crate (where `$ty` is concrete): `#[derive(Plugin)]`
+        /// exports what a plugin implements, listed or not.
+        #[doc(hidden)]
+        #[macro_export]
+        macro_rules! __implemented_capabilities {
+            ($d ty:ty) => {
+                [$(
+                    (&$crate::ffi::define::Probe::<$d ty, $crate::ffi::caps::$marker>::NEW).entry(),
+                )*]
+            };
+        }
+
         /// One marker type per capability, named as plugin authors list it in
         /// `#[plugin(capabilities(...))]`.
         pub mod caps {
@@ -150,6 +163,44 @@ use super::{Instance, RFuture, RStream, TableEntry};
 /// `#[derive(Plugin)]` puts in the plugin's metadata for each listed capability.
 pub trait Entry<P> {
     const ENTRY: TableEntry;
+}
+
+/// Finds out, for a concrete plugin type `P`, whether it implements capability `M`. Called as
+/// `(&Probe::<P, M>::NEW).entry()`: method resolution tries receivers `&Probe` first, where
+/// [`Implemented`] applies when `M: Entry<P>`, then `&&Probe`, where [`NotImplemented`] always
+/// applies.
+pub struct Probe<P, M>(std::marker::PhantomData<(fn() -> P, M)>);
+
+impl<P, M> Probe<P, M> {
+    pub const NEW: Probe<P, M> = Probe(std::marker::PhantomData);
+}
+
+pub trait Implemented {
+    fn entry(&self) -> Option<TableEntry>;
+}
+
+impl<P, M: Entry<P>> Implemented for Probe<P, M> {
+    fn entry(&self) -> Option<TableEntry> {
+        Some(M::ENTRY)
+    }
+}
+
+pub trait NotImplemented {
+    fn entry(&self) -> Option<TableEntry>;
+}
+
+impl<P, M> NotImplemented for &Probe<P, M> {
+    fn entry(&self) -> Option<TableEntry> {
+        None
+    }
+}
+
+/// The entries a plugin exports, from the probe of every capability: those it implements,
+/// without `Requirements` when it requires nothing (so that older hosts see nothing new).
+pub fn exported_entries<P: super::glue::Exported>(
+    probed: impl IntoIterator<Item = Option<TableEntry>>,
+) -> Vec<TableEntry> {
+    probed.into_iter().flatten().filter(|e| e.id != super::cap::REQUIREMENTS || !P::REQUIRED.is_empty()).collect()
 }
 
 /// A capability marker's table.

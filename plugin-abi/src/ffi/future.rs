@@ -14,7 +14,9 @@
 //!   service wakes the host's task directly, without a wrapper per hop. Polling allocates nothing;
 //!   only cloning a waker across the boundary allocates (one box).
 //! * The code behind a plugin-made future stays mapped while the host holds it: the host wraps
-//!   every [`RFuture`] from a plugin with the plugin's instance (see `handle.rs`).
+//!   every [`RFuture`] from a plugin with the plugin's instance (`InstanceFuture` in `define.rs`),
+//!   and a host future handed to a plugin keeps the plugin's library loaded for as long as it
+//!   may hold a waker the plugin made (`KeepAlive`).
 
 use std::ffi::c_void;
 use std::future::Future;

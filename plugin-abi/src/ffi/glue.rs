@@ -13,7 +13,8 @@ use crate::sdk::{self, Config, Host, Plugin};
 
 /// Implemented by `#[derive(Plugin)]`: the plugin's static metadata.
 pub trait Exported: Plugin {
-    const METADATA: &'static PluginMetadata;
+    /// Built once, when the gateway first reads the plugin's root module.
+    fn metadata() -> &'static PluginMetadata;
     /// The capabilities listed in `required(...)`.
     const REQUIRED: &'static [TableId] = &[];
 }
@@ -175,7 +176,7 @@ extern "C" fn destroy<P: Plugin>(inst: InstancePtr) {
 }
 
 fn root_module<P: Exported>() -> PluginRootRef {
-    PluginRoot { metadata: P::METADATA, create: create::<P>, destroy: destroy::<P> }.leak_into_prefix()
+    PluginRoot { metadata: P::metadata(), create: create::<P>, destroy: destroy::<P> }.leak_into_prefix()
 }
 
 extern "C" fn root_loader<P: Exported>() -> RootModuleResult {

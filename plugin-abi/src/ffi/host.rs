@@ -41,8 +41,21 @@ impl Drop for Subscriber {
 /// [`code::SERVICE`].
 pub type ServiceResult<T> = Result<T, String>;
 
+/// Keeps the calling plugin's library loaded. A host future or stream handed to a plugin may
+/// end up holding a waker the plugin made (a plugin that polls it from a combinator of its
+/// own), whose functions are the plugin's code: whatever holds such a waker (the host task
+/// behind the call) must hold this too, and drop it last.
+#[derive(Clone, Default)]
+pub struct KeepAlive(#[allow(dead_code)] Option<Arc<Library>>);
+
+impl std::fmt::Debug for KeepAlive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeepAlive")
+    }
+}
+
 /// An outgoing HTTP call, as the host receives it (owned: the call outlives the plugin's borrow).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct HttpCall {
     pub upstream: String,
     pub method: String,
@@ -52,6 +65,8 @@ pub struct HttpCall {
     /// `None`: the upstream's own timeout.
     pub timeout: Option<std::time::Duration>,
     pub request_id: String,
+    /// Hold until the call's last waker is gone (see [`KeepAlive`]).
+    pub keep_alive: KeepAlive,
 }
 
 /// The body of an [`HttpResponse`]: chunks until `None`; an error ends it.
@@ -343,6 +358,7 @@ extern "C" fn http_send<S: HostServices>(
                 body: call.body.to_vec(),
                 timeout: (call.timeout_ms > 0).then(|| std::time::Duration::from_millis(call.timeout_ms)),
                 request_id: call.request_id.as_str().to_owned(),
+                keep_alive: KeepAlive(c.library.as_ref().and_then(Weak::upgrade)),
             };
             let sent = c.services.http(call);
             RFuture::new(async move {

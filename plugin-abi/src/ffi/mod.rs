@@ -718,7 +718,7 @@ pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, MissingCapability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
-pub use host::{HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, ServiceResult, Subscriber};
+pub use host::{HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, KeepAlive, ServiceResult, Subscriber};
 pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 pub use mock::{ChunkHistory, NO_HISTORY};

@@ -8,7 +8,8 @@ use plugin_abi::{
 };
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "header-stamp", capabilities(Response, ConfigProvider))]
+// No `capabilities(...)` list: the derive exports every capability trait the type implements.
+#[plugin(name = "header-stamp")]
 pub struct HeaderStamp {
     headers: Vec<(String, String)>,
 }
