@@ -587,6 +587,24 @@ mod tests {
         assert!(config.models.iter().any(|m| m.upstream.as_deref() == Some("mock")));
     }
 
+    /// The rule the default file's header states: the built-in copy resolves plugins against
+    /// the executable's directory and data against the working directory; the same text given
+    /// with `--config` resolves both against the file's directory.
+    #[test]
+    fn the_embedded_default_and_a_copy_of_it_resolve_paths_as_documented() {
+        let built_in =
+            GatewayConfig::parse_in(DEFAULT_CONFIG, "default", Path::new("/opt/gw/bin"), Path::new("")).unwrap();
+        assert!(built_in.plugins.iter().all(|p| p.path.starts_with("/opt/gw/bin")));
+        assert_eq!(built_in.data_dir, Path::new("data"));
+        let copied = GatewayConfig::parse(DEFAULT_CONFIG, "copy", Path::new("/etc/gw")).unwrap();
+        assert!(copied.plugins.iter().all(|p| p.path.starts_with("/etc/gw")));
+        assert_eq!(copied.data_dir, Path::new("/etc/gw/data"));
+        assert!(
+            DEFAULT_CONFIG
+                .contains("every relative path (plugins,\n# data_dir, ca_file) resolves against that file's directory")
+        );
+    }
+
     #[test]
     fn relative_paths_resolve_against_the_config_files_directory() {
         let config =
