@@ -273,3 +273,42 @@ fn ready_runs_after_load_and_shutdown_runs_once_after_the_stop_signal() {
     let stopped = logs.find("faulty background thread stopped").unwrap();
     assert!(stopped < logs.find("faulty shutdown").unwrap(), "the stop signal fires before shutdown");
 }
+
+/// `gateway kv list|get` reads a plugin's namespace from a stopped gateway's data directory,
+/// and says plainly when a running gateway holds the store.
+#[test]
+fn gateway_kv_lists_and_reads_a_plugins_namespace_and_names_the_lock() {
+    let gw = Gateway::start(&limited(5));
+    assert_eq!(remaining(&gw), (200, Some("4".into())));
+    assert_eq!(remaining(&gw), (200, Some("3".into())));
+    let config = gw.dir.path().join("gateway.toml");
+    let kv = |args: &[&str]| {
+        std::process::Command::new(gateway_tests::gateway_bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("kv")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let locked = kv(&["list", "rate-limiter"]);
+    assert!(!locked.status.success());
+    let stderr = String::from_utf8_lossy(&locked.stderr);
+    assert!(stderr.contains("locked by another process, most likely a gateway"), "{stderr}");
+    let (status, logs, dir) = gw.stop();
+    assert!(status.success(), "{logs}");
+    let listed = kv(&["list", "rate-limiter"]);
+    assert!(listed.status.success(), "{}", String::from_utf8_lossy(&listed.stderr));
+    let keys = String::from_utf8_lossy(&listed.stdout).into_owned();
+    let key = keys.lines().next().unwrap_or_else(|| panic!("no keys: {keys}")).to_owned();
+    let got = kv(&["get", "rate-limiter", &key]);
+    assert!(got.status.success(), "{}", String::from_utf8_lossy(&got.stderr));
+    assert!(
+        String::from_utf8_lossy(&got.stdout).contains("(as a kv_increment counter: 2)"),
+        "{}",
+        String::from_utf8_lossy(&got.stdout)
+    );
+    let missing = kv(&["get", "rate-limiter", "no-such-key"]);
+    assert!(!missing.status.success());
+    drop(dir);
+}

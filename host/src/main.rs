@@ -1,4 +1,5 @@
-//! `gateway [--config FILE]` runs the gateway; `gateway check PLUGIN.so` inspects a plugin.
+//! `gateway [--config FILE]` runs the gateway; `gateway check PLUGIN.so` inspects a plugin;
+//! `gateway kv list|get` reads a plugin's KV namespace from a stopped gateway's data directory.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -24,6 +25,27 @@ enum Command {
     /// Print a plugin's metadata, ABI version, capabilities and config schema, without starting
     /// the gateway. Exits non-zero with the reason if the file is not a loadable plugin.
     Check { path: PathBuf },
+    /// Read a plugin instance's KV namespace from the data directory of a gateway that is not
+    /// running (the config's `data_dir`; with no `--config`, the default's `./data`).
+    Kv {
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Keys of plugin instance PLUGIN starting with PREFIX, one per line.
+    List {
+        plugin: String,
+        #[arg(default_value = "")]
+        prefix: String,
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+    },
+    /// The value of KEY: as text if it is UTF-8, else in hex; an 8-byte value is also shown as
+    /// the number a `kv_increment` counter holds (little-endian i64).
+    Get { plugin: String, key: String },
 }
 
 fn main() -> ExitCode {
@@ -31,6 +53,66 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Run) {
         Command::Check { path } => check(&path),
         Command::Run => run(cli.config),
+        Command::Kv { command } => kv(cli.config, command),
+    }
+}
+
+fn kv(config: Option<PathBuf>, command: KvCommand) -> ExitCode {
+    use gateway::services::kv::{EmbeddedKv, KvLimits, KvStore};
+    let loaded = match &config {
+        Some(path) => gateway::config::GatewayConfig::load(path),
+        None => gateway::config::GatewayConfig::embedded_default(),
+    };
+    let settings = match loaded {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let path = settings.data_dir.join("kv.redb");
+    if !path.is_file() {
+        eprintln!("error: no KV store at {}: expected the data_dir of a gateway that has run", path.display());
+        return ExitCode::FAILURE;
+    }
+    let limits = KvLimits { max_key_bytes: settings.kv.max_key_bytes, max_value_bytes: settings.kv.max_value_bytes };
+    let store = match EmbeddedKv::open(&path, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        KvCommand::List { plugin, prefix, limit } => store.list(&plugin, &prefix, limit).map(|keys| {
+            for key in keys {
+                println!("{key}");
+            }
+            true
+        }),
+        KvCommand::Get { plugin, key } => store.get(&plugin, &key, &mut |value| print_value(value)),
+    };
+    store.shutdown();
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("no such key (or it expired)");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_value(value: &[u8]) {
+    match std::str::from_utf8(value) {
+        Ok(text) => println!("{text}"),
+        Err(_) => println!("{}", value.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+    if let Ok(bytes) = <[u8; 8]>::try_from(value) {
+        println!("(as a kv_increment counter: {})", i64::from_le_bytes(bytes));
     }
 }
 

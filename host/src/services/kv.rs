@@ -148,7 +148,13 @@ impl EmbeddedKv {
     }
 
     fn start(name: String, mut open: Opener, limits: KvLimits) -> Result<Arc<Self>, KvError> {
-        let db = open().map_err(|e| KvError(format!("cannot open KV store {name}: {e}")))?;
+        let db = open().map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => KvError(format!(
+                "cannot open KV store {name}: it is locked by another process, most likely a gateway (or \
+                 `gateway kv`) running on the same data_dir; stop it, or give this one another data_dir"
+            )),
+            e => KvError(format!("cannot open KV store {name}: {e}")),
+        })?;
         let mirror = load(&db).map_err(|e| KvError(format!("cannot load KV store {name}: {e}")))?;
         let mirror = Arc::new(RwLock::new(mirror));
         let (tx, rx) = unbounded::<Write>();
