@@ -5,7 +5,7 @@ use std::process::Command;
 
 use gateway::plugin::{self, LoadError};
 use gateway::services::Services;
-use gateway_tests::{gateway_bin, plugin_config, plugin_so};
+use gateway_tests::{gateway_bin, plugin_config, plugin_so, target_dir};
 use plugin_abi::ffi::{self, HookOutcome};
 
 const STAMP: &str = "[headers]\nx-test = \"yes\"\n";
@@ -213,4 +213,61 @@ fn the_derive_refuses_to_compile_a_plugin_under_panic_abort() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "the derive compiled a plugin under panic = \"abort\"");
     assert!(stderr.contains("plugin `panic-abort-derived` is being built with `panic = \"abort\"`"), "{stderr}");
+}
+
+/// `gateway new-plugin` writes a crate that builds and passes its own tests as generated, and
+/// whose `.so` loads in the gateway with the snippet it wrote.
+#[test]
+fn new_plugin_writes_a_crate_that_tests_builds_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("greeter");
+    let out = Command::new(gateway_bin())
+        .args([
+            "new-plugin",
+            "greeter",
+            "--capabilities",
+            "PreAuth,PostAuth,RequestInterceptor,Response,DataCollector,Lifecycle",
+            "--dir",
+        ])
+        .arg(&crate_dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The workspace's lock file pins the same dependency versions (so the shared target dir
+    // already holds them): no download, no rebuild of plugin-abi's dependencies.
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
+    let target = target_dir().parent().unwrap().to_path_buf();
+    for args in [&["test", "--quiet"][..], &["build", "--quiet"][..]] {
+        let out = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(&crate_dir)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "cargo {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        if args[0] == "test" {
+            assert!(
+                String::from_utf8_lossy(&out.stdout).contains("6 passed"),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+        }
+    }
+    let snippet = std::fs::read_to_string(crate_dir.join("gateway-snippet.toml")).unwrap();
+    let snippet =
+        snippet.replace("target/release/libgreeter.so", &target_dir().join("libgreeter.so").display().to_string());
+    let gw = gateway_tests::Gateway::start(&format!(
+        "[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\nupstream = \"mock\"\n{snippet}"
+    ));
+    let r = gw.chat(None, &gateway_tests::chat_body("m", "hi", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-greeter"), Some("1"));
+    let r = gw.post("/v1/chat/completions", &[("x-greeter-block", "1")], &gateway_tests::chat_body("m", "hi", false));
+    assert_eq!(r.status, 403, "{}", r.body);
+    assert!(gw.wait_for_log("greeter is ready"), "{}", gw.logs());
 }

@@ -16,6 +16,7 @@ pub mod record;
 pub mod reload;
 pub mod routes;
 pub mod run;
+pub mod scaffold;
 pub mod server;
 pub mod services;
 pub mod upstream;

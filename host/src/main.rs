@@ -25,6 +25,21 @@ enum Command {
     /// Print a plugin's metadata, ABI version, capabilities and config schema, without starting
     /// the gateway. Exits non-zero with the reason if the file is not a loadable plugin.
     Check { path: PathBuf },
+    /// Write a new plugin crate: the chosen capabilities, each doing something small, a unit
+    /// test per capability against a mock host, and the config snippet that loads it.
+    NewPlugin {
+        /// The plugin's name (letters, digits, `-`); also the crate's directory unless `--dir`.
+        name: String,
+        /// Comma-separated: PreAuth, PostAuth, RequestInterceptor, Response, DataCollector, Lifecycle.
+        #[arg(long, value_delimiter = ',', default_value = "PostAuth,Response")]
+        capabilities: Vec<String>,
+        /// Where to write it (must not exist). Default: ./NAME
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The plugin-abi crate to depend on. Default: the one this gateway was built from.
+        #[arg(long)]
+        plugin_abi: Option<PathBuf>,
+    },
     /// Read a plugin instance's KV namespace from the data directory of a gateway that is not
     /// running (the config's `data_dir`; with no `--config`, the default's `./data`).
     Kv {
@@ -54,6 +69,26 @@ fn main() -> ExitCode {
         Command::Check { path } => check(&path),
         Command::Run => run(cli.config),
         Command::Kv { command } => kv(cli.config, command),
+        Command::NewPlugin { name, capabilities, dir, plugin_abi } => {
+            let plugin_abi =
+                plugin_abi.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-abi")));
+            let plugin_abi = std::fs::canonicalize(&plugin_abi).unwrap_or(plugin_abi);
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
+            let spec = gateway::scaffold::Spec { name, capabilities, plugin_abi };
+            match gateway::scaffold::write(&spec, &dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    println!("next: cd {} && cargo test && cargo build --release", dir.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
