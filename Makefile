@@ -41,7 +41,8 @@ test: build nextest
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
 
-# Everything in BENCHMARKS.md: criterion benches (hook dispatch four ways, pipeline, streaming),
+# Everything in BENCHMARKS.md: criterion benches (hook dispatch four ways, async hooks, pipeline,
+# streaming, SSE),
 # then the load runs (end to end, hot swap). Peers are included where `make bench-peers` installed them.
 bench: bench-e2e
 	$(CARGO) bench -p gateway-benches
@@ -51,10 +52,12 @@ OHA := target/tools/bin/oha
 $(OHA):
 	$(CARGO) install oha --version 1.16.0 --locked --root target/tools
 
-# End-to-end load runs with oha: direct, bare hyper proxy, gateway 0 and 8 plugins (and peers); hot swap.
+# End-to-end load runs with oha: direct, bare hyper proxy, gateway 0 and 8 plugins (and peers);
+# an executor plugin against the built-in upstream; hot swap.
 bench-e2e: $(OHA)
 	$(CARGO) build --release --workspace --bins --lib
 	./target/release/loadrun proxy --secs 10 --rates 1000,5000 --peers
+	./target/release/loadrun executor --secs 10 --rate 1000
 	./target/release/loadrun swap --secs 10 --swaps 200
 
 # The bounded soak run (10 minutes): mixed load, reloads, a panicking plugin, stalling clients.

@@ -1,6 +1,8 @@
 //! Benchmark plugin: read-only hooks in every phase, a stream filter without history, and
 //! `bench_json_call`, the same PostAuth check behind one JSON-encoded C call with a base64 body,
 //! the way CLIProxyAPI calls its plugins; `bench_allocations`, what it has allocated so far.
+//! Also an `Executor` whose `execute` is ready at once (an empty 200), to measure what an async
+//! hook costs over the ABI against a sync one.
 
 #[path = "common.rs"]
 mod common;
@@ -14,8 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use base64::Engine as _;
 use plugin_abi::{
-    Chunk, ChunkDecision, Config, Context, Decision, Host, Plugin, PluginError, PostAuth, PreAuth, Reply, Request,
-    RequestInterceptor, Response, StreamChunk, UpstreamResponse,
+    Chunk, ChunkDecision, ChunkStream, Config, Context, Decision, ExecError, ExecRequest, ExecResponse, Executor,
+    ExecutorInfo, Host, Plugin, PluginError, PostAuth, PreAuth, Reply, Request, RequestInterceptor, Response,
+    StreamChunk, UpstreamResponse,
 };
 
 /// The body pointer the last PostAuth call saw: equal to the host's buffer if nothing was copied.
@@ -28,7 +31,7 @@ fn check(has_auth: bool, body_len: usize) -> bool {
 }
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "bench-hooks", capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk))]
+#[plugin(name = "bench-hooks", capabilities(PreAuth, PostAuth, RequestInterceptor, Response, StreamChunk, Executor))]
 pub struct BenchHooks {
     host: Host,
     /// When set, PostAuth also reads this (hot) key from host KV.
@@ -87,6 +90,28 @@ impl StreamChunk for BenchHooks {
     }
     fn on_chunk(&self, _state: &mut (), chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
         Ok(common::chunk(chunk))
+    }
+}
+
+/// Ready at once, awaiting nothing: what is left is the cost of the async hook itself. The
+/// response is a 200 with no headers and an empty body, which takes no allocation to build.
+impl Executor for BenchHooks {
+    fn describe(&self) -> ExecutorInfo {
+        ExecutorInfo {
+            identifier: "bench".into(),
+            input_formats: vec!["openai".into()],
+            output_formats: vec!["openai".into()],
+            models: Vec::new(),
+        }
+    }
+
+    fn execute(&self, req: ExecRequest) -> impl Future<Output = Result<ExecResponse, ExecError>> + Send {
+        std::hint::black_box(&req);
+        std::future::ready(Ok(ExecResponse { status: 200, headers: Vec::new(), body: Vec::new() }))
+    }
+
+    fn execute_stream(&self, _req: ExecRequest) -> impl Future<Output = Result<ChunkStream, ExecError>> + Send {
+        std::future::ready(Ok(ChunkStream::from_chunks(Vec::new())))
     }
 }
 

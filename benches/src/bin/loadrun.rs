@@ -5,6 +5,11 @@
 //! direct, a bare hyper proxy, the gateway with 0 and 8 plugins (and LiteLLM and Portkey with
 //! `--peers`, where `make bench-peers` installed them), non-streaming and streaming.
 //!
+//! `loadrun executor [--secs N] [--rate R]`: one mock upstream behind two gateways, the model
+//! served by the built-in OpenAI upstream in one and by the `anthropic-executor` plugin (through
+//! the host HTTP client, against the mock's Anthropic API) in the other: p50/p99 at a fixed rate
+//! and the gateway's CPU per request, non-streaming and streaming.
+//!
 //! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
 //! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
 //!
@@ -82,6 +87,16 @@ impl Proc {
         proc
     }
 
+    /// CPU time (user + system) the process has used so far, in µs, from `/proc/PID/stat`.
+    fn cpu_us(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces), from field 3 (state) on:
+        // utime is field 14, stime field 15, in clock ticks.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        (ticks(14) + ticks(15)) as f64 * 1e6 / clock_ticks_per_sec()
+    }
+
     fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
         status
@@ -90,6 +105,19 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// `getconf CLK_TCK`: the unit of the CPU times in `/proc/PID/stat` (100 on Linux in practice).
+fn clock_ticks_per_sec() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok()?.trim().parse().ok())
+            .unwrap_or(100.0)
+    })
 }
 
 fn free_port() -> u16 {
@@ -122,13 +150,22 @@ impl Target {
         self
     }
 
-    /// One request, checked: the status must be 200 and a stream must end with `[DONE]`.
+    /// One request; an error unless the status is 200.
     fn send(&self, stream: bool) -> Result<ureq::Response, String> {
         let mut req = ureq::post(&self.url).set("content-type", "application/json").timeout(Duration::from_secs(10));
         for (n, v) in &self.headers {
             req = req.set(n, v);
         }
         req.send_string(&chat_body(stream)).map_err(|e| e.to_string())
+    }
+
+    /// One request, checked: the status must be 200 and a stream must end with `[DONE]`.
+    fn check(&self, stream: bool) -> Result<String, String> {
+        let body = self.send(stream)?.into_string().unwrap_or_default();
+        if stream && !body.contains("[DONE]") {
+            return Err(format!("the stream did not end with [DONE]: {body}"));
+        }
+        Ok(body)
     }
 }
 
@@ -142,6 +179,8 @@ struct Figures {
     success: f64,
     rps: f64,
     non_200: u64,
+    /// Responses of any status.
+    responses: u64,
 }
 
 fn oha() -> PathBuf {
@@ -173,6 +212,7 @@ fn load(target: &Target, stream: bool, rate: u32, secs: u64) -> Figures {
         success: report["summary"]["successRate"].as_f64().unwrap_or(0.0) * 100.0,
         rps: report["summary"]["requestsPerSec"].as_f64().unwrap_or(0.0),
         non_200: codes.iter().filter(|(k, _)| *k != "200").map(|(_, v)| v.as_u64().unwrap_or(0)).sum(),
+        responses: codes.values().map(|v| v.as_u64().unwrap_or(0)).sum(),
     }
 }
 
@@ -293,14 +333,7 @@ fn proxy(args: &[String]) {
     let mut broken: Vec<(String, bool, String)> = Vec::new();
     for (i, (name, t)) in targets.iter().enumerate() {
         for stream in [false, true] {
-            let checked = t.send(stream).and_then(|resp| {
-                let body = resp.into_string().unwrap_or_default();
-                if stream && !body.contains("[DONE]") {
-                    return Err(format!("the stream did not end with [DONE]: {body}"));
-                }
-                Ok(())
-            });
-            match checked {
+            match t.check(stream).map(drop) {
                 Ok(()) => {}
                 Err(e) if i >= ours => broken.push((name.clone(), stream, e)),
                 Err(e) => panic!("{name}: {e}"),
@@ -344,6 +377,103 @@ fn proxy(args: &[String]) {
     }
     drop(keep);
     for p in [gw8, gw0, bare, mock] {
+        eprintln!("stopping {}", p.name);
+    }
+}
+
+/// The executor comparison's second gateway: model `mock-gpt` served by `anthropic-executor`,
+/// which calls the mock's Anthropic Messages API (`/v1/messages`) through the host HTTP client.
+fn executor_config(mock: &Proc) -> String {
+    format!(
+        r#"[[upstreams]]
+name = "anthropic"
+kind = "openai"
+base_url = "http://{}"
+
+[[models]]
+name = "mock-gpt"
+executor = "anthropic-executor"
+
+[[plugins]]
+path = "{{target}}/libanthropic_executor.so"
+[plugins.config]
+upstream = "anthropic"
+api_key = "bench"
+"#,
+        mock.addr
+    )
+}
+
+/// The same model served by the built-in OpenAI upstream and by an executor plugin, against
+/// one mock, in one run: latency at a fixed rate and the gateway's CPU per request.
+fn executor(args: &[String]) {
+    let secs: u64 = arg(args, "--secs", 10);
+    let rate: u32 = arg(args, "--rate", 1000);
+    let work = tempfile::tempdir().expect("temp dir");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let builtin = gateway("gateway, built-in upstream", &work.path().join("builtin"), &upstream_config(&mock));
+    let exec = gateway("gateway, executor", &work.path().join("executor"), &executor_config(&mock));
+    let path = "/v1/chat/completions";
+    let targets = [
+        ("built-in OpenAI upstream", &builtin, Target::to(&builtin, path)),
+        ("executor (anthropic-executor)", &exec, Target::to(&exec, path)),
+    ];
+    // Both answer an OpenAI chat completion, whole and streamed, before they are measured.
+    for (name, _, t) in &targets {
+        for stream in [false, true] {
+            let body = t.check(stream).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let object = if stream { "chat.completion.chunk" } else { "chat.completion" };
+            assert!(body.contains(object), "{name}: expected a {object}, got {body}");
+        }
+    }
+    // Warm up both (connection pools, allocator), off the record.
+    for (_, _, t) in &targets {
+        load(t, false, rate, 2);
+        load(t, true, rate, 2);
+    }
+    println!(
+        "The model served by the built-in OpenAI upstream and by the `anthropic-executor` plugin (through the host \
+         HTTP client, the mock's Anthropic API), one mock, one run. oha, {CONNECTIONS} connections, {secs} s at \
+         {rate} req/s, latency corrected; ms. CPU: utime + stime from /proc/PID/stat over the row, per response.\n"
+    );
+    println!(
+        "| mode | path | p50 | p90 | p99 | p99.9 | ok % | non-200 | achieved req/s | gateway CPU µs/req | mock CPU µs/req |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for stream in [false, true] {
+        let mode = if stream { "streaming" } else { "non-streaming" };
+        let mut rows = Vec::new();
+        for (name, gw, t) in &targets {
+            let (gw0, mock0) = (gw.cpu_us(), mock.cpu_us());
+            let f = load(t, stream, rate, secs);
+            let (gw1, mock1) = (gw.cpu_us(), mock.cpu_us());
+            let n = f.responses.max(1) as f64;
+            let (gw_cpu, mock_cpu) = ((gw1 - gw0) / n, (mock1 - mock0) / n);
+            println!(
+                "| {mode} | {name} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {gw_cpu:.1} | {mock_cpu:.1} |",
+                fmt_ms(f.p50),
+                fmt_ms(f.p90),
+                fmt_ms(f.p99),
+                fmt_ms(f.p999),
+                f.success,
+                f.non_200,
+                f.rps,
+            );
+            rows.push((f, gw_cpu, mock_cpu));
+        }
+        let ((b, b_cpu, b_mock), (e, e_cpu, e_mock)) = (rows[0], rows[1]);
+        println!(
+            "| {mode} | **ratio, executor ÷ built-in** | **{:.2}** | {:.2} | **{:.2}** | {:.2} | | | | **{:.2}** | {:.2} |",
+            e.p50 / b.p50,
+            e.p90 / b.p90,
+            e.p99 / b.p99,
+            e.p999 / b.p999,
+            e_cpu / b_cpu,
+            e_mock / b_mock,
+        );
+    }
+    println!();
+    for p in [exec, builtin, mock] {
         eprintln!("stopping {}", p.name);
     }
 }
@@ -743,11 +873,13 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("proxy") => proxy(&args[2..]),
+        Some("executor") => executor(&args[2..]),
         Some("swap") => swap(&args[2..]),
         Some("soak") => soak(&args[2..]),
         _ => {
             eprintln!(
-                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun swap [--secs N] [--swaps N] [--rate R] \
+                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun executor [--secs N] [--rate R] \
+                 | loadrun swap [--secs N] [--swaps N] [--rate R] \
                  | loadrun soak [--secs N] [--rate R] [--reload-every S] [--sample-every S] [--stall-every S]"
             );
             std::process::exit(2);
