@@ -271,3 +271,31 @@ fn new_plugin_writes_a_crate_that_tests_builds_and_serves() {
     assert_eq!(r.status, 403, "{}", r.body);
     assert!(gw.wait_for_log("greeter is ready"), "{}", gw.logs());
 }
+
+/// `gateway check PLUGIN --plugin-config FILE` validates a config as the gateway would, and
+/// lists every violation, not only the first.
+#[test]
+fn check_validates_a_plugin_config_and_lists_every_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[headers]\nx-a = \"1\"\n").unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, r#"{"headers": {"x-a": 1, "x-b": true}, "colour": "red"}"#).unwrap();
+    let run = |config: &std::path::Path| {
+        Command::new(gateway_bin())
+            .arg("check")
+            .arg(plugin_so("header-stamp"))
+            .arg("--plugin-config")
+            .arg(config)
+            .output()
+            .unwrap()
+    };
+    let out = run(&good);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("satisfies the schema"));
+    let out = run(&bad);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("breaks the schema in 3 place(s)"), "{stderr}");
+    assert!(stderr.contains("at `headers.x-a`") && stderr.contains("at `headers.x-b`"), "{stderr}");
+}

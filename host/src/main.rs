@@ -23,8 +23,14 @@ enum Command {
     /// Run the gateway (the default).
     Run,
     /// Print a plugin's metadata, ABI version, capabilities and config schema, without starting
-    /// the gateway. Exits non-zero with the reason if the file is not a loadable plugin.
-    Check { path: PathBuf },
+    /// the gateway. Exits non-zero with the reason if the file is not a loadable plugin, or if
+    /// `--plugin-config` does not satisfy its schema (every violation is listed).
+    Check {
+        path: PathBuf,
+        /// A plugin config to validate: a TOML file (as under `[plugins.config]`) or JSON.
+        #[arg(long)]
+        plugin_config: Option<PathBuf>,
+    },
     /// Write a new plugin crate: the chosen capabilities, each doing something small, a unit
     /// test per capability against a mock host, and the config snippet that loads it.
     NewPlugin {
@@ -66,7 +72,7 @@ enum KvCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Run) {
-        Command::Check { path } => check(&path),
+        Command::Check { path, plugin_config } => check(&path, plugin_config.as_deref()),
         Command::Run => run(cli.config),
         Command::Kv { command } => kv(cli.config, command),
         Command::NewPlugin { name, capabilities, dir, plugin_abi } => {
@@ -151,7 +157,19 @@ fn print_value(value: &[u8]) {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+/// A plugin config file as JSON: `.json` files as they are, anything else as TOML.
+fn read_plugin_config(path: &std::path::Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if path.extension().is_some_and(|e| e == "json") {
+        serde_json::from_str(&text).map_err(|e| format!("{}: expected JSON, found {e}", path.display()))
+    } else {
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: expected TOML, found {e}", path.display()))?;
+        serde_json::to_value(table).map_err(|e| e.to_string())
+    }
+}
+
+fn check(path: &std::path::Path, plugin_config: Option<&std::path::Path>) -> ExitCode {
     match plugin::inspect(path) {
         Ok(inspected) => {
             let info = &inspected.info;
@@ -172,7 +190,31 @@ fn check(path: &std::path::Path) -> ExitCode {
                 ),
                 None => println!("config schema: (none)"),
             }
-            ExitCode::SUCCESS
+            let Some(config_path) = plugin_config else { return ExitCode::SUCCESS };
+            let config = match read_plugin_config(config_path) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match plugin::schema_errors(info, &config) {
+                Ok(errors) if errors.is_empty() => {
+                    println!("config:       {} satisfies the schema", config_path.display());
+                    ExitCode::SUCCESS
+                }
+                Ok(errors) => {
+                    eprintln!("config {} breaks the schema in {} place(s):", config_path.display(), errors.len());
+                    for (field, rule) in errors {
+                        eprintln!("  at `{field}`: {rule}");
+                    }
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Err(e) => {
             eprintln!("error: {e}");

@@ -211,6 +211,28 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     Ok(Inspected { info, library })
 }
 
+/// Every place `config` breaks the plugin's schema: (field, rule), in document order. Empty if
+/// it conforms or the plugin has no schema.
+pub fn schema_errors(info: &PluginInfo, config: &serde_json::Value) -> Result<Vec<(String, String)>, LoadError> {
+    let Some(schema) = &info.config_schema else {
+        return Ok(Vec::new());
+    };
+    let validator = jsonschema::validator_for(schema)
+        .map_err(|e| LoadError::InvalidSchema { name: info.name.clone(), detail: e.to_string() })?;
+    Ok(validator
+        .iter_errors(config)
+        .map(|error| {
+            let pointer = error.instance_path.to_string();
+            let field = if pointer.is_empty() {
+                "(root)".to_owned()
+            } else {
+                pointer.trim_start_matches('/').replace('/', ".")
+            };
+            (field, error.to_string())
+        })
+        .collect())
+}
+
 /// Checks `config` against the plugin's schema, naming the first failing field and rule.
 fn validate_config(info: &PluginInfo, config: &serde_json::Value) -> Result<(), LoadError> {
     let Some(schema) = &info.config_schema else {
