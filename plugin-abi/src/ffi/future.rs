@@ -202,7 +202,19 @@ pub struct RFuture<T> {
 unsafe impl<T: Send> Send for RFuture<T> {}
 
 /// Producer-side state: the future, then nothing once it finished or panicked.
-struct State<F>(Option<Pin<Box<F>>>);
+/// Lives in one heap allocation that never moves until it is freed, so the future inside is
+/// pinned where it is (one allocation per future, not two).
+struct State<F>(Option<F>);
+
+impl<F> State<F> {
+    /// The future, pinned in place.
+    fn pinned(&mut self) -> Option<Pin<&mut F>> {
+        // SAFETY: a `State` is only ever reached through the `Box` made in `new`, which is not
+        // moved until it is freed; the future is never moved out of it, only dropped in place
+        // (`self.0 = None`).
+        self.0.as_mut().map(|f| unsafe { Pin::new_unchecked(f) })
+    }
+}
 
 impl<T: FromPanic> RFuture<T> {
     /// Wraps `future` for the other side to poll. A panic while polling becomes the output
@@ -214,7 +226,7 @@ impl<T: FromPanic> RFuture<T> {
         {
             // SAFETY: `state` is the `State<F>` boxed by `new`, polled by one side at a time.
             let state = unsafe { &mut *(state as *mut State<F>) };
-            let Some(future) = state.0.as_mut() else { return RPoll::Pending };
+            let Some(mut future) = state.pinned() else { return RPoll::Pending };
             let polled = waker.with_waker(|w| catch(|| future.as_mut().poll(&mut Context::from_waker(w))));
             match polled {
                 Ok(Poll::Pending) => RPoll::Pending,
@@ -237,7 +249,7 @@ impl<T: FromPanic> RFuture<T> {
                 Err(message) => RSome(message.into()),
             }
         }
-        let state = Box::new(State(Some(Box::pin(future))));
+        let state = Box::new(State(Some(future)));
         RFuture { state: Box::into_raw(state) as *mut c_void, poll: poll::<F>, drop: drop::<F> }
     }
 
@@ -305,7 +317,7 @@ impl<T: FromPanic> RStream<T> {
         {
             // SAFETY: `state` is the `State<S>` boxed by `new`, polled by one side at a time.
             let state = unsafe { &mut *(state as *mut State<S>) };
-            let Some(source) = state.0.as_mut() else { return RPoll::Ready(RNone) };
+            let Some(mut source) = state.pinned() else { return RPoll::Ready(RNone) };
             let polled = waker.with_waker(|w| catch(|| source.as_mut().poll_item(&mut Context::from_waker(w))));
             match polled {
                 Ok(Poll::Pending) => RPoll::Pending,
@@ -330,7 +342,7 @@ impl<T: FromPanic> RStream<T> {
                 Err(message) => RSome(message.into()),
             }
         }
-        let state = Box::new(State(Some(Box::pin(source))));
+        let state = Box::new(State(Some(source)));
         RStream { state: Box::into_raw(state) as *mut c_void, poll_next: poll_next::<S>, drop: drop::<S> }
     }
 
