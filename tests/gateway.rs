@@ -502,3 +502,26 @@ fn plugin_logs_reach_the_gateway_log_and_shutdown_flushes_collectors() {
     let text = std::fs::read_to_string(dir.path().join("usage.jsonl")).unwrap();
     assert_eq!(text.lines().filter(|l| l.contains("\"proxy_log\"")).count(), 5, "{text}");
 }
+
+/// A hook a plugin did not write costs one call per load, then nothing: header-stamp writes
+/// `on_response_headers` only, so `on_response_body` is asked once and skipped after.
+#[test]
+fn hooks_a_plugin_did_not_write_are_skipped_after_one_call() {
+    let gw = Gateway::start(
+        "[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\nupstream = \"mock\"\n[[plugins]]\npath = \"{target}/libheader_stamp.so\"\n[plugins.config.headers]\nx-s = \"1\"\n",
+    );
+    for _ in 0..3 {
+        let r = gw.chat(None, &chat_body("m", "hi", false));
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-s"), Some("1"));
+    }
+    let calls =
+        |hook: &str| gw.metric(&format!("gateway_plugin_hook_calls_total{{plugin=\"header-stamp\",hook=\"{hook}\"}}"));
+    assert_eq!(calls("response_headers"), Some(3.0));
+    assert_eq!(calls("response_body"), Some(1.0));
+    // Not an error either.
+    assert_eq!(
+        gw.metric("gateway_plugin_hook_errors_total{plugin=\"header-stamp\",hook=\"response_body\"}"),
+        Some(0.0)
+    );
+}

@@ -21,16 +21,23 @@ impl Pipeline {
             if hook.slot.is_quarantined() {
                 continue;
             }
-            let log = rec.raw_proxy_log();
             use ffi::DataCollectorV1 as D;
-            let mut failed = hook.invoke(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)).into_result().err();
-            if let Some(analytics) = rec.raw_analytics() {
-                let r = hook.invoke(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
-                failed = failed.or(r.into_result().err());
+            // A hook the plugin did not write is skipped; its "unwritten" answer is no failure.
+            let real = |r: abi_stable::std_types::RResult<(), ffi::PluginError>| {
+                r.into_result().err().filter(|e| e.code != ffi::code::UNWRITTEN)
+            };
+            let mut failed = None;
+            if !hook.unwritten(D::on_proxy_log) {
+                let log = rec.raw_proxy_log();
+                failed = real(hook.invoke(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)));
             }
-            if let Some(budget) = rec.raw_budget() {
+            if let Some(analytics) = rec.raw_analytics().filter(|_| !hook.unwritten(D::on_analytics)) {
+                let r = hook.invoke(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
+                failed = failed.or(real(r));
+            }
+            if let Some(budget) = rec.raw_budget().filter(|_| !hook.unwritten(D::on_budget)) {
                 let r = hook.invoke(D::on_budget, false, |cap| cap.on_budget(&budget));
-                failed = failed.or(r.into_result().err());
+                failed = failed.or(real(r));
             }
             if let Some(e) = failed {
                 hook.slot.metrics.collector_errors.fetch_add(1, Relaxed);

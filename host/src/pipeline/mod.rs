@@ -13,9 +13,9 @@ mod stream;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU8;
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed, Release};
+use std::sync::atomic::{AtomicBool, AtomicU8};
 use std::time::{Duration, Instant};
 
 use abi_stable::std_types::{RErr, ROk, RResult, RSome};
@@ -245,12 +245,16 @@ pub struct Hook<T: 'static> {
     pub cap: Cap<T>,
     pub slot: Arc<Slot>,
     metrics: Box<[(&'static str, Arc<HookMetrics>)]>,
+    /// Hooks the plugin did not write (its trait's default answered "unwritten" once): never
+    /// called again on this pipeline.
+    unwritten: Box<[AtomicBool]>,
 }
 
 impl<T: Capability> Hook<T> {
     fn new(cap: Cap<T>, slot: &Arc<Slot>) -> Self {
         let metrics = T::HOOKS.iter().map(|&n| (n, slot.metrics.hook(slot.name(), n))).collect();
-        Hook { cap, slot: slot.clone(), metrics }
+        let unwritten = T::HOOKS.iter().map(|_| AtomicBool::new(false)).collect();
+        Hook { cap, slot: slot.clone(), metrics, unwritten }
     }
 }
 
@@ -299,10 +303,21 @@ impl<T> Hook<T> {
         r
     }
 
-    /// Counts a call's error or panic; a panic counts toward quarantine.
+    /// Whether hook `which` is one the plugin did not write.
+    #[inline]
+    fn unwritten(&self, which: usize) -> bool {
+        self.unwritten[which].load(Relaxed)
+    }
+
+    /// Counts a call's error or panic; a panic counts toward quarantine. A default hook's
+    /// "unwritten" is no error: the hook is skipped from now on.
     fn account(&self, which: usize, error: Option<&PluginError>, probe: bool) {
         let m = &self.metrics[which].1;
         match error {
+            Some(e) if e.code == ffi::code::UNWRITTEN => {
+                self.unwritten[which].store(true, Relaxed);
+                self.slot.on_success(probe);
+            }
             Some(e) if e.code == ffi::code::PANIC => {
                 m.errors.fetch_add(1, Relaxed);
                 m.panics.fetch_add(1, Relaxed);
@@ -516,9 +531,13 @@ impl Pipeline {
                 let raw = req.raw(&headers, &metadata);
                 let mut found = None;
                 for (i, hook) in hooks.iter().enumerate().skip(next) {
+                    if hook.unwritten(which) {
+                        continue;
+                    }
                     let Some(probe) = hook.quarantine_check()? else { continue };
                     match hook.invoke(which, probe, |cap| call(cap, &raw, upstream)) {
                         HookOutcome::Continue => {}
+                        HookOutcome::Fail(e) if e.code == ffi::code::UNWRITTEN => {}
                         other => {
                             found = Some((i, other));
                             break;
@@ -620,12 +639,16 @@ impl Pipeline {
     /// The app owning `credential`, from the first auth plugin that knows it; `request_id` names
     /// the call in logs and errors.
     pub fn app_by_credential(&self, credential: &str, request_id: &str) -> Result<Option<(String, String)>, ApiError> {
+        let which = ffi::AuthV1::app_by_credential;
         for hook in &self.auth {
+            if hook.unwritten(which) {
+                continue;
+            }
             let Some(probe) = hook.quarantine_check()? else { continue };
-            let which = ffi::AuthV1::app_by_credential;
             match hook.invoke(which, probe, |cap| cap.app_by_credential(credential.into())) {
                 ROk(RSome(app)) => return Ok(Some((app.id.into_string(), app.name.into_string()))),
                 ROk(_) => {}
+                RErr(e) if e.code == ffi::code::UNWRITTEN => {}
                 RErr(e) => {
                     if let Some(err) = hook.fail(which, &e, request_id) {
                         return Err(err);
@@ -657,6 +680,9 @@ impl Pipeline {
         let raw_ctx = ctx.raw(&metadata);
         let mut buf = scratch();
         for hook in &self.response {
+            if hook.unwritten(which) {
+                continue;
+            }
             let Some(probe) = hook.quarantine_check()? else { continue };
             let outcome = {
                 let headers = raw_headers(&resp.headers, recycle(std::mem::take(&mut buf)));
@@ -667,6 +693,7 @@ impl Pipeline {
             };
             match outcome {
                 HookOutcome::Continue => {}
+                HookOutcome::Fail(e) if e.code == ffi::code::UNWRITTEN => {}
                 HookOutcome::Modify(m) => {
                     if let Err(e) = resp.apply(m) {
                         let e = PluginError { code: ffi::code::INTERNAL, message: e.into() };

@@ -130,16 +130,29 @@ super::define::returned_as_is!(
     RResult<ROption<RecordInfo>, PluginError>,
 );
 
-/// A request or response hook's decision as it crosses back.
+/// Whether the host skips hooks a plugin did not write (it offers `HookSkip`). Set at `create`;
+/// the same for every instance of this library, since they all run in one host.
+static HOST_SKIPS_UNWRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub(crate) fn host_skips_unwritten() -> bool {
+    HOST_SKIPS_UNWRITTEN.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A request or response hook's decision as it crosses back. A default hook's "unwritten"
+/// goes to hosts that skip such hooks; older hosts get `Continue`, as before.
 pub(crate) fn outcome(r: Result<sdk::Decision, sdk::PluginError>) -> HookOutcome {
     match r {
         Ok(d) => d.into(),
+        Err(e) if e.is_unwritten() && !host_skips_unwritten() => HookOutcome::Continue,
         Err(e) => HookOutcome::Fail(e.into()),
     }
 }
 
 pub(crate) fn unit(r: Result<(), sdk::PluginError>) -> RResult<(), PluginError> {
-    r.map_err(PluginError::from).into()
+    match r {
+        Err(e) if e.is_unwritten() && !host_skips_unwritten() => ROk(()),
+        r => r.map_err(PluginError::from).into(),
+    }
 }
 
 pub(crate) extern "C" fn config_schema<P: sdk::ConfigProvider>() -> RStr<'static> {
@@ -155,6 +168,7 @@ extern "C" fn create<P: Plugin>(config: RStr<'_>, host: HostHandle) -> RResult<I
         || {
             let stop = sdk::StopSignal::default();
             let host = Host::with_stop(host, stop.clone());
+            HOST_SKIPS_UNWRITTEN.store(host.skips_unwritten(), std::sync::atomic::Ordering::Relaxed);
             match P::init(Config::new(config.as_str()), host.clone()) {
                 Ok(plugin) => ROk(InstancePtr(Box::into_raw(Box::new(Boxed { plugin, stop, host })) as *const c_void)),
                 Err(e) => RErr(e.into()),

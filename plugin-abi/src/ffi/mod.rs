@@ -63,6 +63,9 @@ pub mod service {
     pub const HANDLE: u32 = 5;
     /// Added in ABI 1.4.
     pub const HTTP: u32 = 6;
+    /// Added in ABI 1.4: the host understands [`code::UNWRITTEN`](super::code::UNWRITTEN) and skips
+    /// hooks a plugin did not write.
+    pub const HOOK_SKIP: u32 = 7;
 }
 
 /// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
@@ -75,6 +78,9 @@ pub mod code {
     pub const INVALID_CONFIG: u32 = 3;
     /// A host service refused the call (a size limit, a full queue, an unknown id).
     pub const SERVICE: u32 = 4;
+    /// The plugin did not write this hook (the trait's default answered): the host stops
+    /// calling it. Only sent to hosts that offer [`service::HOOK_SKIP`](super::service::HOOK_SKIP).
+    pub const UNWRITTEN: u32 = 5;
 }
 
 /// Event directions: where an event is meant to travel. Local delivery works on every gateway;
@@ -581,6 +587,13 @@ pub struct HttpV1 {
     pub send: extern "C" fn(ctx: *const c_void, call: &RawHttpCall<'_>) -> RFuture<RResult<HttpReply, PluginError>>,
 }
 
+/// Service [`service::HOOK_SKIP`], version 1: a marker; its presence is the message.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct HookSkipV1 {
+    pub version: u32,
+}
+
 /// Panic strategies for [`BuildV1::panic`].
 pub mod panic_strategy {
     /// Panics unwind: the SDK's guards catch them at the boundary.
@@ -615,6 +628,7 @@ tables! {
     LookupV1 => service::LOOKUP, 1, "Lookup";
     HandleV1 => service::HANDLE, 1, "Handle";
     HttpV1 => service::HTTP, 1, "Http";
+    HookSkipV1 => service::HOOK_SKIP, 1, "HookSkip";
 }
 
 impl TableEntry {

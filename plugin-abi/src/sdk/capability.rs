@@ -36,14 +36,15 @@ pub trait PreAuth: Plugin {
 pub trait Auth: Plugin {
     fn authenticate(&self, credential: &str, req: &Request<'_>) -> Result<AuthDecision, PluginError>;
 
-    /// The app a credential belongs to. Default: `None`.
+    /// The app a credential belongs to. Default: not written (the gateway then stops asking;
+    /// an older gateway gets `None`).
     fn app_by_credential(&self, _credential: &str) -> Result<Option<Record>, PluginError> {
-        Ok(None)
+        Err(PluginError::unwritten())
     }
 
-    /// The user a credential belongs to. Default: `None`.
+    /// The user a credential belongs to. Default: not written, as above.
     fn user_by_credential(&self, _credential: &str) -> Result<Option<Record>, PluginError> {
-        Ok(None)
+        Err(PluginError::unwritten())
     }
 }
 
@@ -62,14 +63,15 @@ pub trait PostAuth: Plugin {
     label = "listed here"
 )]
 pub trait RequestInterceptor: Plugin {
-    /// Default: continue.
+    /// Default: not written; the gateway stops calling it after one call (older gateways:
+    /// continue).
     fn before_selection(&self, _req: &Request<'_>) -> Result<Decision, PluginError> {
-        Ok(Decision::Continue)
+        Err(PluginError::unwritten())
     }
 
-    /// Default: continue.
+    /// Default: not written, as above.
     fn after_selection(&self, _req: &Request<'_>, _upstream: &Upstream<'_>) -> Result<Decision, PluginError> {
-        Ok(Decision::Continue)
+        Err(PluginError::unwritten())
     }
 }
 
@@ -80,14 +82,15 @@ pub trait RequestInterceptor: Plugin {
     label = "listed here"
 )]
 pub trait Response: Plugin {
-    /// Status and headers; the body is empty here. Default: continue.
+    /// Status and headers; the body is empty here. Default: not written; the gateway stops
+    /// calling it after one call (older gateways: continue).
     fn on_response_headers(&self, _ctx: &Context<'_>, _resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
-        Ok(Decision::Continue)
+        Err(PluginError::unwritten())
     }
 
-    /// The whole body of a non-streaming response. Default: continue.
+    /// The whole body of a non-streaming response. Default: not written, as above.
     fn on_response_body(&self, _ctx: &Context<'_>, _resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
-        Ok(Decision::Continue)
+        Err(PluginError::unwritten())
     }
 }
 
@@ -186,17 +189,18 @@ pub struct Budget<'a> {
     label = "listed here"
 )]
 pub trait DataCollector: Plugin {
-    /// Default: ignore.
+    /// Default: not written; the gateway stops calling it after one call (older gateways:
+    /// ignored).
     fn on_proxy_log(&self, _log: &ProxyLog<'_>) -> Result<(), PluginError> {
-        Ok(())
+        Err(PluginError::unwritten())
     }
-    /// Default: ignore.
+    /// Default: not written, as above.
     fn on_analytics(&self, _record: &Analytics<'_>) -> Result<(), PluginError> {
-        Ok(())
+        Err(PluginError::unwritten())
     }
-    /// Default: ignore.
+    /// Default: not written, as above.
     fn on_budget(&self, _record: &Budget<'_>) -> Result<(), PluginError> {
-        Ok(())
+        Err(PluginError::unwritten())
     }
 }
 

@@ -23,6 +23,19 @@ impl PluginError {
         PluginError { code: ffi::code::INVALID_CONFIG, message: message.into() }
     }
 
+    /// What a trait's default hook answers: "not written". The gateway then stops calling that
+    /// hook for this plugin instance (it costs one call per load, then nothing).
+    pub fn unwritten() -> Self {
+        // No message: it would be allocated on every call to a default hook on hosts that do
+        // not skip them.
+        PluginError { code: ffi::code::UNWRITTEN, message: String::new() }
+    }
+
+    /// Whether this is the default hooks' [`PluginError::unwritten`].
+    pub fn is_unwritten(&self) -> bool {
+        self.code == ffi::code::UNWRITTEN
+    }
+
     pub fn with_code(code: u32, message: impl Into<String>) -> Self {
         PluginError { code, message: message.into() }
     }
@@ -216,6 +229,7 @@ pub(crate) fn record_result(
     match r {
         Ok(Some(rec)) => abi_stable::std_types::ROk(RSome(rec.into())),
         Ok(None) => abi_stable::std_types::ROk(RNone),
+        Err(e) if e.is_unwritten() && !crate::ffi::glue::host_skips_unwritten() => abi_stable::std_types::ROk(RNone),
         Err(e) => abi_stable::std_types::RErr(e.into()),
     }
 }

@@ -194,6 +194,11 @@ impl Host {
         crate::sdk::http::send(&self.raw, self.http, req)
     }
 
+    /// Whether the host skips hooks the plugin did not write.
+    pub(crate) fn skips_unwritten(&self) -> bool {
+        lookup::<ffi::HookSkipV1>(&self.raw).is_some()
+    }
+
     /// Fires when this instance shuts down (also on unload), before `Plugin::shutdown`.
     pub fn stop_signal(&self) -> StopSignal {
         self.stop.clone()
