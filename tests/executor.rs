@@ -270,16 +270,9 @@ fn a_panic_mid_stream_ends_the_stream_with_an_error_event() {
 
 #[test]
 fn a_client_that_goes_away_drops_the_executors_stream_inside_the_plugin() {
-    use std::io::{Read, Write};
+    use std::io::Read;
     let gw = Gateway::start(&faults("slow_stream"));
-    let body = chat_body("faulty-model", "hi", true).to_string();
-    let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
-    write!(
-        conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut conn = gw.send_raw(&chat_body("faulty-model", "hi", true));
     // Read until a few ticks arrived, then hang up.
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -394,7 +387,6 @@ fn an_executor_that_never_answers_is_cut_off_and_dropped() {
 /// quarantined for another probe period, not switched off until a reload.
 #[test]
 fn an_abandoned_quarantine_probe_does_not_keep_the_executor_off_for_good() {
-    use std::io::Write;
     let config =
         faults("panic_then_never").replace("quarantine_after = 2", "quarantine_after = 1\nquarantine_probe_secs = 0.3");
     let gw = Gateway::start(&config);
@@ -402,14 +394,7 @@ fn an_abandoned_quarantine_probe_does_not_keep_the_executor_off_for_good() {
     assert_eq!(gw.chat(None, &chat_body("faulty-model", "hi", false)).status, 503);
     let probe_then_hang_up = || {
         std::thread::sleep(std::time::Duration::from_millis(400));
-        let body = chat_body("faulty-model", "hi", false).to_string();
-        let mut conn = std::net::TcpStream::connect(gw.addr).unwrap();
-        write!(
-            conn,
-            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .unwrap();
+        let conn = gw.send_raw(&chat_body("faulty-model", "hi", false));
         std::thread::sleep(std::time::Duration::from_millis(200));
         drop(conn);
     };

@@ -98,19 +98,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn kv(config: Option<PathBuf>, command: KvCommand) -> ExitCode {
-    use gateway::services::kv::{EmbeddedKv, KvLimits, KvStore};
-    let loaded = match &config {
+/// The config file's settings, or the embedded default's; `None` (the reason printed) if they
+/// cannot be read.
+fn settings(config: Option<&std::path::Path>) -> Option<gateway::config::GatewayConfig> {
+    let loaded = match config {
         Some(path) => gateway::config::GatewayConfig::load(path),
         None => gateway::config::GatewayConfig::embedded_default(),
     };
-    let settings = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    loaded.map_err(|e| eprintln!("error: {e}")).ok()
+}
+
+fn kv(config: Option<PathBuf>, command: KvCommand) -> ExitCode {
+    use gateway::services::kv::{EmbeddedKv, KvLimits, KvStore};
+    let Some(settings) = settings(config.as_deref()) else { return ExitCode::FAILURE };
     let path = settings.data_dir.join("kv.redb");
     if !path.is_file() {
         eprintln!("error: no KV store at {}: expected the data_dir of a gateway that has run", path.display());
@@ -225,17 +225,7 @@ fn check(path: &std::path::Path, plugin_config: Option<&std::path::Path>) -> Exi
 
 fn run(config: Option<PathBuf>) -> ExitCode {
     gateway::logging::init();
-    let loaded = match &config {
-        Some(path) => gateway::config::GatewayConfig::load(path),
-        None => gateway::config::GatewayConfig::embedded_default(),
-    };
-    let settings = match loaded {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let Some(settings) = settings(config.as_deref()) else { return ExitCode::FAILURE };
     match gateway::run::run(settings, config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

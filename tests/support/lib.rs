@@ -146,6 +146,21 @@ impl Gateway {
         Reply::from(req.send_string(&body.to_string()))
     }
 
+    /// Opens a connection and sends a chat request on it without reading the answer: for tests
+    /// that read part of a stream and hang up.
+    pub fn send_raw(&self, body: &serde_json::Value) -> std::net::TcpStream {
+        use std::io::Write;
+        let body = body.to_string();
+        let mut conn = std::net::TcpStream::connect(self.addr).unwrap();
+        write!(
+            conn,
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        conn
+    }
+
     pub fn get(&self, path: &str) -> Reply {
         Reply::from(agent().get(&self.url(path)).call())
     }

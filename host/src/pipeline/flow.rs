@@ -180,17 +180,16 @@ fn unix_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `POST /v1/chat/completions`: the whole phase order (see the module docs), from reading the
-/// request to queueing its record.
-pub async fn chat(
-    env: &Env<'_>,
-    pipeline: Arc<Pipeline>,
+/// Reads the request and runs the request phases, starting its record. `Err` is the answer to
+/// a request that could not be read (its record already queued).
+async fn begin<'u>(
+    env: &Env<'u>,
+    pipeline: &Arc<Pipeline>,
     request_id: String,
     req: Request<Incoming>,
     peer: SocketAddr,
     started: Instant,
-) -> Response<GatewayBody> {
-    let upstreams = env.upstreams;
+) -> Result<(Record, RequestState, Result<(&'u Route, bool), Stop>), Response<GatewayBody>> {
     let mut record = Record {
         request_id: request_id.clone(),
         method: "POST".into(),
@@ -202,14 +201,32 @@ pub async fn chat(
         Ok(r) => r,
         Err(e) => {
             let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
-            return finish(env.sink, &pipeline, record, error_state(&e), &ctx, started);
+            return Err(finish(env.sink, pipeline, record, error_state(&e), &ctx, started));
         }
     };
     record.request_bytes = req.body.len() as u64;
-    let phases = request_phases(env.upstreams, &pipeline, &mut req);
+    let phases = request_phases(env.upstreams, pipeline, &mut req);
     record.app_id.clone_from(&req.ctx.app_id);
     record.user_id.clone_from(&req.ctx.user_id);
     record.model.clone_from(&req.ctx.model);
+    Ok((record, req, phases))
+}
+
+/// `POST /v1/chat/completions`: the whole phase order (see the module docs), from reading the
+/// request to queueing its record.
+pub async fn chat(
+    env: &Env<'_>,
+    pipeline: Arc<Pipeline>,
+    request_id: String,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+) -> Response<GatewayBody> {
+    let upstreams = env.upstreams;
+    let (mut record, req, phases) = match begin(env, &pipeline, request_id, req, peer, started).await {
+        Ok(begun) => begun,
+        Err(resp) => return resp,
+    };
     let (route, stream) = match phases {
         Ok(ok) => ok,
         Err(stop) => {
@@ -396,25 +413,10 @@ pub async fn count_tokens(
     started: Instant,
 ) -> Response<GatewayBody> {
     let upstreams = env.upstreams;
-    let mut record = Record {
-        request_id: request_id.clone(),
-        method: "POST".into(),
-        path: req.uri().path().to_owned(),
-        unix_ms: unix_ms(),
-        ..Record::default()
+    let (record, req, phases) = match begin(env, &pipeline, request_id, req, peer, started).await {
+        Ok(begun) => begun,
+        Err(resp) => return resp,
     };
-    let mut req = match read_request(env.limits, req, peer, request_id).await {
-        Ok(r) => r,
-        Err(e) => {
-            let ctx = ContextState { request_id: record.request_id.clone(), ..ContextState::default() };
-            return finish(env.sink, &pipeline, record, error_state(&e), &ctx, started);
-        }
-    };
-    record.request_bytes = req.body.len() as u64;
-    let phases = request_phases(env.upstreams, &pipeline, &mut req);
-    record.app_id.clone_from(&req.ctx.app_id);
-    record.user_id.clone_from(&req.ctx.user_id);
-    record.model.clone_from(&req.ctx.model);
     let resp = match phases {
         Err(Stop::Respond(resp)) => resp,
         Err(Stop::Error(e)) => error_state(&e),
