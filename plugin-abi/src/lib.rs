@@ -39,3 +39,8 @@ pub mod __private {
     pub use abi_stable::library::LibHeader;
     pub use abi_stable::std_types::{RSlice, RStr};
 }
+
+// `docs/plugin-guide.md`, the plugin author's guide: every Rust example in it runs as a doctest.
+pub mod guide {
+    #![doc = include_str!("../../docs/plugin-guide.md")]
+}
