@@ -1,6 +1,8 @@
-//! One safe trait per capability. `#[derive(Plugin)]` exports the ones listed in
-//! `capabilities(...)`; every hook runs inline on a gateway worker thread (see each trait), so a
-//! hook must not block: do slow work on a thread of your own and keep the result in `self`.
+//! One safe trait per capability. `#[derive(Plugin)]` exports every one the type implements
+//! (listing them in `capabilities(...)` only checks them at compile time); every hook runs inline
+//! on a gateway worker thread (see each trait), so a hook must not block: do slow work on a
+//! thread of your own and keep the result in `self`. The plugin author's guide is
+//! [`crate::guide`].
 
 use crate::sdk::view::{Chunk, Context, Request, Upstream, UpstreamResponse};
 use crate::sdk::{AuthDecision, ChunkDecision, Config, Decision, Host, PluginError, Record};

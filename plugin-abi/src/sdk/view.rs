@@ -136,7 +136,7 @@ impl<'a> Upstream<'a> {
         str_of(&self.0.name)
     }
 
-    /// `openai` or `mock`.
+    /// `openai`, `mock`, or `executor` for a model an executor plugin serves.
     pub fn kind(&self) -> &'a str {
         str_of(&self.0.kind)
     }
