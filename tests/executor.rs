@@ -409,3 +409,17 @@ fn an_abandoned_quarantine_probe_does_not_keep_the_executor_off_for_good() {
     assert!(probed_twice, "{}", gw.logs());
     assert_eq!(gw.logs().matches("probing it with one request").count(), 2, "{}", gw.logs());
 }
+
+/// An upstream's or executor's error goes through the response headers phase like any other
+/// response: headers are stamped on it too.
+#[test]
+fn an_executors_error_still_gets_the_response_headers_phase() {
+    let config = format!(
+        "{}\n[[plugins]]\npath = \"{{target}}/libheader_stamp.so\"\n[plugins.config.headers]\nx-stamp = \"1\"\n",
+        faults("error_429")
+    );
+    let gw = Gateway::start(&config);
+    let r = gw.chat(None, &chat_body("faulty-model", "hi", false));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("x-stamp"), Some("1"));
+}

@@ -212,6 +212,20 @@ async fn begin<'u>(
     Ok((record, req, phases))
 }
 
+/// Runs the response headers phase on a response the gateway made itself (a plugin's answer or
+/// an error), so that headers are stamped on it too. `failed`: it is an error already, whose
+/// report wins over a failure of the phase.
+fn with_headers_phase(pipeline: &Pipeline, ctx: &ContextState, mut resp: ResponseState, failed: bool) -> ResponseState {
+    if let Err(e) = pipeline.response_headers(ctx, &mut resp) {
+        if failed {
+            tracing::warn!(request_id = %ctx.request_id, "response headers phase failed too: {e}");
+        } else {
+            resp = error_state(&e);
+        }
+    }
+    resp
+}
+
 /// `POST /v1/chat/completions`: the whole phase order (see the module docs), from reading the
 /// request to queueing its record.
 pub async fn chat(
@@ -233,18 +247,10 @@ pub async fn chat(
             // Short-circuit: later request hooks are skipped; the response headers phase still
             // runs (so headers are stamped on every response); the body phase, which is for
             // upstream bodies, does not.
-            let (mut resp, failed) = match stop {
-                Stop::Respond(resp) => (resp, false),
-                Stop::Error(e) => (error_state(&e), true),
+            let resp = match stop {
+                Stop::Respond(resp) => with_headers_phase(&pipeline, &req.ctx, resp, false),
+                Stop::Error(e) => with_headers_phase(&pipeline, &req.ctx, error_state(&e), true),
             };
-            if let Err(e) = pipeline.response_headers(&req.ctx, &mut resp) {
-                // The first failure is the one worth reporting.
-                if failed {
-                    tracing::warn!(request_id = %req.ctx.request_id, "response headers phase failed too: {e}");
-                } else {
-                    resp = error_state(&e);
-                }
-            }
             return finish(env.sink, &pipeline, record, resp, &req.ctx, started);
         }
     };
@@ -258,7 +264,11 @@ pub async fn chat(
     };
     let reply = match reply {
         Ok(r) => r,
-        Err(e) => return finish(env.sink, &pipeline, record, error_state(&e), &req.ctx, started),
+        Err(e) => {
+            // The upstream or executor failed: its error still goes through the headers phase.
+            let resp = with_headers_phase(&pipeline, &req.ctx, error_state(&e), true);
+            return finish(env.sink, &pipeline, record, resp, &req.ctx, started);
+        }
     };
     match reply {
         UpstreamReply::Full { status, headers, body } => {
