@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use abi_stable::std_types::{RErr, ROk, RResult, RVec};
+use abi_stable::std_types::{RErr, ROk, RResult};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use plugin_abi::ffi::{self, ExecError, InstanceStream, RawExecRequest};
@@ -112,7 +112,7 @@ impl Pipeline {
         }
         let mut chunks = with_raw(req, upstream_model, true, |raw| hook.cap.execute_stream(raw));
         // The first chunk decides the status: an error before it reaches the client as one.
-        let first = bounded_first(timeout, FirstChunk(&mut chunks));
+        let first = bounded(timeout, FirstChunk(&mut chunks));
         let first = hook.invoke_async(ffi::ExecutorV1::execute_stream, probe, first).await;
         let first = match first {
             None => None,
@@ -207,31 +207,32 @@ fn with_raw<R>(req: &RequestState, upstream_model: &str, stream: bool, f: impl F
 
 /// An executor's answer within `limit`; past it the future is dropped (cancelled inside the
 /// plugin) and the answer is a 504.
-async fn bounded<T>(
-    limit: Duration,
-    future: impl std::future::Future<Output = RResult<T, ExecError>>,
-) -> RResult<T, ExecError> {
-    match tokio::time::timeout(limit, future).await {
-        Ok(r) => r,
-        Err(_) => RErr(timed_out(limit)),
+async fn bounded<R: TimedOut>(limit: Duration, future: impl Future<Output = R>) -> R {
+    tokio::time::timeout(limit, future).await.unwrap_or_else(|_| R::timed_out(limit))
+}
+
+/// What an executor call answers when it took too long.
+trait TimedOut {
+    fn timed_out(limit: Duration) -> Self;
+}
+
+impl<T> TimedOut for RResult<T, ExecError> {
+    fn timed_out(limit: Duration) -> Self {
+        RErr(ExecError {
+            status: 504,
+            kind: "api_error".into(),
+            error: ffi::PluginError {
+                code: ffi::code::INTERNAL,
+                message: format!("did not answer within {} ms (limits.executor_timeout_ms)", limit.as_millis()).into(),
+            },
+        })
     }
 }
 
-async fn bounded_first(limit: Duration, first: FirstChunk<'_>) -> Option<RResult<RVec<u8>, ExecError>> {
-    match tokio::time::timeout(limit, first).await {
-        Ok(r) => r,
-        Err(_) => Some(RErr(timed_out(limit))),
-    }
-}
-
-fn timed_out(limit: Duration) -> ExecError {
-    ExecError {
-        status: 504,
-        kind: "api_error".into(),
-        error: ffi::PluginError {
-            code: ffi::code::INTERNAL,
-            message: format!("did not answer within {} ms (limits.executor_timeout_ms)", limit.as_millis()).into(),
-        },
+/// A stream's first item.
+impl<T> TimedOut for Option<RResult<T, ExecError>> {
+    fn timed_out(limit: Duration) -> Self {
+        Some(RResult::timed_out(limit))
     }
 }
 

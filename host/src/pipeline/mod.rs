@@ -274,9 +274,7 @@ impl<T> Hook<T> {
         } else {
             f(&self.cap)
         };
-        m.latency.observe(quanta::Instant::now() - started);
-        span.record("outcome", r.label());
-        self.account(which, r.error(), probe);
+        self.finished(which, &span, started, &r, probe);
         r
     }
 
@@ -297,10 +295,15 @@ impl<T> Hook<T> {
         let unfinished = Unfinished { slot: &self.slot, probe };
         let r = tracing::Instrument::instrument(future, span.clone()).await;
         std::mem::forget(unfinished);
-        m.latency.observe(quanta::Instant::now() - started);
+        self.finished(which, &span, started, &r, probe);
+        r
+    }
+
+    /// Records a finished call: its latency, its outcome on the span, its error or panic.
+    fn finished<R: Outcome>(&self, which: usize, span: &tracing::Span, started: quanta::Instant, r: &R, probe: bool) {
+        self.metrics[which].1.latency.observe(quanta::Instant::now() - started);
         span.record("outcome", r.label());
         self.account(which, r.error(), probe);
-        r
     }
 
     /// Whether hook `which` is one the plugin did not write.

@@ -235,18 +235,10 @@ pub fn schema_errors(info: &PluginInfo, config: &serde_json::Value) -> Result<Ve
 
 /// Checks `config` against the plugin's schema, naming the first failing field and rule.
 fn validate_config(info: &PluginInfo, config: &serde_json::Value) -> Result<(), LoadError> {
-    let Some(schema) = &info.config_schema else {
-        return Ok(());
-    };
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| LoadError::InvalidSchema { name: info.name.clone(), detail: e.to_string() })?;
-    if let Some(error) = validator.iter_errors(config).next() {
-        let pointer = error.instance_path.to_string();
-        let field =
-            if pointer.is_empty() { "(root)".to_owned() } else { pointer.trim_start_matches('/').replace('/', ".") };
-        return Err(LoadError::ConfigRejected { name: info.name.clone(), field, rule: error.to_string() });
+    match schema_errors(info, config)?.into_iter().next() {
+        Some((field, rule)) => Err(LoadError::ConfigRejected { name: info.name.clone(), field, rule }),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Copies `path` into `dir` under a name derived from its content, so that the file an operator

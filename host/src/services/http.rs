@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::metrics::{HttpCallMetrics, Metrics};
 use crate::upstream::mock::{MockHttpReply, MockUpstream};
 use crate::upstream::openai::OpenAiUpstream;
-use crate::upstream::{Upstream, Upstreams};
+use crate::upstream::{Upstream, Upstreams, forwardable};
 
 /// Where calls to one upstream go.
 #[derive(Clone)]
@@ -46,7 +46,7 @@ impl HttpTarget {
 }
 
 /// One finished call, for the proxy log.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CallLog {
     pub request_id: String,
     pub plugin: String,
@@ -105,14 +105,14 @@ impl HttpClient {
         let mut headers = HeaderMap::new();
         for (name, value) in &call.headers {
             match (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_bytes(value)) {
-                // The client frames the request and picks the host itself.
-                (Ok(n), Ok(_)) if HOP_BY_HOP.contains(&n.as_str()) => {}
                 (Ok(n), Ok(v)) => {
                     headers.append(n, v);
                 }
                 _ => return fail(format!("invalid header {name:?}: expected a valid HTTP header name and value")),
             }
         }
+        // The client frames the request and names the host itself.
+        let headers = forwardable(headers);
         let meter = Meter {
             client: self.clone(),
             metrics: self.metrics.http_call(plugin, &call.upstream),
@@ -154,9 +154,6 @@ impl HttpClient {
         })
     }
 }
-
-/// Headers the client sets itself.
-const HOP_BY_HOP: &[&str] = &["host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"];
 
 /// A call's task with the plugin's library: a waker the plugin made may sit in the call's
 /// channels, so the library is released only after the task's state (fields drop in order).
@@ -221,24 +218,7 @@ impl Drop for Meter {
             self.log.path
         );
         if let Some(sink) = self.client.sink.get() {
-            sink(std::mem::replace(&mut self.log, CallLog::empty()));
-        }
-    }
-}
-
-impl CallLog {
-    fn empty() -> Self {
-        CallLog {
-            request_id: String::new(),
-            plugin: String::new(),
-            upstream: String::new(),
-            method: String::new(),
-            path: String::new(),
-            status: 0,
-            request_bytes: 0,
-            response_bytes: 0,
-            latency_us: 0,
-            unix_ms: 0,
+            sink(std::mem::take(&mut self.log));
         }
     }
 }

@@ -194,12 +194,15 @@ fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, ApiError> {
     Ok(Bytes::from(value.to_string()))
 }
 
-/// Drops hop-by-hop and framing headers; the gateway frames its own response.
+/// Drops hop-by-hop, framing and routing headers, which whoever sends the message sets itself:
+/// the gateway frames its own responses, the HTTP client its own requests.
 pub fn forwardable(mut headers: HeaderMap) -> HeaderMap {
     for name in [
         http::header::CONNECTION,
         http::header::CONTENT_LENGTH,
         http::header::TRANSFER_ENCODING,
+        http::header::HOST,
+        http::header::UPGRADE,
         http::header::HeaderName::from_static("keep-alive"),
     ] {
         headers.remove(name);
