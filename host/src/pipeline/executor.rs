@@ -103,9 +103,8 @@ impl Pipeline {
             let future = bounded(timeout, with_raw(req, upstream_model, false, |raw| hook.cap.execute(raw)));
             return match hook.invoke_async(ffi::ExecutorV1::execute, probe, future).await {
                 ROk(resp) => {
-                    let headers = header_map(resp.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())));
-                    let status = answer_status(resp.status, name, request_id)?;
-                    Ok(UpstreamReply::Full { status, headers, body: Bytes::from(resp.body.into_vec()) })
+                    let (status, headers, body) = answer(resp, name, request_id)?;
+                    Ok(UpstreamReply::Full { status, headers, body })
                 }
                 RErr(e) => Err(exec_error(hook, ffi::ExecutorV1::execute, e, request_id)),
             };
@@ -179,11 +178,7 @@ impl Pipeline {
             bounded(timeout, hook.cap.http_request(&raw))
         };
         match hook.invoke_async(ffi::ExecutorV1::http_request, probe, future).await {
-            ROk(resp) => {
-                let headers = header_map(resp.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())));
-                let status = answer_status(resp.status, name, &req.ctx.request_id)?;
-                Ok((status, headers, Bytes::from(resp.body.into_vec())))
-            }
+            ROk(resp) => answer(resp, name, &req.ctx.request_id),
             RErr(e) => Err(exec_error(hook, ffi::ExecutorV1::http_request, e, &req.ctx.request_id)),
         }
     }
@@ -236,11 +231,13 @@ impl<T> TimedOut for Option<RResult<T, ExecError>> {
     }
 }
 
-/// The status an executor answered with, if it is a final HTTP status (200 to 599); a 1xx would
-/// make the connection an upgrade.
-fn answer_status(status: u16, name: &str, request_id: &str) -> Result<StatusCode, ApiError> {
+/// A whole executor response as the gateway sends it on: its valid headers, and its status if
+/// it is a final HTTP status (200 to 599; a 1xx would make the connection an upgrade).
+fn answer(resp: ffi::ExecResponse, name: &str, request_id: &str) -> Result<(StatusCode, HeaderMap, Bytes), ApiError> {
+    let headers = header_map(resp.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())));
+    let status = resp.status;
     match StatusCode::from_u16(status) {
-        Ok(s) if (200..600).contains(&status) => Ok(s),
+        Ok(s) if (200..600).contains(&status) => Ok((s, headers, Bytes::from(resp.body.into_vec()))),
         _ => {
             tracing::warn!(plugin = name, request_id, status, "executor answered with an invalid status");
             Err(ApiError::upstream(format!("executor `{name}` answered with status {status}: expected 200 to 599")))
