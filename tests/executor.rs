@@ -150,7 +150,7 @@ upstream = "anthropic-nokey"
     };
     assert_eq!(calls("claude-main", "anthropic"), Some(2.0));
     assert_eq!(calls("claude-nokey", "anthropic-nokey"), Some(2.0));
-    assert!(gw.logs().contains("plugin loaded plugin=claude-nokey declared_name=anthropic-executor"), "{}", gw.logs());
+    assert!(gw.wait_for_log("plugin loaded plugin=claude-nokey declared_name=anthropic-executor"), "{}", gw.logs());
 }
 
 #[test]
@@ -223,7 +223,7 @@ fn a_panic_inside_an_executors_poll_is_a_500_and_counts_toward_quarantine() {
         // The panic's text stays in the log.
         assert!(!r.body.contains("panics in poll"), "{}", r.body);
     }
-    assert!(gw.logs().contains("executor-faults panics in poll"), "{}", gw.logs());
+    assert!(gw.wait_for_log("executor-faults panics in poll"), "{}", gw.logs());
     let panics = gw.metric("gateway_plugin_hook_panics_total{plugin=\"executor-faults\",hook=\"execute\"}");
     assert_eq!(panics, Some(2.0));
     // Two panics quarantine it: the model is unavailable, the gateway serves the rest.
@@ -261,7 +261,7 @@ fn a_panic_mid_stream_ends_the_stream_with_an_error_event() {
     assert_eq!(r.streamed_text(), "first");
     let last = r.events().last().cloned().unwrap();
     assert!(last.contains("executor `executor-faults` panicked mid-stream"), "{}", r.body);
-    assert!(gw.logs().contains("executor-faults panics mid-stream"), "{}", gw.logs());
+    assert!(gw.wait_for_log("executor-faults panics mid-stream"), "{}", gw.logs());
     // Counted like a panic before the first chunk.
     let panics = gw.metric("gateway_plugin_hook_panics_total{plugin=\"executor-faults\",hook=\"execute_stream\"}");
     assert_eq!(panics, Some(1.0));

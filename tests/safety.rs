@@ -65,7 +65,7 @@ fn a_panic_inside_a_kv_read_closure_fails_the_request_not_the_gateway() {
     assert_eq!(r.status, 500, "{}", r.body);
     assert_eq!(r.error()["code"], "plugin_failed");
     assert!(r.error()["message"].as_str().unwrap().contains("`hostile`"), "{}", r.body);
-    assert!(gw.logs().contains("hostile panics inside kv_read"), "{}", gw.logs());
+    assert!(gw.wait_for_log("hostile panics inside kv_read"), "{}", gw.logs());
     assert_eq!(gw.metric("gateway_plugin_hook_panics_total{plugin=\"hostile\",hook=\"post_auth\"}"), Some(1.0));
     assert_eq!(gw.get("/healthz").status, 200);
 }
@@ -78,7 +78,7 @@ fn a_panic_whose_payload_panics_when_dropped_is_still_contained() {
         assert_eq!(r.status, 500, "{}", r.body);
         assert_eq!(r.error()["code"], "plugin_failed");
     }
-    assert!(gw.logs().contains("plugin panicked: non-string panic payload"), "{}", gw.logs());
+    assert!(gw.wait_for_log("plugin panicked: non-string panic payload"), "{}", gw.logs());
     assert_eq!(gw.get("/healthz").status, 200);
 }
 
@@ -283,7 +283,7 @@ fn a_client_that_stops_reading_is_cut_off_and_releases_the_retired_plugin_versio
     assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
     wait_retired(&gw);
     assert_eq!(gw.metric("gateway_write_timeouts_total"), Some(1.0));
-    assert!(gw.logs().contains("client stopped reading: connection cut after 300 ms"), "{}", gw.logs());
+    assert!(gw.wait_for_log("client stopped reading: connection cut after 300 ms"), "{}", gw.logs());
     assert_serving(&gw);
     drop(stalled);
 }

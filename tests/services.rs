@@ -233,7 +233,7 @@ fn a_full_collector_queue_drops_and_counts_and_never_blocks_a_request() {
     let dropped = gw.metric("gateway_collector_dropped_total").unwrap();
     // Had a request waited for room in the queue, none would have been dropped.
     assert!(dropped >= 10.0, "dropped {dropped} of 30 records");
-    assert!(gw.logs().contains("collector queue full: records dropped"), "{}", gw.logs());
+    assert!(gw.wait_for_log("collector queue full: records dropped"), "{}", gw.logs());
 }
 
 #[test]

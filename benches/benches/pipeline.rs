@@ -21,18 +21,19 @@ fn request(payload: &Payload) -> RequestState {
     for (n, v) in &payload.headers {
         headers.insert(HeaderName::from_bytes(n.as_bytes()).unwrap(), HeaderValue::from_bytes(v).unwrap());
     }
-    RequestState {
-        method: http::Method::POST,
-        uri: "/v1/chat/completions".parse().unwrap(),
+    let ctx = ContextState {
+        request_id: "req-bench".into(),
+        model: "mock-gpt".into(),
+        client_ip: "127.0.0.1".into(),
+        ..ContextState::default()
+    };
+    RequestState::new(
+        http::Method::POST,
+        "/v1/chat/completions".parse().unwrap(),
         headers,
-        body: Bytes::from(payload.body.clone()),
-        ctx: ContextState {
-            request_id: "req-bench".into(),
-            model: "mock-gpt".into(),
-            client_ip: "127.0.0.1".into(),
-            ..ContextState::default()
-        },
-    }
+        Bytes::from(payload.body.clone()),
+        ctx,
+    )
 }
 
 fn pipelines(c: &mut Criterion) {
@@ -76,5 +77,55 @@ fn pipelines(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, pipelines);
+/// A chat request of `messages` messages of about 500 bytes each.
+fn chat_request(messages: usize) -> RequestState {
+    let text = "The quick brown fox jumps over the lazy dog, \"quoted\", and on. ".repeat(8);
+    let messages: Vec<_> = (0..messages)
+        .map(|i| serde_json::json!({ "role": if i % 2 == 0 { "user" } else { "assistant" }, "content": text }))
+        .collect();
+    let body = serde_json::json!({ "model": "mock-gpt", "max_tokens": 256, "messages": messages }).to_string();
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    let ctx = ContextState { request_id: "req-bench".into(), model: "mock-gpt".into(), ..ContextState::default() };
+    RequestState::new(http::Method::POST, "/v1/chat/completions".parse().unwrap(), headers, Bytes::from(body), ctx)
+}
+
+/// N plugins each reading every message's text in PostAuth: each parsing the body itself, or
+/// all reading the gateway's one parse (`Request::chat`). Each iteration is a new request: the
+/// parse is cleared first.
+fn chat_views(c: &mut Criterion) {
+    let copies = tempfile::tempdir().unwrap();
+    let mut group = c.benchmark_group("chat_view");
+    group.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2));
+    let mut req = chat_request(16);
+    println!("chat request body: {} bytes, 16 messages", req.body.len());
+    for how in ["parse", "view"] {
+        let mut config = toml::Table::new();
+        config.insert("read_chat".into(), how.into());
+        let plugins = gateway_benches::load_with_config("libbench_hooks.so", 4, copies.path(), config);
+        // The copies' allocators all count into the first copy's counter (the allocator's symbols
+        // resolve to the first copy loaded), so one counter has them all.
+        let counter = PluginAllocations::of(&plugins[0]);
+        for n in [1usize, 4] {
+            let pipeline = pipeline(&plugins[..n]);
+            let mut run = || {
+                req.chat.clear();
+                black_box(pipeline.post_auth(&mut req).is_ok())
+            };
+            assert!(run());
+            let (host, plugin) = allocations_per_call(
+                1_000,
+                || counter.get(),
+                || {
+                    run();
+                },
+            );
+            println!("allocations per request, {n} plugins reading by {how}: host {host}, plugins {plugin}");
+            group.bench_function(BenchmarkId::new(how, n), |b| b.iter(&mut run));
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, pipelines, chat_views);
 criterion_main!(benches);

@@ -129,13 +129,8 @@ pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Res
         Ok(b) => b.to_bytes(),
         Err(_) => return error_response(&ApiError::too_large(limits.max_body_bytes, None)),
     };
-    let state = RequestState {
-        method: parts.method,
-        uri,
-        headers: parts.headers,
-        body,
-        ctx: ContextState { request_id: app.request_id(), ..ContextState::default() },
-    };
+    let ctx = ContextState { request_id: app.request_id(), ..ContextState::default() };
+    let state = RequestState::new(parts.method, uri, parts.headers, body, ctx);
     let pipeline = app.pipeline.load_full();
     match pipeline.executor_http(&name, &state, Duration::from_millis(app.config.limits.executor_timeout_ms)).await {
         Ok((status, headers, body)) => {

@@ -59,3 +59,24 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
 pub fn error_response(e: &ApiError) -> Response<GatewayBody> {
     json_response(e.status, e.body())
 }
+
+/// `body` with its `model` field set to `model`, the rest byte for byte as it was (no parse
+/// into a tree, no re-serialisation).
+pub fn with_model(body: &[u8], model: &str) -> Result<Bytes, String> {
+    #[derive(serde::Deserialize)]
+    struct Model<'a> {
+        #[serde(borrow)]
+        model: &'a serde_json::value::RawValue,
+    }
+    let found: Model<'_> = serde_json::from_slice(body)
+        .map_err(|e| format!("expected a JSON object with one `model` field, found {e}"))?;
+    let old = found.model.get();
+    // `old` is a slice of `body`: its offset is a difference of addresses.
+    let at = old.as_ptr() as usize - body.as_ptr() as usize;
+    let quoted = serde_json::to_string(model).map_err(|e| e.to_string())?;
+    let mut out = Vec::with_capacity(body.len() - old.len() + quoted.len());
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[at + old.len()..]);
+    Ok(Bytes::from(out))
+}

@@ -100,6 +100,10 @@ crate-type = ["cdylib", "rlib"]
 plugin-abi = {{ path = "{abi}" }}
 serde = {{ version = "1", features = ["derive"] }}
 
+[dev-dependencies]
+# MockHost and the other test tools.
+plugin-abi = {{ path = "{abi}", features = ["testing"] }}
+
 # A workspace of its own, wherever it is put.
 [workspace]
 "#,

@@ -19,7 +19,10 @@
 //! ```
 
 pub mod ffi;
+#[cfg(feature = "schema")]
+pub mod schema;
 mod sdk;
+#[cfg(feature = "testing")]
 pub mod testing;
 
 pub use ffi::HistoryLimits;
@@ -41,6 +44,12 @@ pub mod __private {
 }
 
 // `docs/plugin-guide.md`, the plugin author's guide: every Rust example in it runs as a doctest.
+// Its examples test with `plugin_abi::testing`, so it is here with that feature (on in the
+// workspace's test builds, and for docs.rs).
 pub mod guide {
-    #![doc = include_str!("../../docs/plugin-guide.md")]
+    #![cfg_attr(feature = "testing", doc = include_str!("../../docs/plugin-guide.md"))]
+    #![cfg_attr(
+        not(feature = "testing"),
+        doc = "The plugin author's guide, `docs/plugin-guide.md`: build these docs with `--features testing` to read it here."
+    )]
 }

@@ -36,8 +36,13 @@ impl MockHost {
         Host::mock(self.services.clone())
     }
 
-    /// Creates a plugin from a JSON config, as the gateway would (minus schema validation).
-    pub fn init<P: Plugin>(&self, config_json: &str) -> Result<P, PluginError> {
+    /// Creates a plugin from a JSON config as the gateway does: the config is validated against
+    /// the plugin's schema ([`ConfigProvider`](crate::ConfigProvider)) first, and every place it
+    /// breaks the schema is reported, as `gateway check --plugin-config` does.
+    pub fn init<P: Plugin + crate::ffi::glue::Exported>(&self, config_json: &str) -> Result<P, PluginError> {
+        if let Some(schema) = ffi::schema_of(P::metadata()) {
+            check_schema(P::metadata().name.as_str(), schema, config_json)?;
+        }
         P::init(Config::new(config_json), self.host())
     }
 
@@ -163,7 +168,9 @@ impl TestRequest {
                 metadata: RSlice::from_slice(&metadata),
             },
         };
-        f(&raw)
+        // As in the gateway: `Request::chat` reads one parse of the body, made on first use.
+        let chat = ffi::chat::ChatCache::default();
+        ffi::chat::with_request(&raw, &chat, || f(&raw))
     }
 
     /// Runs `f` with a view of this request, as a request hook sees it.
@@ -257,4 +264,20 @@ pub fn run_stream<P: StreamChunk>(
     }
     plugin.on_stream_end(state);
     result.map(|()| Some(out))
+}
+
+/// `config` against the plugin's JSON Schema, as the gateway checks it, every violation named.
+fn check_schema(plugin: &str, schema: &str, config: &str) -> Result<(), PluginError> {
+    let invalid = |e: String| {
+        PluginError::config(format!("plugin `{plugin}` declares a config schema that is not valid JSON Schema: {e}"))
+    };
+    let schema: serde_json::Value = serde_json::from_str(schema).map_err(|e| invalid(e.to_string()))?;
+    let config: serde_json::Value = serde_json::from_str(config)
+        .map_err(|e| PluginError::config(format!("config for plugin `{plugin}`: expected JSON, found {e}")))?;
+    let violations = crate::schema::violations(&schema, &config).map_err(invalid)?;
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = violations.iter().map(|(field, rule)| format!("at `{field}`: {rule}")).collect();
+    Err(PluginError::config(format!("config for plugin `{plugin}` rejected {}", list.join("; "))))
 }

@@ -36,11 +36,44 @@ pub struct BenchHooks {
     host: Host,
     /// When set, PostAuth also reads this (hot) key from host KV.
     kv_key: Option<String>,
+    /// When set, PostAuth also reads the messages' text: `view` from the gateway's parse
+    /// (`Request::chat`), `parse` by deserializing the body itself, as plugins had to before.
+    read_chat: Option<ReadChat>,
+}
+
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum ReadChat {
+    View,
+    Parse,
 }
 
 #[derive(serde::Deserialize, Default)]
 struct Settings {
     kv_key: Option<String>,
+    read_chat: Option<ReadChat>,
+}
+
+/// What a plugin that parses the body itself reads: the messages' content.
+#[derive(serde::Deserialize)]
+struct OwnChat {
+    #[serde(default)]
+    messages: Vec<OwnMessage>,
+}
+
+#[derive(serde::Deserialize)]
+struct OwnMessage {
+    #[serde(default)]
+    content: serde_json::Value,
+}
+
+/// The prompt's length in bytes, read the way `how` says.
+fn prompt_bytes(req: &Request<'_>, how: ReadChat) -> usize {
+    match how {
+        ReadChat::View => req.chat().map_or(0, |c| c.messages().map(|m| m.content().len()).sum()),
+        ReadChat::Parse => serde_json::from_slice::<OwnChat>(req.body())
+            .map_or(0, |c| c.messages.iter().map(|m| m.content.as_str().map_or(0, str::len)).sum()),
+    }
 }
 
 impl Plugin for BenchHooks {
@@ -49,7 +82,7 @@ impl Plugin for BenchHooks {
         if let Some(key) = &s.kv_key {
             host.kv_set(key, b"{\"limit\": 1000, \"tier\": \"gold\"}")?;
         }
-        Ok(BenchHooks { host, kv_key: s.kv_key })
+        Ok(BenchHooks { host, kv_key: s.kv_key, read_chat: s.read_chat })
     }
 }
 
@@ -65,6 +98,9 @@ impl PostAuth for BenchHooks {
         LAST_BODY_PTR.store(req.body().as_ptr() as usize, Relaxed);
         if let Some(key) = &self.kv_key {
             std::hint::black_box(self.host.kv_read(key, |v| v.len())?);
+        }
+        if let Some(how) = self.read_chat {
+            std::hint::black_box(prompt_bytes(req, how));
         }
         if check(req.headers().get("authorization").is_some(), req.body().len()) {
             Ok(Decision::Continue)

@@ -109,14 +109,11 @@ async fn read_request(
         }
         Ok(Ok(collected)) => collected.to_bytes(),
     };
-    let (model, _) = peek(&body)?;
-    Ok(RequestState {
-        method: parts.method,
-        uri: parts.uri,
-        headers: parts.headers,
-        body,
-        ctx: ContextState { request_id, model, client_ip: peer.ip().to_string(), ..ContextState::default() },
-    })
+    let (model, stream) = peek(&body)?;
+    let ctx = ContextState { request_id, model, client_ip: peer.ip().to_string(), ..ContextState::default() };
+    let mut state = RequestState::new(parts.method, parts.uri, parts.headers, body, ctx);
+    state.stream = stream;
+    Ok(state)
 }
 
 fn credential(headers: &HeaderMap) -> &str {
@@ -141,9 +138,11 @@ fn request_phases<'u>(
     }
     pipeline.post_auth(req)?;
     pipeline.before_selection(req)?;
-    // Hooks may have rewritten the body: the model and stream flag are read from what they left.
-    let (model, _) = peek(&req.body)?;
-    req.ctx.model = model;
+    // Selection reads the model from the body the hooks so far left (read again only if one of
+    // them replaced it or set the model).
+    if std::mem::take(&mut req.body_changed) {
+        (req.ctx.model, req.stream) = peek(&req.body)?;
+    }
     let route = upstreams.route(&req.ctx.model)?;
     let base_url = match &route.target {
         Target::Upstream(i) => upstreams.upstreams[*i].base_url(),
@@ -156,8 +155,12 @@ fn request_phases<'u>(
         model: route.upstream_model.as_str().into(),
     };
     pipeline.after_selection(req, &raw)?;
-    let (_, stream) = peek(&req.body)?;
-    Ok((route, stream))
+    // `after_selection` cannot change the route, but what it leaves is what goes upstream,
+    // streamed or not as that body says.
+    if std::mem::take(&mut req.body_changed) {
+        req.stream = peek(&req.body)?.1;
+    }
+    Ok((route, req.stream))
 }
 
 fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody> {

@@ -532,23 +532,23 @@ impl Pipeline {
                 let metadata = req.ctx.raw_metadata();
                 let headers = raw_headers(&req.headers, recycle(std::mem::take(&mut buf)));
                 let raw = req.raw(&headers, &metadata);
-                let mut found = None;
-                for (i, hook) in hooks.iter().enumerate().skip(next) {
-                    if hook.unwritten(which) {
-                        continue;
-                    }
-                    let Some(probe) = hook.quarantine_check()? else { continue };
-                    match hook.invoke(which, probe, |cap| call(cap, &raw, upstream)) {
-                        HookOutcome::Continue => {}
-                        HookOutcome::Fail(e) if e.code == ffi::code::UNWRITTEN => {}
-                        other => {
-                            found = Some((i, other));
-                            break;
+                // Hooks that ask for the chat view share one parse of this body.
+                let found = ffi::chat::with_request(&raw, &req.chat, || {
+                    for (i, hook) in hooks.iter().enumerate().skip(next) {
+                        if hook.unwritten(which) {
+                            continue;
+                        }
+                        let Some(probe) = hook.quarantine_check()? else { continue };
+                        match hook.invoke(which, probe, |cap| call(cap, &raw, upstream)) {
+                            HookOutcome::Continue => {}
+                            HookOutcome::Fail(e) if e.code == ffi::code::UNWRITTEN => {}
+                            other => return Ok(Some((i, other))),
                         }
                     }
-                }
+                    Ok::<_, Stop>(None)
+                });
                 buf = recycle(headers);
-                found
+                found?
             };
             let Some((i, outcome)) = found else {
                 break;
@@ -606,24 +606,23 @@ impl Pipeline {
             let metadata = req.ctx.raw_metadata();
             let headers = raw_headers(&req.headers, scratch());
             let raw = req.raw(&headers, &metadata);
-            let mut decided = None;
-            for hook in &self.auth {
-                let Some(probe) = hook.quarantine_check()? else { continue };
-                let which = ffi::AuthV1::authenticate;
-                match hook.invoke(which, probe, |cap| cap.authenticate(credential.into(), &raw)) {
-                    AuthOutcome::Pass => {}
-                    AuthOutcome::Fail(e) => match hook.fail(which, &e, &req.ctx.request_id) {
-                        Some(err) => return Err(Stop::Error(err)),
-                        None => continue,
-                    },
-                    other => {
-                        decided = Some(other);
-                        break;
+            let decided = ffi::chat::with_request(&raw, &req.chat, || {
+                for hook in &self.auth {
+                    let Some(probe) = hook.quarantine_check()? else { continue };
+                    let which = ffi::AuthV1::authenticate;
+                    match hook.invoke(which, probe, |cap| cap.authenticate(credential.into(), &raw)) {
+                        AuthOutcome::Pass => {}
+                        AuthOutcome::Fail(e) => match hook.fail(which, &e, &req.ctx.request_id) {
+                            Some(err) => return Err(Stop::Error(err)),
+                            None => continue,
+                        },
+                        other => return Ok(Some(other)),
                     }
                 }
-            }
+                Ok::<_, Stop>(None)
+            });
             give_back(headers);
-            decided
+            decided?
         };
         match decided {
             Some(AuthOutcome::Authenticated(id)) => {

@@ -1,9 +1,11 @@
 //! One request as the pipeline holds it, the borrowed views hooks see, and applying what hooks
 //! changed.
 
+use abi_stable::std_types::{RSome, RVec};
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
-use plugin_abi::ffi::{Mutations, OwnedHeader, RawContext, RawHeader, RawKeyValue, RawRequest, Reply};
+use plugin_abi::ffi::chat::ChatCache;
+use plugin_abi::ffi::{Mutations, OwnedHeader, RawContext, RawHeader, RawKeyValue, RawRequest, Reply, property};
 
 /// Per-request context: what hooks see through [`plugin_abi::Context`].
 #[derive(Debug, Default, Clone)]
@@ -41,6 +43,12 @@ pub struct RequestState {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub ctx: ContextState,
+    /// The body's chat parse, made when a hook first asks ([`plugin_abi::Request::chat`]).
+    pub chat: ChatCache,
+    /// The body's `stream` flag, as the gateway last read it.
+    pub stream: bool,
+    /// Some hook replaced the body (or set the model) since the gateway last read it.
+    pub body_changed: bool,
 }
 
 /// Reuses `buf`'s allocation for views of another borrow. Safe: the in-place `collect` of an
@@ -74,6 +82,10 @@ pub fn raw_headers<'a>(headers: &'a HeaderMap, mut buf: Vec<RawHeader<'a>>) -> V
 }
 
 impl RequestState {
+    pub fn new(method: http::Method, uri: http::Uri, headers: HeaderMap, body: Bytes, ctx: ContextState) -> Self {
+        RequestState { method, uri, headers, body, ctx, chat: ChatCache::default(), stream: false, body_changed: false }
+    }
+
     pub fn raw<'a>(&'a self, headers: &'a [RawHeader<'a>], metadata: &'a [RawKeyValue<'a>]) -> RawRequest<'a> {
         RawRequest {
             method: self.method.as_str().into(),
@@ -85,12 +97,35 @@ impl RequestState {
         }
     }
 
-    /// Applies a request hook's changes (the status field does not apply to requests).
+    /// Applies a request hook's changes (the status field does not apply to requests): all of
+    /// them, or on an error none.
     pub fn apply(&mut self, m: Mutations) -> Result<(), String> {
-        apply_headers(&mut self.headers, &m.set_headers, &m.remove_headers)?;
-        if let abi_stable::std_types::RSome(body) = m.body {
-            self.body = Bytes::from(body.into_vec());
+        let mut set = m.set_headers;
+        let mut model = None;
+        if set.iter().any(|h| property::is_property(&h.name)) {
+            let mut headers = RVec::with_capacity(set.len());
+            for h in set {
+                match h.name.as_str() {
+                    property::MODEL => model = Some(h.value),
+                    _ => headers.push(h),
+                }
+            }
+            set = headers;
+        }
+        let mut body = match m.body {
+            RSome(body) => Some(Bytes::from(body.into_vec())),
+            _ => None,
+        };
+        if let Some(model) = model {
+            let base = body.as_ref().unwrap_or(&self.body);
+            body = Some(crate::body::with_model(base, &model).map_err(|e| format!("set_model: {e}"))?);
+        }
+        apply_headers(&mut self.headers, &set, &m.remove_headers)?;
+        if let Some(body) = body {
+            self.body = body;
             self.headers.remove(http::header::CONTENT_LENGTH);
+            self.chat.clear();
+            self.body_changed = true;
         }
         self.ctx.metadata.extend(m.metadata.into_iter().map(|kv| (kv.key.into_string(), kv.value.into_string())));
         Ok(())
@@ -112,8 +147,15 @@ pub fn apply_headers(
     if changes > MAX_HEADER_CHANGES {
         return Err(format!("too many header changes: expected at most {MAX_HEADER_CHANGES}, found {changes}"));
     }
-    let name_of =
-        |name: &str| HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"));
+    let name_of = |name: &str| {
+        if property::is_property(name) {
+            return Err(format!(
+                "invalid header name {name:?}: `:` names a request property, and the only one is `{}` (request hooks only)",
+                property::MODEL
+            ));
+        }
+        HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("invalid header name {name:?}"))
+    };
     let removed = remove.iter().map(|n| name_of(n.as_str())).collect::<Result<Vec<_>, _>>()?;
     let added = set
         .iter()
@@ -161,13 +203,13 @@ mod tests {
 
     #[test]
     fn mutations_replace_headers_body_and_add_metadata() {
-        let mut state = RequestState {
-            method: http::Method::POST,
-            uri: "/v1/chat/completions?x=1".parse().unwrap(),
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"{}"),
-            ctx: ContextState::default(),
-        };
+        let mut state = RequestState::new(
+            http::Method::POST,
+            "/v1/chat/completions?x=1".parse().unwrap(),
+            HeaderMap::new(),
+            Bytes::from_static(b"{}"),
+            ContextState::default(),
+        );
         state.headers.insert("x-old", HeaderValue::from_static("1"));
         let m = Mutations {
             set_headers: vec![OwnedHeader { name: "x-new".into(), value: "2".into() }].into(),
@@ -186,6 +228,54 @@ mod tests {
             ..Default::default()
         };
         assert!(state.apply(bad).unwrap_err().contains("invalid header name"));
+    }
+
+    fn state(body: &'static [u8]) -> RequestState {
+        RequestState::new(
+            http::Method::POST,
+            "/v1/chat/completions".parse().unwrap(),
+            HeaderMap::new(),
+            Bytes::from_static(body),
+            ContextState::default(),
+        )
+    }
+
+    fn set(name: &str, value: &str) -> Mutations {
+        Mutations {
+            set_headers: vec![OwnedHeader { name: name.into(), value: value.into() }].into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn set_model_rewrites_only_the_model_and_clears_the_chat_parse() {
+        let mut req = state(br#"{ "model" : "a",  "messages":[{"role":"user","content":"\u00e9"}], "n": 1.50 }"#);
+        assert!(req.chat.get(&req.body).is_some());
+        req.apply(set(property::MODEL, "b\"c")).unwrap();
+        assert_eq!(
+            &req.body[..],
+            br#"{ "model" : "b\"c",  "messages":[{"role":"user","content":"\u00e9"}], "n": 1.50 }"#
+        );
+        assert!(req.body_changed && !req.chat.is_parsed());
+        // With a new body in the same change, the model is set in the new body.
+        let mut m = set(property::MODEL, "z");
+        m.body = RSome(br#"{"model":"y","messages":[]}"#.to_vec().into());
+        req.apply(m).unwrap();
+        assert_eq!(&req.body[..], br#"{"model":"z","messages":[]}"#);
+    }
+
+    #[test]
+    fn a_failed_set_model_or_an_unknown_property_changes_nothing() {
+        let mut req = state(b"[1, 2]");
+        let mut m = set(property::MODEL, "b");
+        m.set_headers.push(OwnedHeader { name: "x-a".into(), value: "1".into() });
+        let e = req.apply(m).unwrap_err();
+        assert!(e.starts_with("set_model: expected a JSON object with one `model` field"), "{e}");
+        assert!(req.headers.is_empty() && &req.body[..] == b"[1, 2]" && !req.body_changed);
+        let e = req.apply(set(":path", "/x")).unwrap_err();
+        assert!(e.contains("the only one is `:model`"), "{e}");
+        let e = apply_headers(&mut HeaderMap::new(), &set(property::MODEL, "m").set_headers, &[]).unwrap_err();
+        assert!(e.contains("request hooks only"), "{e}");
     }
 
     mod properties {

@@ -217,20 +217,8 @@ pub fn schema_errors(info: &PluginInfo, config: &serde_json::Value) -> Result<Ve
     let Some(schema) = &info.config_schema else {
         return Ok(Vec::new());
     };
-    let validator = jsonschema::validator_for(schema)
-        .map_err(|e| LoadError::InvalidSchema { name: info.name.clone(), detail: e.to_string() })?;
-    Ok(validator
-        .iter_errors(config)
-        .map(|error| {
-            let pointer = error.instance_path.to_string();
-            let field = if pointer.is_empty() {
-                "(root)".to_owned()
-            } else {
-                pointer.trim_start_matches('/').replace('/', ".")
-            };
-            (field, error.to_string())
-        })
-        .collect())
+    plugin_abi::schema::violations(schema, config)
+        .map_err(|detail| LoadError::InvalidSchema { name: info.name.clone(), detail })
 }
 
 /// Checks `config` against the plugin's schema, naming the first failing field and rule.

@@ -188,10 +188,8 @@ impl Upstream {
 }
 
 fn rewrite_model(body: &[u8], model: &str) -> Result<Bytes, ApiError> {
-    let mut value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::invalid_request("invalid_json", format!("invalid JSON body: {e}")))?;
-    value["model"] = serde_json::Value::String(model.to_owned());
-    Ok(Bytes::from(value.to_string()))
+    crate::body::with_model(body, model)
+        .map_err(|e| ApiError::invalid_request("invalid_json", format!("invalid chat request body: {e}")))
 }
 
 /// Drops hop-by-hop, framing and routing headers, which whoever sends the message sets itself:

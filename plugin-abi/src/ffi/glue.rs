@@ -169,6 +169,7 @@ extern "C" fn create<P: Plugin>(config: RStr<'_>, host: HostHandle) -> RResult<I
             let stop = sdk::StopSignal::default();
             let host = Host::with_stop(host, stop.clone());
             HOST_SKIPS_UNWRITTEN.store(host.skips_unwritten(), std::sync::atomic::Ordering::Relaxed);
+            sdk::chat::use_host_view(host.request_view());
             match P::init(Config::new(config.as_str()), host.clone()) {
                 Ok(plugin) => ROk(InstancePtr(Box::into_raw(Box::new(Boxed { plugin, stop, host })) as *const c_void)),
                 Err(e) => RErr(e.into()),

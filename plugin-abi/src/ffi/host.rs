@@ -168,6 +168,7 @@ extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u3
         }
         (service::HTTP, 1) => RSome(TableEntry::new(const { &HttpV1 { send: http_send::<S> } })),
         (service::HOOK_SKIP, 1) => RSome(TableEntry::new(const { &HookSkipV1 { version: 1 } })),
+        (service::REQUEST_VIEW, 1) => RSome(TableEntry::new(const { &chat::REQUEST_VIEW_V1 })),
         (service::LOOKUP, 1) => RSome(TableEntry::new(
             const {
                 &LookupV1 {

@@ -208,3 +208,13 @@ extern "C" fn history_get<B: AsRef<[u8]>>(ctx: *const c_void, index: u32) -> RSl
         None => RSlice::from_slice(&[]),
     }
 }
+
+/// The config schema in a derived plugin's metadata (its `ConfigProvider` table), if it has one.
+#[cfg(feature = "testing")]
+pub(crate) fn schema_of(meta: &PluginMetadata) -> Option<&'static str> {
+    let entry =
+        meta.capabilities.iter().find(|e| e.id == ConfigProviderV1::ID && e.version == ConfigProviderV1::VERSION)?;
+    // SAFETY: a derived plugin's metadata holds `'static` tables of this crate, in this binary.
+    let table = unsafe { entry.get::<ConfigProviderV1>() }.ok()?;
+    Some((table.schema)().as_str())
+}

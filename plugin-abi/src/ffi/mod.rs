@@ -66,6 +66,20 @@ pub mod service {
     /// Added in ABI 1.4: the host understands [`code::UNWRITTEN`](super::code::UNWRITTEN) and skips
     /// hooks a plugin did not write.
     pub const HOOK_SKIP: u32 = 7;
+    /// Added in ABI 1.5: the host's parse of a chat request ([`RequestViewV1`](super::RequestViewV1)).
+    pub const REQUEST_VIEW: u32 = 8;
+}
+
+/// Request properties a hook sets through [`Mutations::set_headers`]: an entry whose name starts
+/// with `:` (as HTTP/2's pseudo-headers do) is a property of the request, not a header. A host
+/// older than ABI 1.5 refuses such a name as an invalid header, so a change is never lost quietly.
+pub mod property {
+    /// The body's `model` field (request hooks only; added in ABI 1.5).
+    pub const MODEL: &str = ":model";
+
+    pub fn is_property(name: &str) -> bool {
+        name.starts_with(':')
+    }
 }
 
 /// Error codes carried by [`PluginError`]. Plugins may use their own codes from 1000 up.
@@ -629,6 +643,7 @@ tables! {
     HandleV1 => service::HANDLE, 1, "Handle";
     HttpV1 => service::HTTP, 1, "Http";
     HookSkipV1 => service::HOOK_SKIP, 1, "HookSkip";
+    RequestViewV1 => service::REQUEST_VIEW, 1, "RequestView";
 }
 
 impl TableEntry {
@@ -718,6 +733,7 @@ impl std::fmt::Display for LayoutError {
 impl std::error::Error for LayoutError {}
 
 mod capabilities;
+pub mod chat;
 #[doc(hidden)]
 pub mod define;
 mod future;
@@ -728,6 +744,7 @@ mod host;
 mod loader;
 mod mock;
 pub use capabilities::*;
+pub use chat::{ChatLookup, RawChatRequest, RawMessage, RawSpan, RequestViewV1};
 pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, MissingCapability, Stream, StreamStarted};
@@ -735,4 +752,6 @@ pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_t
 pub use host::{HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, KeepAlive, ServiceResult, Subscriber};
 pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
+#[cfg(feature = "testing")]
+pub(crate) use mock::schema_of;
 pub use mock::{ChunkHistory, NO_HISTORY};

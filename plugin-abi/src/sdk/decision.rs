@@ -98,6 +98,20 @@ impl Changes {
         self
     }
 
+    /// Sets the request's `model` (request hooks only). The gateway rewrites the body's `model`
+    /// field in place, leaving the rest of the body as it was: later hooks, upstream selection
+    /// (when set in a phase before it) and the upstream see the new model. Applied after
+    /// [`Changes::body`] when both are set.
+    pub fn set_model(mut self, model: impl Into<String>) -> Self {
+        self.0.set_headers.push(owned_header(ffi::property::MODEL.to_owned(), model.into()));
+        self
+    }
+
+    /// The model [`Changes::set_model`] sets, if any.
+    pub fn new_model(&self) -> Option<&str> {
+        self.0.set_headers.iter().rev().find(|h| h.name.as_str() == ffi::property::MODEL).map(|h| h.value.as_str())
+    }
+
     /// Replaces the status (response hooks only).
     pub fn status(mut self, status: u16) -> Self {
         self.0.status = status;
@@ -121,7 +135,11 @@ impl Changes {
 
     /// The headers this sets, for tests.
     pub fn headers_set(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.set_headers.iter().map(|h| (h.name.as_str(), h.value.as_str()))
+        self.0
+            .set_headers
+            .iter()
+            .filter(|h| !ffi::property::is_property(&h.name))
+            .map(|h| (h.name.as_str(), h.value.as_str()))
     }
 
     /// The replacement body, if any.

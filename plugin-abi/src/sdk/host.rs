@@ -177,6 +177,7 @@ impl Host {
         }
     }
 
+    #[cfg(feature = "testing")]
     pub(crate) fn mock(services: Arc<ffi::MockServices>) -> Self {
         let ctx = ffi::HostCtx::new(services, None);
         let raw = ffi::host_handle(&ctx);
@@ -192,6 +193,11 @@ impl Host {
         req: crate::sdk::HttpRequest,
     ) -> impl std::future::Future<Output = Result<crate::sdk::HttpResponse, PluginError>> + Send + 'static {
         crate::sdk::http::send(&self.raw, self.http, req)
+    }
+
+    /// The host's parse of chat requests, if it offers one.
+    pub(crate) fn request_view(&self) -> Option<&'static ffi::RequestViewV1> {
+        lookup(&self.raw)
     }
 
     /// Whether the host skips hooks the plugin did not write.

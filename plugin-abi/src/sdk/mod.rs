@@ -1,6 +1,7 @@
 //! The safe SDK plugin authors program against.
 
 mod capability;
+pub(crate) mod chat;
 mod decision;
 pub(crate) mod executor;
 mod host;
@@ -8,6 +9,7 @@ mod http;
 mod view;
 
 pub use capability::*;
+pub use chat::{Chat, Message};
 pub use decision::*;
 pub use executor::{
     ChunkStream, ExecError, ExecRequest, ExecResponse, Executor, ExecutorInfo, ExecutorModel, HttpPassthrough,

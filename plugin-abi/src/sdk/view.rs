@@ -121,6 +121,19 @@ impl<'a> Request<'a> {
     pub fn context(&self) -> Context<'a> {
         Context(&self.0.ctx)
     }
+
+    /// The body as an OpenAI-style chat request: model, stream flag, token limit, and the
+    /// messages with their roles and texts. The gateway parses a body once, on the first hook
+    /// that asks, and every later hook reads that parse until some hook replaces the body.
+    /// `None` if the body is not a chat request (not JSON, or no `model` string and `messages`
+    /// array of objects).
+    pub fn chat(&self) -> Option<crate::sdk::Chat<'a>> {
+        crate::sdk::Chat::of(self)
+    }
+
+    pub(crate) fn raw(&self) -> &'a ffi::RawRequest<'a> {
+        self.0
+    }
 }
 
 /// The upstream the gateway selected for the request.

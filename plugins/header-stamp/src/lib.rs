@@ -67,6 +67,7 @@ mod tests {
     fn rejects_a_config_without_headers() {
         let err = MockHost::new().init::<HeaderStamp>("{}").err().unwrap();
         assert_eq!(err.code, plugin_abi::ffi::code::INVALID_CONFIG);
-        assert!(err.message.contains("missing field `headers`"), "{}", err.message);
+        // The schema refuses it first, as in the gateway.
+        assert!(err.message.contains("rejected at `(root)`: \"headers\" is a required property"), "{}", err.message);
     }
 }

@@ -43,48 +43,27 @@ impl ConfigProvider for RequestValidator {
     }"#;
 }
 
-#[derive(Deserialize)]
-struct Chat {
-    #[serde(default)]
-    messages: Vec<Message>,
-}
-
-#[derive(Deserialize)]
-struct Message {
-    #[serde(default)]
-    content: serde_json::Value,
-}
-
-fn chars(content: &serde_json::Value) -> usize {
-    match content {
-        serde_json::Value::String(s) => s.chars().count(),
-        serde_json::Value::Array(parts) => {
-            parts.iter().filter_map(|p| p.get("text").and_then(|t| t.as_str())).map(|t| t.chars().count()).sum()
-        }
-        _ => 0,
-    }
-}
-
 fn reject(message: String) -> Decision {
     Decision::Respond(Reply::error(400, "invalid_request_error", "request_rejected", &message))
 }
 
 impl PostAuth for RequestValidator {
     fn on_post_auth(&self, req: &Request<'_>) -> Result<Decision, PluginError> {
-        // Fail closed: a body this validator cannot read (a lone surrogate such as `\ud800` in a
-        // string, which the gateway's own check lets through) must not skip the limits.
-        let chat = match serde_json::from_slice::<Chat>(req.body()) {
-            Ok(chat) => chat,
-            Err(e) => return Ok(reject(format!("expected a chat request with valid JSON strings, found: {e}"))),
+        // The gateway's parse, shared with every other plugin that reads the messages. Fail
+        // closed: a body it cannot read (a lone surrogate such as `\ud800` in a string, which
+        // the gateway's own check lets through) must not skip the limits.
+        let Some(chat) = req.chat() else {
+            return Ok(reject("expected a chat request with a `model`, `messages` and valid JSON strings".into()));
         };
-        if chat.messages.len() > self.max_messages {
+        let messages = chat.messages();
+        if messages.len() > self.max_messages {
             return Ok(reject(format!(
                 "too many messages: expected at most {}, found {}",
                 self.max_messages,
-                chat.messages.len()
+                messages.len()
             )));
         }
-        let prompt: usize = chat.messages.iter().map(|m| chars(&m.content)).sum();
+        let prompt: usize = messages.map(|m| m.content().chars().count()).sum();
         if prompt > self.max_prompt_chars {
             return Ok(reject(format!(
                 "prompt too long: expected at most {} characters, found {prompt}",
@@ -104,13 +83,16 @@ mod tests {
     fn rejects_too_many_messages_and_too_long_prompts() {
         let p: RequestValidator = MockHost::new().init(r#"{"max_messages": 2, "max_prompt_chars": 10}"#).unwrap();
         let run = |body: &str| TestRequest::post("/").body(body).with(|r| p.on_post_auth(r)).unwrap();
-        assert_eq!(run(r#"{"messages":[{"role":"user","content":"hi"}]}"#), Decision::Continue);
-        let Decision::Respond(r) = run(r#"{"messages":[{"content":"a"},{"content":"b"},{"content":"c"}]}"#) else {
+        assert_eq!(run(r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#), Decision::Continue);
+        let Decision::Respond(r) = run(r#"{"model":"m","messages":[{"content":"a"},{"content":"b"},{"content":"c"}]}"#)
+        else {
             panic!()
         };
         assert_eq!(r.status(), 400);
         assert!(String::from_utf8_lossy(r.body_bytes()).contains("too many messages: expected at most 2, found 3"));
-        let Decision::Respond(r) = run(r#"{"messages":[{"content":[{"type":"text","text":"01234567890"}]}]}"#) else {
+        let Decision::Respond(r) =
+            run(r#"{"model":"m","messages":[{"content":[{"type":"text","text":"01234567890"}]}]}"#)
+        else {
             panic!()
         };
         assert!(
@@ -122,11 +104,14 @@ mod tests {
     #[test]
     fn a_body_it_cannot_read_is_rejected_not_waved_through() {
         let p: RequestValidator = MockHost::new().init(r#"{"max_prompt_chars": 5}"#).unwrap();
-        let body = r#"{"messages":[{"role":"user","content":"\ud800 far more than five characters"}]}"#;
+        let body = r#"{"model":"m","messages":[{"role":"user","content":"\ud800 far more than five characters"}]}"#;
         let Decision::Respond(r) = TestRequest::post("/").body(body).with(|r| p.on_post_auth(r)).unwrap() else {
             panic!("a lone surrogate let the request through unchecked")
         };
         assert_eq!(r.status(), 400);
-        assert!(String::from_utf8_lossy(r.body_bytes()).contains("expected a chat request with valid JSON strings"));
+        assert!(
+            String::from_utf8_lossy(r.body_bytes())
+                .contains("expected a chat request with a `model`, `messages` and valid JSON strings")
+        );
     }
 }
