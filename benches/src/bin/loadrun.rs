@@ -10,6 +10,9 @@
 //! the host HTTP client, against the mock's Anthropic API) in the other: p50/p99 at a fixed rate
 //! and the gateway's CPU per request, non-streaming and streaming.
 //!
+//! `loadrun cost [--secs N] [--runs N]`: max throughput (closed loop) and CPU per request of
+//! the bare hyper proxy and the gateway with 0 and the six example plugins, median of N runs.
+//!
 //! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
 //! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
 //!
@@ -198,7 +201,12 @@ fn load(target: &Target, stream: bool, rate: u32, secs: u64) -> Figures {
     for (n, v) in &target.headers {
         cmd.args(["-H", &format!("{n}: {v}")]);
     }
-    let out = cmd.arg(&target.url).stderr(Stdio::inherit()).output().expect("running oha");
+    figures(cmd.arg(&target.url))
+}
+
+/// Runs an `oha` command that prints JSON; its figures.
+fn figures(cmd: &mut Command) -> Figures {
+    let out = cmd.stderr(Stdio::inherit()).output().expect("running oha");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("oha printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)));
     let ms = |v: &serde_json::Value| v.as_f64().unwrap_or(f64::NAN) * 1e3;
@@ -214,6 +222,19 @@ fn load(target: &Target, stream: bool, rate: u32, secs: u64) -> Figures {
         non_200: codes.iter().filter(|(k, _)| *k != "200").map(|(_, v)| v.as_u64().unwrap_or(0)).sum(),
         responses: codes.values().map(|v| v.as_u64().unwrap_or(0)).sum(),
     }
+}
+
+/// `oha` closed loop for `secs`: `connections` connections, each sending its next request as
+/// soon as the last is answered; the maximum throughput.
+fn load_closed(target: &Target, stream: bool, connections: u32, secs: u64) -> Figures {
+    let mut cmd = Command::new(oha());
+    cmd.args(["--no-tui", "--output-format", "json"])
+        .args(["-c", &connections.to_string(), "-z", &format!("{secs}s")])
+        .args(["-m", "POST", "-H", "content-type: application/json", "-d", &chat_body(stream)]);
+    for (n, v) in &target.headers {
+        cmd.args(["-H", &format!("{n}: {v}")]);
+    }
+    figures(cmd.arg(&target.url))
 }
 
 fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> T {
@@ -869,16 +890,131 @@ fn soak(args: &[String]) {
     drop(mock);
 }
 
+/// The six example plugins of the per-request cost comparison (issue 13): every request phase,
+/// the response body and stream chunks, and a data collector.
+const SIX_EXAMPLES: &str = r#"
+[[plugins]]
+path = "{target}/libip_filter.so"
+[plugins.config]
+allow = ["127.0.0.0/8"]
+
+[[plugins]]
+path = "{target}/libapi_key_auth.so"
+[plugins.config.keys.sk-bench]
+app = "bench-app"
+user = "bench-user"
+
+[[plugins]]
+path = "{target}/librequest_validator.so"
+[plugins.config]
+max_messages = 64
+max_prompt_chars = 32000
+
+[[plugins]]
+path = "{target}/libheader_stamp.so"
+[plugins.config.headers]
+x-gateway = "llm-gateway"
+
+[[plugins]]
+path = "{target}/libpii_redact.so"
+[plugins.config]
+emails = true
+cards = true
+
+[[plugins]]
+path = "{target}/libusage_logger.so"
+[plugins.config]
+path = "{dir}/usage.jsonl"
+"#;
+
+fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[v.len() - 1] - v[0])
+}
+
+/// `loadrun cost [--secs N] [--runs N] [--connections N]`: max throughput (closed loop) and CPU
+/// per request of the target process, for the bare hyper proxy, the gateway with 0 plugins and
+/// with the six example plugins, non-streaming and streaming; each row `--runs` times (median
+/// and spread), ratios against the bare proxy of the same run.
+fn cost(args: &[String]) {
+    let secs: u64 = arg(args, "--secs", 10);
+    let runs: usize = arg(args, "--runs", 3);
+    let connections: u32 = arg(args, "--connections", 32);
+    let work = tempfile::tempdir().expect("temp dir");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let bare = {
+        let mut cmd = Command::new(bin("bare-proxy"));
+        cmd.arg(format!("http://{}", mock.addr));
+        Proc::listening("bare hyper proxy", cmd)
+    };
+    let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
+    let gw6 = gateway(
+        "gateway, 6 example plugins",
+        &work.path().join("gw6"),
+        &format!("{}{SIX_EXAMPLES}", upstream_config(&mock)),
+    );
+    let path = "/v1/chat/completions";
+    let targets = [
+        (&bare, Target::to(&bare, path)),
+        (&gw0, Target::to(&gw0, path)),
+        (&gw6, Target::to(&gw6, path).header("authorization", "Bearer sk-bench")),
+    ];
+    for (p, t) in &targets {
+        for stream in [false, true] {
+            t.check(stream).unwrap_or_else(|e| panic!("{}: {e}", p.name));
+        }
+        load_closed(t, false, connections, 2);
+        load_closed(t, true, connections, 2);
+    }
+    println!(
+        "oha closed loop, {connections} connections, {secs} s per run, {runs} runs per row: median (spread = max - min). \
+         CPU: utime + stime of the target process from /proc/PID/stat over the run, per response.\n"
+    );
+    println!("| mode | target | max req/s | ÷ bare | CPU µs/req | ÷ bare |");
+    println!("|---|---|---|---|---|---|");
+    for stream in [false, true] {
+        let mode = if stream { "streaming" } else { "non-streaming" };
+        let mut bare_row = (0.0, 0.0);
+        for (p, t) in &targets {
+            let (mut rps, mut cpu) = (Vec::new(), Vec::new());
+            for _ in 0..runs {
+                let before = p.cpu_us();
+                let f = load_closed(t, stream, connections, secs);
+                assert_eq!(f.non_200, 0, "{}: non-200 responses under load", p.name);
+                cpu.push((p.cpu_us() - before) / f.responses.max(1) as f64);
+                rps.push(f.rps);
+            }
+            let ((rps, rps_spread), (cpu, cpu_spread)) = (median_and_spread(rps), median_and_spread(cpu));
+            if std::ptr::eq(*p, &bare) {
+                bare_row = (rps, cpu);
+            }
+            println!(
+                "| {mode} | {} | {rps:.0} (±{rps_spread:.0}) | {:.2} | {cpu:.1} (±{cpu_spread:.1}) | {:.2} |",
+                p.name,
+                rps / bare_row.0,
+                cpu / bare_row.1
+            );
+        }
+    }
+    println!();
+    drop(targets);
+    for p in [gw6, gw0, bare, mock] {
+        eprintln!("stopping {}", p.name);
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("proxy") => proxy(&args[2..]),
         Some("executor") => executor(&args[2..]),
+        Some("cost") => cost(&args[2..]),
         Some("swap") => swap(&args[2..]),
         Some("soak") => soak(&args[2..]),
         _ => {
             eprintln!(
                 "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun executor [--secs N] [--rate R] \
+                 | loadrun cost [--secs N] [--runs N] [--connections N] \
                  | loadrun swap [--secs N] [--swaps N] [--rate R] \
                  | loadrun soak [--secs N] [--rate R] [--reload-every S] [--sample-every S] [--stall-every S]"
             );
