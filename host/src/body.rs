@@ -1,4 +1,4 @@
-//! The gateway's response body: a whole buffer, or server-sent events fed by a channel.
+//! The gateway's response body: a whole buffer, or frames made as the connection asks for them.
 
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -7,14 +7,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body::{Body, Frame, SizeHint};
-use tokio::sync::mpsc;
 
 use crate::error::ApiError;
 
 pub enum GatewayBody {
     Full(Option<Bytes>),
-    /// Frames from the task that runs the stream through the chunk plugins.
-    Stream(mpsc::Receiver<Bytes>),
+    /// Frames produced when the connection polls for them, on its own task: no task hand-off
+    /// per frame, and the producer reads no further ahead than the client reads.
+    Frames(Pin<Box<dyn futures_util::Stream<Item = Bytes> + Send>>),
 }
 
 impl GatewayBody {
@@ -30,7 +30,7 @@ impl Body for GatewayBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         match self.get_mut() {
             GatewayBody::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            GatewayBody::Stream(rx) => rx.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
+            GatewayBody::Frames(frames) => frames.as_mut().poll_next(cx).map(|b| b.map(|b| Ok(Frame::data(b)))),
         }
     }
 
@@ -42,7 +42,7 @@ impl Body for GatewayBody {
         match self {
             GatewayBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             GatewayBody::Full(None) => SizeHint::with_exact(0),
-            GatewayBody::Stream(_) => SizeHint::default(),
+            GatewayBody::Frames(_) => SizeHint::default(),
         }
     }
 }

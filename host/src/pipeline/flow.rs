@@ -18,21 +18,20 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use plugin_abi::ffi::{RawUpstream, StreamSummary};
 use serde::Deserialize;
 use serde::de::IgnoredAny;
-use tokio::sync::mpsc;
 
 use super::{ContextState, Pipeline, RecordSink, RequestState, ResponseState, Stop};
 use crate::body::GatewayBody;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::record::Record;
-use crate::upstream::sse::sse_frame;
+use crate::upstream::sse::{sse_frame, sse_frame_into};
 use crate::upstream::{Route, Target, UpstreamReply, Upstreams, usage_of};
 
 /// What every request needs besides its pipeline snapshot.
@@ -298,21 +297,27 @@ pub async fn chat(
                     return finish(env.sink, &pipeline, record, error_state(&e), &req.ctx, started);
                 }
             };
-            let (tx, rx) = mpsc::channel::<Bytes>(16);
             let request_id = req.ctx.request_id.clone();
             let task = StreamTask {
                 sink: env.sink.clone(),
                 pipeline,
-                filters,
+                filters: Some(filters),
                 events,
-                tx,
                 ctx: req.ctx,
-                record,
+                record: Some(record),
                 started,
                 status,
+                chunks: 0,
+                bytes: 0,
+                ended: None,
             };
-            tokio::spawn(task.run());
-            let mut out = Response::new(GatewayBody::Stream(rx));
+            // Polled by the connection as it writes: when the client goes away the body is
+            // dropped, and so is the task, which then finishes the record (`Drop`).
+            let frames = futures_util::stream::unfold(task, |mut task| async move {
+                let frame = task.next_frame().await?;
+                Some((frame, task))
+            });
+            let mut out = Response::new(GatewayBody::Frames(Box::pin(frames)));
             *out.status_mut() = head.status;
             *out.headers_mut() = head.headers;
             out.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
@@ -340,78 +345,114 @@ fn finish(
     into_response(resp, &ctx.request_id)
 }
 
-/// Runs one stream: upstream events through the chunk plugins to the client, then the
-/// stream-complete hooks and the record.
+/// One stream: upstream events through the chunk plugins to the client, then the
+/// stream-complete hooks and the record. It runs on the connection's task, a frame at a time as
+/// the client takes them (see `next_frame`); whatever ends it (the upstream, an error, the client
+/// leaving) ends in `finish`, exactly once.
 struct StreamTask {
     sink: Arc<dyn RecordSink>,
     pipeline: Arc<Pipeline>,
-    filters: crate::pipeline::StreamFilters,
+    /// Dropped (ending the plugins' stream states) before the stream-complete hooks run.
+    filters: Option<crate::pipeline::StreamFilters>,
     events: crate::upstream::Events,
-    tx: mpsc::Sender<Bytes>,
     ctx: ContextState,
-    record: Record,
+    /// Taken by `finish`.
+    record: Option<Record>,
     started: Instant,
     status: StatusCode,
+    chunks: u64,
+    bytes: u64,
+    /// Set when the last frame is made: whether the stream completed (`[DONE]` sent).
+    ended: Option<bool>,
 }
 
 impl StreamTask {
-    async fn run(mut self) {
-        let (mut chunks, mut bytes, mut completed) = (0u64, 0u64, false);
-        loop {
-            let next = tokio::select! {
-                next = self.events.next() => next,
-                () = self.tx.closed() => break,
-            };
-            let data = match next {
-                None => {
-                    completed = true;
+    /// The next frame for the client: every event that is ready, framed back to back (one write
+    /// for what the upstream sent in one read). `None` once the stream is over and finished.
+    async fn next_frame(&mut self) -> Option<Bytes> {
+        let mut out = BytesMut::new();
+        while self.ended.is_none() {
+            let mut next = self.events.next().await;
+            loop {
+                if let Some(completed) = self.take(next, &mut out) {
+                    if completed {
+                        out.extend_from_slice(b"data: [DONE]\n\n");
+                    }
+                    self.ended = Some(completed);
                     break;
                 }
-                Some(Ok(data)) => data,
-                Some(Err(message)) => {
-                    tracing::warn!(request_id = %self.ctx.request_id, "{message}");
-                    let _ = self.tx.send(sse_frame(&ApiError::upstream(message).body())).await;
-                    break;
+                match self.events.buffered() {
+                    Some(more) => next = more,
+                    None => break,
                 }
-            };
-            if let Some(usage) = usage_of(&data) {
-                self.record.usage = Some(usage);
             }
-            let out = match self.filters.on_chunk(data, &self.ctx.request_id) {
-                Ok(Some(out)) => out,
-                Ok(None) => continue,
-                Err(e) => {
-                    let _ = self.tx.send(sse_frame(&e.body())).await;
-                    break;
-                }
-            };
-            if chunks == 0 {
-                self.record.ttft_us = self.started.elapsed().as_micros() as u64;
-            }
-            chunks += 1;
-            bytes += out.len() as u64;
-            if self.tx.send(sse_frame(&out)).await.is_err() {
-                break;
+            if !out.is_empty() {
+                return Some(out.freeze());
             }
         }
-        if completed {
-            completed = self.tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await.is_ok();
+        self.finish();
+        None
+    }
+
+    /// One upstream event into `out`; `Some(completed)` when it ends the stream.
+    fn take(&mut self, next: Option<Result<Bytes, String>>, out: &mut BytesMut) -> Option<bool> {
+        let data = match next {
+            None => return Some(true),
+            Some(Ok(data)) => data,
+            Some(Err(message)) => {
+                tracing::warn!(request_id = %self.ctx.request_id, "{message}");
+                out.extend_from_slice(&sse_frame(&ApiError::upstream(message).body()));
+                return Some(false);
+            }
+        };
+        if let (Some(usage), Some(record)) = (usage_of(&data), self.record.as_mut()) {
+            record.usage = Some(usage);
         }
+        let filters = self.filters.as_mut().expect("filters live until the stream is finished");
+        let data = match filters.on_chunk(data, &self.ctx.request_id) {
+            Ok(Some(data)) => data,
+            Ok(None) => return None,
+            Err(e) => {
+                out.extend_from_slice(&sse_frame(&e.body()));
+                return Some(false);
+            }
+        };
+        if self.chunks == 0 {
+            if let Some(record) = self.record.as_mut() {
+                record.ttft_us = self.started.elapsed().as_micros() as u64;
+            }
+        }
+        self.chunks += 1;
+        self.bytes += data.len() as u64;
+        sse_frame_into(out, &data);
+        None
+    }
+
+    /// The stream-complete hooks and the record; once.
+    fn finish(&mut self) {
+        let Some(mut record) = self.record.take() else { return };
         // Plugin stream state ends before stream-complete hooks run.
-        drop(self.filters);
+        drop(self.filters.take());
         let duration = self.started.elapsed();
         let summary = StreamSummary {
             status: self.status.as_u16(),
-            chunks,
-            bytes,
+            chunks: self.chunks,
+            bytes: self.bytes,
             duration_us: duration.as_micros() as u64,
-            completed,
+            completed: self.ended == Some(true),
         };
         self.pipeline.stream_complete(&self.ctx, &summary);
-        self.record.status = self.status.as_u16();
-        self.record.response_bytes = bytes;
-        self.record.latency_us = duration.as_micros() as u64;
-        self.sink.submit(&self.pipeline, self.record);
+        record.status = self.status.as_u16();
+        record.response_bytes = self.bytes;
+        record.latency_us = duration.as_micros() as u64;
+        self.sink.submit(&self.pipeline, record);
+    }
+}
+
+impl Drop for StreamTask {
+    /// The client left (or the connection was cut) before the end: the stream is incomplete.
+    fn drop(&mut self) {
+        self.finish();
     }
 }
 

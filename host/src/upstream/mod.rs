@@ -246,6 +246,16 @@ impl Events {
             Events::Plugin(events) => std::future::poll_fn(|cx| events.poll_event(cx)).await,
         }
     }
+
+    /// The next event if it is here without waiting (parsed out of what the upstream already
+    /// sent); `None` if it takes waiting. An executor's events are always waited for.
+    pub fn buffered(&mut self) -> Option<Option<Result<Bytes, String>>> {
+        match self {
+            Events::Mock { chunks, delay, .. } if delay.is_zero() => Some(chunks.pop_front().map(Ok)),
+            Events::Mock { .. } | Events::Plugin(_) => None,
+            Events::Sse(sse) => sse.buffered(),
+        }
+    }
 }
 
 #[derive(Deserialize)]

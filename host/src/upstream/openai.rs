@@ -209,27 +209,35 @@ impl SseEvents {
         }
     }
 
+    /// The next event if it is already here (read ahead, or parsed out of what was read with an
+    /// earlier one): `None` if it takes reading the upstream.
+    pub fn buffered(&mut self) -> Option<Option<Result<Bytes, String>>> {
+        if let Some(first) = self.first.take() {
+            return Some(Some(Ok(first)));
+        }
+        if self.done {
+            return Some(None);
+        }
+        match self.parser.next_event() {
+            Ok(Some(SseEvent::Data(d))) => Some(Some(Ok(d))),
+            Ok(Some(SseEvent::Done)) => {
+                self.done = true;
+                Some(None)
+            }
+            Ok(None) => None,
+            Err(e) => {
+                self.done = true;
+                tracing::warn!(upstream = %self.upstream, "upstream stream refused: {e}");
+                Some(Some(Err(format!("upstream `{}`: {e}", self.upstream))))
+            }
+        }
+    }
+
     /// The next event payload; an error message (fit for the client) ends the stream.
     pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
-        if let Some(first) = self.first.take() {
-            return Some(Ok(first));
-        }
         loop {
-            if self.done {
-                return None;
-            }
-            match self.parser.next_event() {
-                Ok(Some(SseEvent::Data(d))) => return Some(Ok(d)),
-                Ok(Some(SseEvent::Done)) => {
-                    self.done = true;
-                    return None;
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    self.done = true;
-                    tracing::warn!(upstream = %self.upstream, "upstream stream refused: {e}");
-                    return Some(Err(format!("upstream `{}`: {e}", self.upstream)));
-                }
+            if let Some(next) = self.buffered() {
+                return next;
             }
             match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
                 Err(_) => {

@@ -177,14 +177,21 @@ impl SseParser {
 /// lines (split at `\n`, `\r\n` or `\r`) becomes one `data: ` line per line, which a client
 /// joins back with `\n`.
 pub fn sse_frame(payload: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(payload.len() + 8);
+    sse_frame_into(&mut frame, payload);
+    frame.freeze()
+}
+
+/// [`sse_frame`], appended to `frame`.
+pub fn sse_frame_into(frame: &mut BytesMut, payload: &[u8]) {
     let Some(first_break) = memchr::memchr2(b'\n', b'\r', payload) else {
-        let mut frame = BytesMut::with_capacity(payload.len() + 8);
+        frame.reserve(payload.len() + 8);
         frame.extend_from_slice(b"data: ");
         frame.extend_from_slice(payload);
         frame.extend_from_slice(b"\n\n");
-        return frame.freeze();
+        return;
     };
-    let mut frame = BytesMut::with_capacity(payload.len() + 8 + 6 * 4);
+    frame.reserve(payload.len() + 8 + 6 * 4);
     let (mut line, mut rest) = (&payload[..first_break], &payload[first_break..]);
     loop {
         frame.extend_from_slice(b"data: ");
@@ -196,7 +203,6 @@ pub fn sse_frame(payload: &[u8]) -> Bytes {
         (line, rest) = (&rest[..next], &rest[next..]);
     }
     frame.extend_from_slice(b"\n");
-    frame.freeze()
 }
 
 /// One named server-sent event: `event: NAME`, then the payload framed as by [`sse_frame`]. The
