@@ -13,7 +13,9 @@ use plugin_abi::{
     StreamChunk, UpstreamResponse,
 };
 use regex::Regex;
+use serde::Deserialize;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "pii-redact", capabilities(Response, StreamChunk, ConfigProvider))]
@@ -108,27 +110,73 @@ fn safe_split(text: &str) -> usize {
     }
 }
 
+/// What the non-streaming check reads: each choice's message text, borrowed where it has no
+/// escapes. Only a body with something to redact is parsed into a tree and rewritten.
+#[derive(Deserialize)]
+struct Completion<'a> {
+    #[serde(borrow, default)]
+    choices: Vec<CompletionChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CompletionChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<CompletionMessage<'a>>,
+}
+
+#[derive(Deserialize)]
+struct CompletionMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+}
+
 impl Response for PiiRedact {
     fn on_response_body(&self, _ctx: &Context<'_>, resp: &UpstreamResponse<'_>) -> Result<Decision, PluginError> {
+        let Ok(completion) = serde_json::from_slice::<Completion<'_>>(resp.body()) else {
+            return Ok(Decision::Continue);
+        };
+        let texts = completion.choices.iter().filter_map(|c| c.message.as_ref()?.content.as_deref());
+        if !texts.into_iter().any(|t| matches!(self.redact(t), Cow::Owned(_))) {
+            return Ok(Decision::Continue);
+        }
         let Ok(mut body) = serde_json::from_slice::<Value>(resp.body()) else {
             return Ok(Decision::Continue);
         };
-        let mut changed = false;
         if let Some(choices) = body.get_mut("choices").and_then(Value::as_array_mut) {
             for choice in choices {
                 if let Some(Value::String(content)) = choice.get_mut("message").and_then(|m| m.get_mut("content")) {
                     if let Cow::Owned(redacted) = self.redact(content) {
                         *content = redacted;
-                        changed = true;
                     }
                 }
             }
         }
-        if !changed {
-            return Ok(Decision::Continue);
-        }
         Ok(Decision::Modify(Changes::new().body(body.to_string())))
     }
+}
+
+/// What the stream filter reads of a chunk: the first choice's delta text (where it is in the
+/// chunk, to put the new text in its place), its role, and whether the choice finished.
+#[derive(Deserialize)]
+struct StreamEvent<'a> {
+    #[serde(borrow)]
+    choices: Vec<StreamChoice<'a>>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    role: Option<&'a RawValue>,
 }
 
 /// Text held back from the client until the next chunk shows where a word ends.
@@ -145,31 +193,64 @@ impl StreamChunk for PiiRedact {
     }
 
     fn on_chunk(&self, held: &mut Held, chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
-        let Ok(mut event) = serde_json::from_slice::<Value>(chunk.data()) else {
+        let data = chunk.data();
+        let Ok(event) = serde_json::from_slice::<StreamEvent<'_>>(data) else {
             return Ok(ChunkDecision::Pass);
         };
-        let Some(choice) = event.get_mut("choices").and_then(|c| c.get_mut(0)) else {
+        let Some(choice) = event.choices.first() else {
             return Ok(ChunkDecision::Pass);
         };
-        let finished = choice.get("finish_reason").is_some_and(|f| !f.is_null());
-        let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
+        let finished = choice.finish_reason.is_some();
+        let Some(delta) = &choice.delta else {
             return Ok(ChunkDecision::Pass);
         };
-        let incoming = delta.get("content").and_then(Value::as_str).unwrap_or("");
+        // The text as a JSON string where there is one (null or absent: none).
+        let content = delta.content.filter(|raw| raw.get() != "null");
+        let incoming: Cow<'_, str> = match content {
+            Some(raw) => match serde_json::from_str(raw.get()) {
+                Ok(text) => text,
+                Err(_) => return Ok(ChunkDecision::Pass),
+            },
+            None => Cow::Borrowed(""),
+        };
         if incoming.is_empty() && held.text.is_empty() {
             return Ok(ChunkDecision::Pass);
         }
-        held.text.push_str(incoming);
+        held.text.push_str(&incoming);
         let cut = if finished { held.text.len() } else { safe_split(&held.text) };
         let rest = held.text.split_off(cut);
         let out = self.redact(&held.text).into_owned();
         held.text = rest;
-        if out.is_empty() && !finished && !delta.contains_key("role") {
+        if out.is_empty() && !finished && delta.role.is_none() {
             return Ok(ChunkDecision::Drop);
         }
-        delta.insert("content".into(), Value::String(out));
-        Ok(ChunkDecision::Replace(event.to_string().into_bytes()))
+        if out == *incoming {
+            return Ok(ChunkDecision::Pass);
+        }
+        let Some(raw) = content else {
+            // No text field to replace (a finish chunk's empty delta): add one.
+            return Ok(with_content_added(data, out));
+        };
+        // The new text in place of the old; the rest of the chunk byte for byte.
+        let quoted = serde_json::to_string(&out).map_err(|e| PluginError::new(e.to_string()))?;
+        let at = raw.get().as_ptr() as usize - data.as_ptr() as usize;
+        let mut replaced = Vec::with_capacity(data.len() - raw.get().len() + quoted.len());
+        replaced.extend_from_slice(&data[..at]);
+        replaced.extend_from_slice(quoted.as_bytes());
+        replaced.extend_from_slice(&data[at + raw.get().len()..]);
+        Ok(ChunkDecision::Replace(replaced))
     }
+}
+
+/// `data` with the first choice's `delta.content` set to `text`, through a JSON tree (once per
+/// stream at most: the finish chunk that flushes held-back text).
+fn with_content_added(data: &[u8], text: String) -> ChunkDecision {
+    let Ok(mut event) = serde_json::from_slice::<Value>(data) else { return ChunkDecision::Pass };
+    let Some(delta) = event.pointer_mut("/choices/0/delta").and_then(Value::as_object_mut) else {
+        return ChunkDecision::Pass;
+    };
+    delta.insert("content".into(), Value::String(text));
+    ChunkDecision::Replace(event.to_string().into_bytes())
 }
 
 #[cfg(test)]
