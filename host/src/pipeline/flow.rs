@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
@@ -31,7 +31,7 @@ use crate::body::GatewayBody;
 use crate::config::Limits;
 use crate::error::ApiError;
 use crate::record::Record;
-use crate::upstream::sse::{sse_frame, sse_frame_into};
+use crate::upstream::sse::SseFramer;
 use crate::upstream::{Route, Target, UpstreamReply, Upstreams, usage_of};
 
 /// What every request needs besides its pipeline snapshot.
@@ -310,6 +310,7 @@ pub async fn chat(
                 chunks: 0,
                 bytes: 0,
                 ended: None,
+                out: SseFramer::default(),
             };
             // Polled by the connection as it writes: when the client goes away the body is
             // dropped, and so is the task, which then finishes the record (`Drop`).
@@ -364,19 +365,20 @@ struct StreamTask {
     bytes: u64,
     /// Set when the last frame is made: whether the stream completed (`[DONE]` sent).
     ended: Option<bool>,
+    /// Frames for the client, in a buffer reused from one write to the next.
+    out: SseFramer,
 }
 
 impl StreamTask {
     /// The next frame for the client: every event that is ready, framed back to back (one write
     /// for what the upstream sent in one read). `None` once the stream is over and finished.
     async fn next_frame(&mut self) -> Option<Bytes> {
-        let mut out = BytesMut::new();
         while self.ended.is_none() {
             let mut next = self.events.next().await;
             loop {
-                if let Some(completed) = self.take(next, &mut out) {
+                if let Some(completed) = self.take(next) {
                     if completed {
-                        out.extend_from_slice(b"data: [DONE]\n\n");
+                        self.out.push_framed(b"data: [DONE]\n\n");
                     }
                     self.ended = Some(completed);
                     break;
@@ -386,22 +388,22 @@ impl StreamTask {
                     None => break,
                 }
             }
-            if !out.is_empty() {
-                return Some(out.freeze());
+            if !self.out.is_empty() {
+                return Some(self.out.take());
             }
         }
         self.finish();
         None
     }
 
-    /// One upstream event into `out`; `Some(completed)` when it ends the stream.
-    fn take(&mut self, next: Option<Result<Bytes, String>>, out: &mut BytesMut) -> Option<bool> {
+    /// One upstream event into the frame being built; `Some(completed)` when it ends the stream.
+    fn take(&mut self, next: Option<Result<Bytes, String>>) -> Option<bool> {
         let data = match next {
             None => return Some(true),
             Some(Ok(data)) => data,
             Some(Err(message)) => {
                 tracing::warn!(request_id = %self.ctx.request_id, "{message}");
-                out.extend_from_slice(&sse_frame(&ApiError::upstream(message).body()));
+                self.out.push(&ApiError::upstream(message).body());
                 return Some(false);
             }
         };
@@ -413,7 +415,7 @@ impl StreamTask {
             Ok(Some(data)) => data,
             Ok(None) => return None,
             Err(e) => {
-                out.extend_from_slice(&sse_frame(&e.body()));
+                self.out.push(&e.body());
                 return Some(false);
             }
         };
@@ -424,7 +426,7 @@ impl StreamTask {
         }
         self.chunks += 1;
         self.bytes += data.len() as u64;
-        sse_frame_into(out, &data);
+        self.out.push(&data);
         None
     }
 

@@ -205,6 +205,35 @@ pub fn sse_frame_into(frame: &mut BytesMut, payload: &[u8]) {
     frame.extend_from_slice(b"\n");
 }
 
+/// Frames events into one buffer that is reused: each [`SseFramer::take`] hands out what was
+/// framed since the last one, and once the connection has written and dropped that, the next
+/// event is framed into the same allocation. In the steady state framing allocates nothing.
+#[derive(Default)]
+pub struct SseFramer {
+    out: BytesMut,
+}
+
+impl SseFramer {
+    /// Frames `payload` after what is already waiting.
+    pub fn push(&mut self, payload: &[u8]) {
+        sse_frame_into(&mut self.out, payload);
+    }
+
+    /// Appends bytes already framed (`data: [DONE]`, an error event).
+    pub fn push_framed(&mut self, framed: &[u8]) {
+        self.out.extend_from_slice(framed);
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.out.is_empty()
+    }
+
+    /// Everything framed since the last call.
+    pub fn take(&mut self) -> Bytes {
+        self.out.split().freeze()
+    }
+}
+
 /// One named server-sent event: `event: NAME`, then the payload framed as by [`sse_frame`]. The
 /// name must be one line (the callers pass fixed names).
 pub fn sse_event(name: &str, payload: &[u8]) -> Bytes {
