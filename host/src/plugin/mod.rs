@@ -229,21 +229,58 @@ fn validate_config(info: &PluginInfo, config: &serde_json::Value) -> Result<(), 
     }
 }
 
-/// Copies `path` into `dir` under a name derived from its content, so that the file an operator
-/// edits is never the one mapped (overwriting a mapped file crashes the process).
-fn private_copy(path: &Path, dir: &Path) -> Result<(PathBuf, String), LoadError> {
-    let copy_err = |source| LoadError::Copy { path: path.into(), source };
-    let bytes = std::fs::read(path).map_err(copy_err)?;
-    let hash = format!("{:x}", Sha256::digest(&bytes));
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-    let target = dir.join(format!("{stem}-{}.so", &hash[..16]));
-    if !target.is_file() {
-        std::fs::create_dir_all(dir).map_err(copy_err)?;
-        let tmp = dir.join(format!(".{stem}-{}.{}.tmp", &hash[..16], std::process::id()));
-        std::fs::write(&tmp, &bytes).map_err(copy_err)?;
-        std::fs::rename(&tmp, &target).map_err(copy_err)?;
+/// What identifies a version of a plugin file without reading it: size, modification time and
+/// inode. A file replaced or rewritten (a build, a copy, a rename over it) gets a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    len: u64,
+    modified: Option<SystemTime>,
+    dev: u64,
+    ino: u64,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp { len: m.len(), modified: m.modified().ok(), dev: m.dev(), ino: m.ino() })
     }
-    Ok((target, hash))
+}
+
+/// A plugin file as read once: its bytes, their SHA-256, and its stamp from before the read.
+pub struct Source {
+    pub path: PathBuf,
+    bytes: Vec<u8>,
+    pub sha256: String,
+    pub stamp: Option<FileStamp>,
+}
+
+impl Source {
+    pub fn read(path: &Path) -> Result<Source, LoadError> {
+        // The stamp first: a file changed during the read then looks changed next time too.
+        let stamp = FileStamp::of(path);
+        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => LoadError::FileMissing { path: path.into() },
+            _ => LoadError::Copy { path: path.into(), source: e },
+        })?;
+        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        Ok(Source { path: path.into(), bytes, sha256, stamp })
+    }
+
+    /// Copies the file into `dir` under a name derived from its content, so that the file an
+    /// operator edits is never the one mapped (overwriting a mapped file crashes the process).
+    fn private_copy(&self, dir: &Path) -> Result<PathBuf, LoadError> {
+        let copy_err = |source| LoadError::Copy { path: self.path.clone(), source };
+        let stem = self.path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let target = dir.join(format!("{stem}-{}.so", &self.sha256[..16]));
+        if !target.is_file() {
+            std::fs::create_dir_all(dir).map_err(copy_err)?;
+            let tmp = dir.join(format!(".{stem}-{}.{}.tmp", &self.sha256[..16], std::process::id()));
+            std::fs::write(&tmp, &self.bytes).map_err(copy_err)?;
+            std::fs::rename(&tmp, &target).map_err(copy_err)?;
+        }
+        Ok(target)
+    }
 }
 
 /// One initialised plugin instance together with the library that holds its code.
@@ -254,6 +291,9 @@ pub struct LoadedPlugin {
     pub source_path: PathBuf,
     pub private_path: PathBuf,
     pub sha256: String,
+    /// The source file's stamp when it was read: a reload finds an untouched file unchanged
+    /// without reading it.
+    pub source_stamp: Option<FileStamp>,
     pub loaded_at: SystemTime,
     pub on_error: FailMode,
     pub quarantine: QuarantinePolicy,
@@ -298,7 +338,19 @@ pub fn load(
     if !config.path.is_file() {
         return Err(LoadError::FileMissing { path: config.path.clone() });
     }
-    let (private_path, sha256) = private_copy(&config.path, copies_dir)?;
+    load_from(config, Source::read(&config.path)?, copies_dir, taken, shared)
+}
+
+/// [`load`] from a file already read (a reload reads it once, to compare and to load).
+pub fn load_from(
+    config: &PluginConfig,
+    source: Source,
+    copies_dir: &Path,
+    taken: &[(String, PathBuf)],
+    shared: &Arc<Services>,
+) -> Result<LoadedPlugin, LoadError> {
+    let private_path = source.private_copy(copies_dir)?;
+    let Source { sha256, stamp: source_stamp, .. } = source;
     let inspected = inspect(&private_path).map_err(|e| with_source_path(e, &private_path, &config.path))?;
     let info = inspected.info;
     let name = config.name.clone().unwrap_or_else(|| info.name.clone());
@@ -331,6 +383,7 @@ pub fn load(
         source_path: config.path.clone(),
         private_path,
         sha256,
+        source_stamp,
         loaded_at: SystemTime::now(),
         on_error: config.on_error,
         quarantine: config.quarantine(),
