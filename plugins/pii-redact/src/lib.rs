@@ -76,12 +76,14 @@ fn luhn(number: &str) -> bool {
 impl PiiRedact {
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let mut out = Cow::Borrowed(text);
-        if let Some(re) = &self.email {
+        // Cheap checks first: most text has no `@` and fewer than 13 digits, and then neither
+        // pattern can match.
+        if let Some(re) = self.email.as_ref().filter(|_| text.contains('@')) {
             if re.is_match(&out) {
                 out = Cow::Owned(re.replace_all(&out, self.replacement.as_str()).into_owned());
             }
         }
-        if let Some(re) = &self.card {
+        if let Some(re) = self.card.as_ref().filter(|_| out.bytes().filter(u8::is_ascii_digit).count() >= 13) {
             if re.is_match(&out) {
                 let replaced =
                     re.replace_all(
@@ -218,9 +220,8 @@ impl StreamChunk for PiiRedact {
         }
         held.text.push_str(&incoming);
         let cut = if finished { held.text.len() } else { safe_split(&held.text) };
-        let rest = held.text.split_off(cut);
-        let out = self.redact(&held.text).into_owned();
-        held.text = rest;
+        let out = self.redact(&held.text[..cut]).into_owned();
+        held.text.drain(..cut);
         if out.is_empty() && !finished && delta.role.is_none() {
             return Ok(ChunkDecision::Drop);
         }
@@ -232,11 +233,10 @@ impl StreamChunk for PiiRedact {
             return Ok(with_content_added(data, out));
         };
         // The new text in place of the old; the rest of the chunk byte for byte.
-        let quoted = serde_json::to_string(&out).map_err(|e| PluginError::new(e.to_string()))?;
         let at = raw.get().as_ptr() as usize - data.as_ptr() as usize;
-        let mut replaced = Vec::with_capacity(data.len() - raw.get().len() + quoted.len());
+        let mut replaced = Vec::with_capacity(data.len() + out.len() / 8 + 2);
         replaced.extend_from_slice(&data[..at]);
-        replaced.extend_from_slice(quoted.as_bytes());
+        serde_json::to_writer(&mut replaced, &out).map_err(|e| PluginError::new(e.to_string()))?;
         replaced.extend_from_slice(&data[at + raw.get().len()..]);
         Ok(ChunkDecision::Replace(replaced))
     }
