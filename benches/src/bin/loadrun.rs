@@ -271,48 +271,19 @@ fn upstream_config(mock: &Proc) -> String {
     )
 }
 
-/// The 8 plugins of the loaded run: every request phase, the response phases, three stream
-/// filters and a data collector. All are example plugins but the two bench plugins.
-const EIGHT_PLUGINS: &str = r#"
+/// The 8 plugins of the loaded run: the six example plugins of the cost comparison, then two
+/// bench plugins (every request phase, the response phases, a stream filter with history).
+fn eight_plugins() -> String {
+    format!(
+        "{SIX_EXAMPLES}
 [[plugins]]
-path = "{target}/libip_filter.so"
-[plugins.config]
-allow = ["127.0.0.0/8"]
+path = \"{{target}}/libbench_hooks.so\"
 
 [[plugins]]
-path = "{target}/libapi_key_auth.so"
-[plugins.config.keys.sk-bench]
-app = "bench-app"
-user = "bench-user"
-
-[[plugins]]
-path = "{target}/librequest_validator.so"
-[plugins.config]
-max_messages = 64
-max_prompt_chars = 32000
-
-[[plugins]]
-path = "{target}/libbench_hooks.so"
-
-[[plugins]]
-path = "{target}/libheader_stamp.so"
-[plugins.config.headers]
-x-gateway = "llm-gateway"
-
-[[plugins]]
-path = "{target}/libpii_redact.so"
-[plugins.config]
-emails = true
-cards = true
-
-[[plugins]]
-path = "{target}/libbench_hooks_history.so"
-
-[[plugins]]
-path = "{target}/libusage_logger.so"
-[plugins.config]
-path = "{dir}/usage.jsonl"
-"#;
+path = \"{{target}}/libbench_hooks_history.so\"
+"
+    )
+}
 
 fn fmt_ms(v: f64) -> String {
     if v < 10.0 { format!("{v:.3}") } else { format!("{v:.1}") }
@@ -334,8 +305,11 @@ fn proxy(args: &[String]) {
         Proc::listening("bare hyper proxy", cmd)
     };
     let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
-    let gw8 =
-        gateway("gateway, 8 plugins", &work.path().join("gw8"), &format!("{}{EIGHT_PLUGINS}", upstream_config(&mock)));
+    let gw8 = gateway(
+        "gateway, 8 plugins",
+        &work.path().join("gw8"),
+        &format!("{}{}", upstream_config(&mock), eight_plugins()),
+    );
     let path = "/v1/chat/completions";
     let mut targets: Vec<(String, Target)> = vec![
         ("direct to the mock".into(), Target::to(&mock, path)),
