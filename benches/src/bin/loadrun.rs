@@ -82,7 +82,8 @@ impl Proc {
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let proc = Proc { name: name.to_owned(), child, addr: SocketAddr::from(([127, 0, 0, 1], port)) };
         let deadline = Instant::now() + Duration::from_secs(120);
-        let probe = Target { url: format!("http://{}{}", proc.addr, probe.url), headers: probe.headers.clone() };
+        let probe =
+            Target { url: format!("http://{}{}", proc.addr, probe.url), headers: probe.headers.clone(), pid: None };
         while probe.send(false).is_err() {
             assert!(Instant::now() < deadline, "{name} did not answer on port {port} within 120 s");
             std::thread::sleep(Duration::from_millis(250));
@@ -90,14 +91,9 @@ impl Proc {
         proc
     }
 
-    /// CPU time (user + system) the process has used so far, in µs, from `/proc/PID/stat`.
+    /// CPU time (user + system) the process has used so far, in µs.
     fn cpu_us(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces), from field 3 (state) on:
-        // utime is field 14, stime field 15, in clock ticks.
-        let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-        let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        (ticks(14) + ticks(15)) as f64 * 1e6 / clock_ticks_per_sec()
+        cpu_us(self.child.id())
     }
 
     fn rss_kib(&self) -> u64 {
@@ -108,6 +104,17 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// CPU time (user + system) process `pid` has used so far, in µs, from `/proc/PID/stat` (its
+/// threads included; a peer's worker processes are not).
+fn cpu_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces), from field 3 (state) on:
+    // utime is field 14, stime field 15, in clock ticks.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14) + ticks(15)) as f64 * 1e6 / clock_ticks_per_sec()
 }
 
 /// `getconf CLK_TCK`: the unit of the CPU times in `/proc/PID/stat` (100 on Linux in practice).
@@ -132,6 +139,8 @@ fn free_port() -> u16 {
 struct Target {
     url: String,
     headers: Vec<(String, String)>,
+    /// The process serving it, whose CPU time a row reports.
+    pid: Option<u32>,
 }
 
 fn chat_body(stream: bool) -> String {
@@ -145,7 +154,7 @@ fn chat_body(stream: bool) -> String {
 
 impl Target {
     fn to(proc: &Proc, path: &str) -> Target {
-        Target { url: format!("http://{}{path}", proc.addr), headers: Vec::new() }
+        Target { url: format!("http://{}{path}", proc.addr), headers: Vec::new(), pid: Some(proc.child.id()) }
     }
 
     fn header(mut self, name: &str, value: &str) -> Target {
@@ -335,27 +344,34 @@ fn proxy(args: &[String]) {
             }
         }
     }
-    println!("Each row: oha, {CONNECTIONS} connections, {secs} s at the given rate, latency corrected; ms.\n");
+    println!(
+        "Each row: oha, {CONNECTIONS} connections, {secs} s at the given rate, latency corrected; ms. CPU: utime + \
+         stime of the target's process from /proc/PID/stat over the row, per response.\n"
+    );
     for stream in [false, true] {
         for &rate in &rates {
             println!("### {} at {rate} req/s\n", if stream { "Streaming" } else { "Non-streaming" });
             println!(
-                "| target | p50 | p90 | p99 | p99.9 | ok % | non-200 | achieved req/s | p50 ÷ bare | p99 ÷ bare |"
+                "| target | p50 | p90 | p99 | p99.9 | ok % | non-200 | achieved req/s | p50 ÷ bare | p99 ÷ bare | CPU µs/req |"
             );
-            println!("|---|---|---|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|---|");
             let mut floor: Option<Figures> = None;
             for (name, target) in &targets {
                 if let Some((_, _, e)) = broken.iter().find(|(n, s, _)| n == name && *s == stream) {
                     println!("| {name} | failed the check before the run: {} |||||||||", e.replace('|', "/"));
                     continue;
                 }
+                let before = target.pid.map(cpu_us);
                 let f = load(target, stream, rate, secs);
+                let cpu = before
+                    .zip(target.pid)
+                    .map_or(String::new(), |(b, pid)| format!("{:.1}", (cpu_us(pid) - b) / f.responses.max(1) as f64));
                 if name == "bare hyper proxy" {
                     floor = Some(f);
                 }
                 let ratio = |ours: f64, base: Option<f64>| base.map_or("".into(), |b| format!("{:.2}", ours / b));
                 println!(
-                    "| {name} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} |",
+                    "| {name} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {cpu} |",
                     fmt_ms(f.p50),
                     fmt_ms(f.p90),
                     fmt_ms(f.p99),
@@ -493,7 +509,7 @@ fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) ->
         let mut cmd = Command::new(&litellm);
         cmd.arg("--config").arg(&config).args(["--host", "127.0.0.1", "--port", &port.to_string()]);
         cmd.args(["--num_workers", "1"]).env("LITELLM_LOG", "ERROR").env("LITELLM_TELEMETRY", "False");
-        let probe = Target { url: path.into(), headers: Vec::new() };
+        let probe = Target { url: path.into(), headers: Vec::new(), pid: None };
         let p = Proc::on_port("LiteLLM proxy", cmd, port, &probe);
         targets.push(("LiteLLM proxy 1.74.9 (1 worker)".into(), Target::to(&p, path)));
         started.push(p);
@@ -510,7 +526,7 @@ fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) ->
             ("x-portkey-custom-host".to_owned(), format!("http://{}/v1", mock.addr)),
             ("authorization".to_owned(), "Bearer sk-mock".to_owned()),
         ];
-        let probe = Target { url: path.into(), headers: headers.clone() };
+        let probe = Target { url: path.into(), headers: headers.clone(), pid: None };
         let p = Proc::on_port("Portkey gateway", cmd, port, &probe);
         let mut t = Target::to(&p, path);
         t.headers = headers;
