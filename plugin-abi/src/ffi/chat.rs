@@ -169,8 +169,8 @@ seed_visitor!(Body<'t>, (), "a chat request object", |self, d| d.deserialize_map
             match key {
                 Key::Model => model = Some(map.next_value_seed(Text(&mut chat.text))?),
                 Key::Stream => chat.stream = map.next_value::<Option<bool>>()?.unwrap_or(false),
-                Key::MaxTokens => chat.max_tokens = map.next_value()?,
-                Key::MaxCompletionTokens => max_completion_tokens = map.next_value()?,
+                Key::MaxTokens => chat.max_tokens = map.next_value::<TokenLimit>()?.0,
+                Key::MaxCompletionTokens => max_completion_tokens = map.next_value::<TokenLimit>()?.0,
                 Key::Messages => {
                     map.next_value_seed(Messages(&mut *chat))?;
                     messages = true;
@@ -189,6 +189,49 @@ seed_visitor!(Body<'t>, (), "a chat request object", |self, d| d.deserialize_map
         Ok(())
     }
 });
+
+/// A token limit: a non-negative integer; anything else (null, negative, fractional, a
+/// string) reads as none, for the upstream to judge, rather than making the request unreadable.
+struct TokenLimit(Option<u64>);
+
+impl<'de> Deserialize<'de> for TokenLimit {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = TokenLimit;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a token limit")
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(Some(v)))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(None))
+            }
+            fn visit_unit<E>(self) -> Result<TokenLimit, E> {
+                Ok(TokenLimit(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<TokenLimit, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(TokenLimit(None))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<TokenLimit, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(TokenLimit(None))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
 
 struct Messages<'t>(&'t mut ParsedChat);
 
@@ -403,6 +446,11 @@ mod tests {
             assert_eq!(ParsedChat::parse(body), None, "{}", String::from_utf8_lossy(body));
         }
         assert!(ParsedChat::parse(br#"{"model":"m","messages":[]}"#).is_some());
+        // A token limit the view cannot read is none, not an unreadable request.
+        for limit in ["-1", "1.5", "\"9\"", "null", "[1]", "{}"] {
+            let body = format!(r#"{{"model":"m","max_tokens":{limit},"max_completion_tokens":3,"messages":[]}}"#);
+            assert_eq!(ParsedChat::parse(body.as_bytes()).unwrap().max_tokens, Some(3), "{limit}");
+        }
     }
 
     #[test]
