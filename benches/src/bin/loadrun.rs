@@ -298,6 +298,15 @@ fn fmt_ms(v: f64) -> String {
     if v < 10.0 { format!("{v:.3}") } else { format!("{v:.1}") }
 }
 
+/// The mock upstream, and the bare hyper proxy in front of it.
+fn mock_and_bare_proxy() -> (Proc, Proc) {
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let mut cmd = Command::new(bin("bare-proxy"));
+    cmd.arg(format!("http://{}", mock.addr));
+    let bare = Proc::listening("bare hyper proxy", cmd);
+    (mock, bare)
+}
+
 fn proxy(args: &[String]) {
     let secs: u64 = arg(args, "--secs", 10);
     let rates: Vec<u32> = arg(args, "--rates", "1000,5000".to_owned())
@@ -307,12 +316,7 @@ fn proxy(args: &[String]) {
     let peers = args.iter().any(|a| a == "--peers");
     let work = tempfile::tempdir().expect("temp dir");
 
-    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
-    let bare = {
-        let mut cmd = Command::new(bin("bare-proxy"));
-        cmd.arg(format!("http://{}", mock.addr));
-        Proc::listening("bare hyper proxy", cmd)
-    };
+    let (mock, bare) = mock_and_bare_proxy();
     let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
     let gw8 = gateway(
         "gateway, 8 plugins",
@@ -931,12 +935,7 @@ fn cost(args: &[String]) {
     let runs: usize = arg(args, "--runs", 3);
     let connections: u32 = arg(args, "--connections", 32);
     let work = tempfile::tempdir().expect("temp dir");
-    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
-    let bare = {
-        let mut cmd = Command::new(bin("bare-proxy"));
-        cmd.arg(format!("http://{}", mock.addr));
-        Proc::listening("bare hyper proxy", cmd)
-    };
+    let (mock, bare) = mock_and_bare_proxy();
     let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
     let gw6 = gateway(
         "gateway, 6 example plugins",
