@@ -80,8 +80,14 @@ macro_rules! capabilities {
 
             const _: () = {
                 $(
+                    // Safe to call only from a `Cap` (the table is reachable from nowhere else),
+                    // which passes its own live instance of `P`. Released tables are frozen with
+                    // safe `extern "C" fn` fields: abi_stable compares `unsafe` qualifiers.
                     extern "C" fn $hook<P: $bound>(instance: InstancePtr, $($arg: $aty),*) -> $ret {
-                        $crate::ffi::glue::guarded::<P, $ret>(instance, stringify!($hook), |$p: &'static P| $body)
+                        // SAFETY: only a `Cap` of this table calls this, with the instance the
+                        // table belongs to, which it holds alive.
+                        let boxed = unsafe { $crate::ffi::glue::boxed::<'static, P>(instance) };
+                        $crate::ffi::glue::guarded::<P, $ret>(boxed, stringify!($hook), |$p: &'static P| $body)
                     }
                 )*
 

@@ -27,7 +27,7 @@ fn guard<R>(f: impl FnOnce() -> R, on_panic: impl FnOnce(PluginError) -> R) -> R
 }
 
 /// What an [`InstancePtr`] points to.
-struct Boxed<P> {
+pub(crate) struct Boxed<P> {
     plugin: P,
     stop: sdk::StopSignal,
     /// For reporting panics that have no caller to return an error to (shutdown, lifecycle
@@ -35,9 +35,13 @@ struct Boxed<P> {
     host: Host,
 }
 
+/// The instance behind `inst`, for a hook call.
+///
 /// # Safety
-/// `inst` must come from `create::<P>` and not have been destroyed.
-unsafe fn boxed<'a, P>(inst: InstancePtr) -> &'a Boxed<P> {
+/// `inst` must come from `create::<P>` and not be destroyed while the reference is used: the
+/// host keeps an instance alive (it holds the instance's `Arc`) while it calls a hook or holds
+/// what a hook returned (futures and streams hold the instance themselves).
+pub(crate) unsafe fn boxed<'a, P>(inst: InstancePtr) -> &'a Boxed<P> {
     // SAFETY: per the function contract, `inst` is a live `Box<Boxed<P>>` turned into a pointer.
     unsafe { &*(inst.0 as *const Boxed<P>) }
 }
@@ -49,13 +53,13 @@ fn report(host: &Host, what: &str, f: impl FnOnce()) {
     }
 }
 
-/// Runs hook `f` on instance `inst` of plugin type `P` behind a panic guard: a panic becomes
-/// the return type's error value, or is reported when nobody receives the outcome.
-pub fn guarded<P: Plugin, R: Guarded>(inst: InstancePtr, hook: &'static str, f: impl FnOnce(&'static P) -> R) -> R {
-    // SAFETY: the host passes the instance it got from `create` for this plugin type, and keeps
-    // it alive (it holds the instance's `Arc`) while it calls a hook or holds what a hook
-    // returned (futures and streams hold the instance themselves).
-    let boxed = unsafe { boxed::<'static, P>(inst) };
+/// Runs hook `f` on plugin instance `boxed` behind a panic guard: a panic becomes the return
+/// type's error value, or is reported when nobody receives the outcome.
+pub(crate) fn guarded<P: Plugin, R: Guarded>(
+    boxed: &'static Boxed<P>,
+    hook: &'static str,
+    f: impl FnOnce(&'static P) -> R,
+) -> R {
     match sdk::catch(|| f(&boxed.plugin)) {
         Ok(r) => r,
         Err(message) => R::panicked(&boxed.host, hook, message),
