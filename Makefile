@@ -16,7 +16,7 @@ OPENAI_VERSION := 3.51.0
 # The test runner; installed (pinned) when missing, so that `make test` works on a fresh machine.
 NEXTEST_VERSION := 0.9.143
 
-.PHONY: build build-release run test bench bench-e2e bench-peers soak nextest
+.PHONY: build build-release run test bench bench-e2e bench-peers soak nextest test-packages
 
 build: $(VENV)/.openai-$(OPENAI_VERSION)
 	$(CARGO) build --workspace --all-targets
@@ -36,8 +36,16 @@ run: build-release
 nextest:
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --version $(NEXTEST_VERSION) --locked
 
+# Debian packages the suite runs: valgrind (memcheck proves a plugin's late host calls touch no
+# freed memory, tests/safety.rs). Installed with apt-get when missing.
+TEST_PACKAGES := valgrind
+
+test-packages:
+	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+
 # Doc tests first, then every other test under nextest, whose summary closes the run.
-test: build nextest
+test: build nextest test-packages
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-fail-fast
 

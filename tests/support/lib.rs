@@ -69,7 +69,17 @@ impl Gateway {
         Self::spawn(dir, config, &[])
     }
 
+    /// Like [`Gateway::start`], run under `wrapper` (a program and its arguments, such as
+    /// valgrind); `{dir}` in the wrapper's arguments is replaced by the test's temp dir.
+    pub fn start_under(wrapper: &[&str], config: &str) -> Gateway {
+        Self::spawn_under(tempfile::tempdir().unwrap(), config, &[], wrapper)
+    }
+
     fn spawn(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn_under(dir, config, env, &[])
+    }
+
+    fn spawn_under(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gateway {
         use std::io::{BufRead, BufReader, Read};
         let text = format!(
             "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
@@ -80,7 +90,16 @@ impl Gateway {
         );
         let path = dir.path().join("gateway.toml");
         std::fs::write(&path, text).unwrap();
-        let mut child = std::process::Command::new(gateway_bin())
+        let mut command = match wrapper.split_first() {
+            None => std::process::Command::new(gateway_bin()),
+            Some((program, args)) => {
+                let mut command = std::process::Command::new(program);
+                command.args(args.iter().map(|a| a.replace("{dir}", &dir.path().display().to_string())));
+                command.arg(gateway_bin());
+                command
+            }
+        };
+        let mut child = command
             .arg("--config")
             .arg(&path)
             .env("RUST_LOG", "info")
