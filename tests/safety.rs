@@ -418,3 +418,42 @@ fn a_relative_data_dir_is_resolved_against_the_config_files_directory() {
     assert!(config_dir.path().join("state/kv.redb").is_file(), "the KV store is not next to the config file");
     assert!(!cwd.path().join("state").exists(), "the data dir was resolved against the working directory");
 }
+
+#[test]
+fn a_retired_version_whose_shutdown_hangs_does_not_keep_the_gateway_from_exiting() {
+    let gw = start("hostile", "shutdown_sleep_ms = 600000\ngeneration = 1", "");
+    assert_eq!(reconfigure(&gw, "shutdown_sleep_ms = 600000", "shutdown_sleep_ms = 0").status, 200);
+    // The reaper hands the first version to a blocking thread, where its shutdown hangs.
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_serving(&gw);
+    // The harness kills a gateway that has not exited 20 s after SIGTERM: a clean exit code
+    // means stopping left the hung thread behind instead of waiting for it.
+    let (status, logs, _) = gw.stop();
+    assert!(status.success(), "the gateway did not exit on SIGTERM ({status}):\n{logs}");
+}
+
+#[test]
+fn a_reload_under_way_when_shutdown_begins_is_finished_and_its_new_version_shut_down() {
+    let gw = Gateway::start(
+        &config("hostile", "init_sleep_ms = 0\nshutdown_marker = \"{dir}/marker\"\ngeneration = 1", "")
+            .replace("[admin]\n", "[admin]\nwatch = true\nwatch_debounce_ms = 50\n"),
+    );
+    let path = gw.dir.path().join("gateway.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        text.replace("init_sleep_ms = 0", "init_sleep_ms = 2000").replace("generation = 1", "generation = 2"),
+    )
+    .unwrap();
+    // The watcher's reload starts: the second version sleeps in its init while the gateway is
+    // told to stop.
+    assert!(gw.wait_for_log("reloading changed plugins"), "{}", gw.logs());
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, logs, dir) = gw.stop();
+    assert!(status.success(), "{logs}");
+    // Every instance that finished its init was shut down, the one the reload made included;
+    // the reload did not swap it in after shutdown began.
+    let marker = std::fs::read_to_string(dir.path().join("marker")).unwrap_or_default();
+    assert!(marker.contains("shutdown 1") && marker.contains("shutdown 2"), "marker: {marker:?}\n{logs}");
+    assert!(logs.contains("shutting down: no more reloads"), "{logs}");
+}

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
@@ -60,6 +60,9 @@ impl std::error::Error for GatewayError {
         }
     }
 }
+
+/// How long shutdown waits for a reload under way to finish.
+pub const RELOAD_WAIT: Duration = Duration::from_secs(10);
 
 /// Everything a request needs, shared by all connections.
 pub struct App {
@@ -145,9 +148,15 @@ impl App {
         Ok(app)
     }
 
-    /// Stops in dependency order: queued records reach the collectors, plugins shut down (each
+    /// Stops in dependency order (after a reload under way, for at most [`RELOAD_WAIT`]): queued records reach the collectors, plugins shut down (each
     /// exactly once, ending their subscriptions), then events are delivered and KV commits.
     pub fn shutdown(&self) {
+        // A reload under way finishes first (bounded: a plugin's init may hang); its swap is
+        // refused, so nothing it loads escapes the shutdown below.
+        self.registry.stop_reloads();
+        if !self.registry.wait_for_reload(RELOAD_WAIT) {
+            tracing::warn!("a reload still runs after {} s: shutting down without it", RELOAD_WAIT.as_secs());
+        }
         self.collector.shutdown();
         self.pipeline.store(Arc::new(Pipeline::default()));
         self.registry.reap();

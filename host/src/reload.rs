@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -101,7 +101,10 @@ pub struct Registry {
     /// One reload at a time.
     reloading: Mutex<()>,
     /// Set when shutdown begins: reloads (file watcher, SIGHUP, admin) are refused from then on.
-    stopped: AtomicBool,
+    /// A reload holds it while it stores its new pipeline, so a reload that was under way when
+    /// shutdown began either swapped before it (and shutdown retires what it swapped in) or
+    /// does not swap at all (and shuts its new version down itself).
+    stopped: Mutex<bool>,
 }
 
 /// Runs `f` on a thread of its own at a lower CPU priority (nice 10): reading, hashing,
@@ -138,7 +141,7 @@ impl Registry {
             retired: Mutex::new(Vec::new()),
             config_path,
             reloading: Mutex::new(()),
-            stopped: AtomicBool::new(false),
+            stopped: Mutex::new(false),
         }
     }
 
@@ -153,14 +156,19 @@ impl Registry {
         Ok(Some(config.enabled_plugins().into_iter().cloned().collect()))
     }
 
-    /// Refuses every later reload. One under way finishes on its own (waiting for it here would
-    /// let a plugin whose init hangs stall shutdown).
+    /// Refuses every later reload, and the swap of one under way.
     pub fn stop_reloads(&self) {
-        self.stopped.store(true, Relaxed);
+        *self.stopped.lock() = true;
+    }
+
+    /// Waits up to `timeout` for a reload under way to finish; false if one still runs (a
+    /// plugin whose init hangs). Call after [`Registry::stop_reloads`].
+    pub fn wait_for_reload(&self, timeout: Duration) -> bool {
+        self.reloading.try_lock_for(timeout).is_some()
     }
 
     fn check_running(&self) -> Result<(), ReloadError> {
-        if self.stopped.load(Relaxed) { Err(ReloadError::ShuttingDown) } else { Ok(()) }
+        if *self.stopped.lock() { Err(ReloadError::ShuttingDown) } else { Ok(()) }
     }
 
     /// Reloads plugin `name` if its file or its config (re-read from the config file) changed.
@@ -289,7 +297,15 @@ impl Registry {
         // new one is told it is ready, then the swap is one store.
         old.quiesce();
         new.ready();
-        app.pipeline.store(Arc::new(next));
+        {
+            let stopped = self.stopped.lock();
+            if *stopped {
+                // Shutdown began while this reload ran: the new version is dropped here, and so
+                // shut down, instead of being swapped into a pipeline nobody will retire.
+                return Err(ReloadError::ShuttingDown);
+            }
+            app.pipeline.store(Arc::new(next));
+        }
         if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.name == name) {
             entry.config = config;
         }

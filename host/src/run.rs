@@ -47,7 +47,9 @@ pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), Ga
         serve(app.clone(), listener, shutdown).await;
         Ok::<(), GatewayError>(())
     })?;
-    drop(runtime);
+    // Not `drop(runtime)`: that waits for every blocking task without end, and a retired
+    // version's shutdown or a reload's init may hang there (both run on blocking threads).
+    runtime.shutdown_timeout(BLOCKING_WAIT);
     drop(_watcher);
     // A plugin whose shutdown hangs must not keep the process from exiting.
     let (done, finished) = crossbeam_channel::bounded(1);
@@ -66,6 +68,10 @@ pub fn run(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<(), Ga
 
 /// How long stopping waits for plugins to shut down before the process exits anyway.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(20);
+
+/// How long stopping waits for blocking tasks (reloads, retired versions shutting down) once
+/// connections have drained.
+const BLOCKING_WAIT: Duration = Duration::from_secs(5);
 
 /// Shuts down and unloads retired plugin versions once no request uses them. Each reap runs on
 /// a blocking thread and is not awaited: a plugin whose shutdown hangs holds its own thread,
