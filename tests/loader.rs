@@ -199,6 +199,17 @@ fn a_plugin_built_with_panic_abort_is_refused_at_load() {
     );
 }
 
+/// A plugin of ABI 1.3 or later that does not export the `Build` table could be built with
+/// `panic = "abort"` without the gateway knowing: refused, naming the table.
+#[test]
+fn a_plugin_that_does_not_say_how_it_panics_is_refused_at_load() {
+    let err = load("no-build-table", "").err().expect("a plugin without a Build table must not load");
+    assert!(matches!(err, LoadError::NoBuildTable { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("built against plugin ABI {}", plugin_abi::ABI_VERSION)), "{msg}");
+    assert!(msg.contains("exports no `Build` table") && msg.contains("say whether its panics unwind"), "{msg}");
+}
+
 #[test]
 fn the_derive_refuses_to_compile_a_plugin_under_panic_abort() {
     let manifest = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/panic-abort/Cargo.toml");

@@ -23,6 +23,8 @@ pub enum LoadError {
     IncompatibleAbi { path: PathBuf, expected: String, found: String },
     LayoutMismatch { path: PathBuf, detail: String },
     PanicAbort { path: PathBuf },
+    /// Built against ABI 1.3 or later without the `Build` table (a hand-written root module).
+    NoBuildTable { path: PathBuf, abi: String },
     MissingCapability { path: PathBuf, name: String, missing: String, plugin_abi: String },
     DuplicateName { name: String, path: PathBuf, first: PathBuf },
     InvalidSchema { name: String, detail: String },
@@ -58,6 +60,14 @@ impl fmt::Display for LoadError {
             LoadError::LayoutMismatch { path, detail } => write!(
                 f,
                 "{} has a plugin ABI layout that does not match this gateway's (same version, different types): {detail}",
+                path.display()
+            ),
+            LoadError::NoBuildTable { path, abi } => write!(
+                f,
+                "{} is built against plugin ABI {abi} but exports no `Build` table: expected every plugin \
+                 of ABI 1.3 or later to say whether its panics unwind (`#[derive(Plugin)]` adds the table; \
+                 a hand-written root module must export `BuildV1`), since with `panic = \"abort\"` any \
+                 panic in it would end the gateway",
                 path.display()
             ),
             LoadError::PanicAbort { path } => write!(
@@ -147,6 +157,13 @@ fn open_error(path: &Path, e: OpenError) -> LoadError {
     }
 }
 
+/// Whether a plugin of ABI `version` exports the `Build` table: every one from 1.3 on does.
+fn says_how_it_panics(version: &str) -> bool {
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    (major, minor) >= (1, 3)
+}
+
 /// Opens `path` and checks ABI version, layouts and schema without initialising the plugin.
 pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     if !path.is_file() {
@@ -156,6 +173,9 @@ pub fn inspect(path: &Path) -> Result<Inspected, LoadError> {
     match library.panic_strategy() {
         Some(ffi::panic_strategy::ABORT) => return Err(LoadError::PanicAbort { path: path.into() }),
         Some(_) => {}
+        None if says_how_it_panics(library.abi_version()) => {
+            return Err(LoadError::NoBuildTable { path: path.into(), abi: library.abi_version().to_owned() });
+        }
         None => tracing::warn!(
             path = %path.display(),
             abi = library.abi_version(),
@@ -408,6 +428,7 @@ fn with_source_path(e: LoadError, private: &Path, source: &Path) -> LoadError {
         }
         LoadError::LayoutMismatch { path, detail } => LoadError::LayoutMismatch { path: fix(path), detail },
         LoadError::PanicAbort { path } => LoadError::PanicAbort { path: fix(path) },
+        LoadError::NoBuildTable { path, abi } => LoadError::NoBuildTable { path: fix(path), abi },
         LoadError::MissingCapability { path, name, missing, plugin_abi } => {
             LoadError::MissingCapability { path: fix(path), name, missing, plugin_abi }
         }
