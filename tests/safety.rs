@@ -194,9 +194,27 @@ fn panicking_subscribers_stream_state_shutdown_and_drop_are_contained() {
     wait_retired(&gw);
     assert!(gw.wait_for_log("panicked in shutdown: hostile panics in shutdown"), "{}", gw.logs());
     assert!(gw.wait_for_log("panicked in drop: hostile panics while being dropped"), "{}", gw.logs());
+    assert!(
+        gw.wait_for_log("event subscriber panicked while being dropped: hostile panics while being dropped"),
+        "{}",
+        gw.logs()
+    );
     assert_serving(&gw);
     let (status, logs, _) = gw.stop();
     assert!(status.success(), "the gateway did not stop cleanly ({status}):\n{logs}");
+}
+
+#[test]
+fn panics_in_on_ready_and_quiesce_are_logged_and_the_plugin_keeps_serving() {
+    let gw = start("hostile", "panic_in_lifecycle = true\ngeneration = 1", "");
+    assert!(gw.wait_for_log("panicked in on_ready: hostile panics in on_ready"), "{}", gw.logs());
+    assert_eq!(reconfigure(&gw, "generation = 1", "generation = 2").status, 200);
+    assert!(gw.wait_for_log("panicked in quiesce: hostile panics in quiesce"), "{}", gw.logs());
+    // The new version's on_ready panicked too, and it serves.
+    let r = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.header("x-hostile-report").is_some());
+    assert_serving(&gw);
 }
 
 #[test]

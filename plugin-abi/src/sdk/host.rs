@@ -57,6 +57,22 @@ impl Drop for Host {
     }
 }
 
+/// A subscriber's closure with the host to report to: dropping the closure (when the
+/// subscription ends) may panic too, and that is logged rather than lost.
+struct Subscribed<F> {
+    f: Option<F>,
+    host: Host,
+}
+
+impl<F> Drop for Subscribed<F> {
+    fn drop(&mut self) {
+        let f = self.f.take();
+        if let Err(message) = crate::sdk::catch(move || drop(f)) {
+            self.host.error(&format!("event subscriber panicked while being dropped: {message}"));
+        }
+    }
+}
+
 /// Set when the plugin instance is shutting down, before [`crate::Plugin::shutdown`] runs: hand a
 /// clone to each background thread and have it stop when this fires.
 #[derive(Clone, Default)]
@@ -310,7 +326,7 @@ impl Host {
     /// the subscription also ends when the plugin unloads. `f` runs on the host's event thread.
     pub fn subscribe(&self, topic: &str, f: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Result<u64, PluginError> {
         let events = self.events.ok_or_else(|| missing("events"))?;
-        let host = self.clone();
+        let subscribed = Subscribed { f: Some(f), host: self.clone() };
         let closure: ffi::EventClosure = Box::new(move |raw: &ffi::RawEvent<'_>| {
             let event = Event {
                 topic: raw.topic.as_str(),
@@ -318,8 +334,9 @@ impl Host {
                 direction: Direction::from_u8(raw.direction),
                 source: raw.source.as_str(),
             };
+            let Some(f) = &subscribed.f else { return };
             if let Err(message) = crate::sdk::catch(|| f(&event)) {
-                host.error(&format!("event subscriber panicked on topic `{}`: {message}", event.topic));
+                subscribed.host.error(&format!("event subscriber panicked on topic `{}`: {message}", event.topic));
             }
         });
         match (events.subscribe)(self.raw.ctx, topic.into(), ffi::raw_subscriber(closure)) {
