@@ -43,7 +43,9 @@ struct Subscriptions {
 pub struct EventBus {
     subscriptions: Mutex<Subscriptions>,
     /// Held by the event thread while it delivers one event: ending a plugin's subscriptions
-    /// takes it too, so no callback into the plugin is still running once that returns.
+    /// takes it too (for at most `END_WAIT`), so that normally no callback into the plugin is
+    /// still running once that returns. One that blocks longer keeps running; its `Subscriber`
+    /// keeps the plugin's library mapped until it returns.
     delivering: Arc<Mutex<()>>,
     tx: Mutex<Option<Sender<Event>>>,
     worker: Mutex<Option<JoinHandle<()>>>,

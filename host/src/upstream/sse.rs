@@ -20,6 +20,9 @@ pub struct SseParser {
     /// Where the search for that line's end resumes (`line_start..scan` holds no terminator).
     scan: usize,
     max_event: usize,
+    /// Bytes the search for line ends has looked at, for the test that parsing is linear.
+    #[cfg(test)]
+    scanned: usize,
 }
 
 impl Default for SseParser {
@@ -84,7 +87,14 @@ fn data_value(line: &[u8]) -> Option<&[u8]> {
 impl SseParser {
     /// A parser that refuses events longer than `max_event` bytes.
     pub fn new(max_event: usize) -> Self {
-        SseParser { buf: BytesMut::new(), line_start: 0, scan: 0, max_event }
+        SseParser {
+            buf: BytesMut::new(),
+            line_start: 0,
+            scan: 0,
+            max_event,
+            #[cfg(test)]
+            scanned: 0,
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
@@ -101,7 +111,12 @@ impl SseParser {
     fn event_end(&mut self) -> Option<(usize, usize)> {
         let buf = &self.buf[..];
         loop {
-            let Some(i) = memchr::memchr2(b'\n', b'\r', &buf[self.scan..]) else {
+            let found = memchr::memchr2(b'\n', b'\r', &buf[self.scan..]);
+            #[cfg(test)]
+            {
+                self.scanned += found.map_or(buf.len() - self.scan, |i| i + 1);
+            }
+            let Some(i) = found else {
                 self.scan = buf.len();
                 return None;
             };
@@ -263,6 +278,23 @@ mod tests {
         p.push(b":2}\r\n\r\ndata: [DONE]\n\n");
         assert_eq!(p.next_event(), Ok(data(b"{\"b\":2}")));
         assert_eq!(p.next_event(), Ok(Some(SseEvent::Done)));
+    }
+
+    /// A 256 KiB event of long lines, arriving 16 bytes at a time, is scanned about once: a
+    /// parser that rescanned its buffer on every push would look at some 2 GB.
+    #[test]
+    fn parsing_is_linear_in_the_input() {
+        let line = format!("data: {}\n", "x".repeat(4095));
+        let event = format!("{}\n", line.repeat(64));
+        let mut p = SseParser::default();
+        for piece in event.as_bytes().chunks(16) {
+            p.push(piece);
+            if let Some(found) = p.next_event().unwrap() {
+                let SseEvent::Data(d) = found else { panic!("expected data") };
+                assert_eq!(d.len(), 64 * 4096 - 1);
+            }
+        }
+        assert!(p.scanned <= 2 * event.len(), "scanned {} bytes for an event of {}", p.scanned, event.len());
     }
 
     #[test]

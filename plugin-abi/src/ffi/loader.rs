@@ -135,7 +135,8 @@ pub struct Metadata<'a> {
 /// What [`Instance`] needs of its host context, whatever the services' type.
 pub(crate) trait Ctx: Send + Sync {
     /// Ends what the instance holds in the host (event subscriptions): no callback into the
-    /// plugin is running or can start once this returns.
+    /// plugin can start once this returns; one already running may finish (the host waits for
+    /// it a bounded time, and its `Subscriber` keeps the library mapped).
     fn end(&self);
     /// Every later service call from the plugin gets an error.
     fn close(&self);
