@@ -276,9 +276,9 @@ struct WithUsage {
 /// The `usage` object of a completion or of a stream's usage chunk, if any. Cheap for chunks
 /// without one: they are not parsed.
 pub fn usage_of(json: &[u8]) -> Option<Usage> {
-    if !json.windows(7).any(|w| w == b"\"usage\"") {
-        return None;
-    }
+    static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+    USAGE.find(json)?;
     let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
     Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens })
 }
