@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use abi_stable::std_types::RVec;
 use bytes::Bytes;
 use plugin_abi::ffi::{self, ChunkHistory, ChunkOutcome, Stream, StreamStarted};
 
@@ -17,6 +18,23 @@ struct Active {
     stream: Stream,
     /// Only for plugins that opted in; holds chunks as the client received them.
     history: Option<ChunkHistory<Bytes>>,
+}
+
+/// A chunk as the plugins left it: the upstream's bytes, or a plugin's replacement, read where
+/// the plugin put it (no copy and no host allocation per replaced chunk).
+pub enum ChunkData {
+    Upstream(Bytes),
+    Replaced(RVec<u8>),
+}
+
+impl std::ops::Deref for ChunkData {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            ChunkData::Upstream(b) => b,
+            ChunkData::Replaced(v) => v,
+        }
+    }
 }
 
 /// The stream-chunk plugins observing one stream.
@@ -66,13 +84,13 @@ impl StreamFilters {
 
     /// Runs one chunk of request `request_id` through the observing plugins in order.
     /// `Ok(None)`: a plugin dropped it.
-    pub fn on_chunk(&mut self, data: Bytes, request_id: &str) -> Result<Option<Bytes>, ApiError> {
+    pub fn on_chunk(&mut self, data: Bytes, request_id: &str) -> Result<Option<ChunkData>, ApiError> {
         let index = self.index;
         self.index += 1;
+        let mut current = ChunkData::Upstream(data);
         if self.active.is_empty() {
-            return Ok(Some(data));
+            return Ok(Some(current));
         }
-        let mut current = data;
         for active in &mut self.active {
             let hook = &self.pipeline.stream_chunk[active.hook];
             if hook.slot.is_quarantined() {
@@ -84,7 +102,7 @@ impl StreamFilters {
             let which = ffi::StreamChunkV1::on_chunk;
             match hook.invoke(which, false, |_| stream.on_chunk(index, &current, history)) {
                 ChunkOutcome::Pass => {}
-                ChunkOutcome::Replace(bytes) => current = Bytes::from(bytes.into_vec()),
+                ChunkOutcome::Replace(bytes) => current = ChunkData::Replaced(bytes),
                 ChunkOutcome::Drop => return Ok(None),
                 ChunkOutcome::Fail(e) => {
                     if let Some(err) = hook.fail(which, &e, request_id) {
@@ -95,7 +113,10 @@ impl StreamFilters {
         }
         for active in &mut self.active {
             if let Some(history) = &mut active.history {
-                history.push(current.clone());
+                history.push(match &current {
+                    ChunkData::Upstream(b) => b.clone(),
+                    ChunkData::Replaced(v) => Bytes::copy_from_slice(v),
+                });
             }
         }
         Ok(Some(current))
