@@ -3,6 +3,7 @@
 mod capability;
 pub(crate) mod chat;
 mod decision;
+mod delta;
 pub(crate) mod executor;
 mod host;
 mod http;
@@ -11,6 +12,7 @@ mod view;
 pub use capability::*;
 pub use chat::{Chat, Message};
 pub use decision::*;
+pub use delta::Delta;
 pub use executor::{
     ChunkStream, ExecError, ExecRequest, ExecResponse, Executor, ExecutorInfo, ExecutorModel, HttpPassthrough,
 };

@@ -15,7 +15,6 @@ use plugin_abi::{
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
-use serde_json::value::RawValue;
 
 #[derive(plugin_abi::Plugin)]
 #[plugin(name = "pii-redact", capabilities(Response, StreamChunk, ConfigProvider))]
@@ -157,30 +156,6 @@ impl Response for PiiRedact {
     }
 }
 
-/// What the stream filter reads of a chunk: the first choice's delta text (where it is in the
-/// chunk, to put the new text in its place), its role, and whether the choice finished.
-#[derive(Deserialize)]
-struct StreamEvent<'a> {
-    #[serde(borrow)]
-    choices: Vec<StreamChoice<'a>>,
-}
-
-#[derive(Deserialize)]
-struct StreamChoice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<Delta<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
-}
-
-#[derive(Deserialize)]
-struct Delta<'a> {
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    role: Option<&'a RawValue>,
-}
-
 /// Text held back from the client until the next chunk shows where a word ends.
 #[derive(Default)]
 pub struct Held {
@@ -195,62 +170,31 @@ impl StreamChunk for PiiRedact {
     }
 
     fn on_chunk(&self, held: &mut Held, chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
-        let data = chunk.data();
-        let Ok(event) = serde_json::from_slice::<StreamEvent<'_>>(data) else {
+        // The first choice's delta, read in place (no JSON tree); other events pass.
+        let Some(delta) = chunk.delta() else {
             return Ok(ChunkDecision::Pass);
         };
-        let Some(choice) = event.choices.first() else {
-            return Ok(ChunkDecision::Pass);
-        };
-        let finished = choice.finish_reason.is_some();
-        let Some(delta) = &choice.delta else {
-            return Ok(ChunkDecision::Pass);
-        };
-        // The text as a JSON string where there is one (null or absent: none).
-        let content = delta.content.filter(|raw| raw.get() != "null");
-        let incoming: Cow<'_, str> = match content {
-            Some(raw) => match serde_json::from_str(raw.get()) {
-                Ok(text) => text,
-                Err(_) => return Ok(ChunkDecision::Pass),
-            },
-            None => Cow::Borrowed(""),
-        };
+        let finished = delta.finish_reason().is_some();
+        let incoming = delta.text().unwrap_or("");
         if incoming.is_empty() && held.text.is_empty() {
             return Ok(ChunkDecision::Pass);
         }
-        held.text.push_str(&incoming);
+        held.text.push_str(incoming);
         let cut = if finished { held.text.len() } else { safe_split(&held.text) };
-        let out = self.redact(&held.text[..cut]).into_owned();
-        held.text.drain(..cut);
-        if out.is_empty() && !finished && delta.role.is_none() {
-            return Ok(ChunkDecision::Drop);
-        }
-        if out == *incoming {
-            return Ok(ChunkDecision::Pass);
-        }
-        let Some(raw) = content else {
-            // No text field to replace (a finish chunk's empty delta): add one.
-            return Ok(with_content_added(data, out));
+        let out = self.redact(&held.text[..cut]);
+        let decision = if out.is_empty() && !finished && delta.role().is_none() {
+            ChunkDecision::Drop
+        } else if out == incoming {
+            ChunkDecision::Pass
+        } else {
+            // The new text in place of the old (or added, to a finish chunk's empty delta); the
+            // rest of the chunk byte for byte.
+            ChunkDecision::Replace(delta.with_text(&out))
         };
-        // The new text in place of the old; the rest of the chunk byte for byte.
-        let at = raw.get().as_ptr() as usize - data.as_ptr() as usize;
-        let mut replaced = Vec::with_capacity(data.len() + out.len() / 8 + 2);
-        replaced.extend_from_slice(&data[..at]);
-        serde_json::to_writer(&mut replaced, &out).map_err(|e| PluginError::new(e.to_string()))?;
-        replaced.extend_from_slice(&data[at + raw.get().len()..]);
-        Ok(ChunkDecision::Replace(replaced))
+        drop(out);
+        held.text.drain(..cut);
+        Ok(decision)
     }
-}
-
-/// `data` with the first choice's `delta.content` set to `text`, through a JSON tree (once per
-/// stream at most: the finish chunk that flushes held-back text).
-fn with_content_added(data: &[u8], text: String) -> ChunkDecision {
-    let Ok(mut event) = serde_json::from_slice::<Value>(data) else { return ChunkDecision::Pass };
-    let Some(delta) = event.pointer_mut("/choices/0/delta").and_then(Value::as_object_mut) else {
-        return ChunkDecision::Pass;
-    };
-    delta.insert("content".into(), Value::String(text));
-    ChunkDecision::Replace(event.to_string().into_bytes())
 }
 
 #[cfg(test)]
