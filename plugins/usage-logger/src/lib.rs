@@ -14,10 +14,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use plugin_abi::{
-    Analytics, Budget, Config, ConfigProvider, DataCollector, Host, Lifecycle, Plugin, PluginError, ProxyLog,
+    Analytics, Budget, Config, ConfigProvider, DataCollector, Direction, Host, Lifecycle, Plugin, PluginError, ProxyLog,
 };
-use serde::Serialize;
-use serde_json::json;
 
 /// How long a written line may wait in the buffer before it reaches the file.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -42,12 +40,14 @@ struct Out {
 }
 
 impl Out {
-    /// Appends one JSON line. `BufWriter` writes out what it holds before taking a line that
-    /// does not fit, so the file only ever receives whole lines.
-    fn write(&mut self, record: &impl Serialize) -> std::io::Result<()> {
+    /// Appends one JSON line, the object `fields` writes. `BufWriter` writes out what it holds
+    /// before taking a line that does not fit, so the file only ever receives whole lines.
+    fn write(&mut self, fields: impl FnOnce(&mut Object<'_>)) -> std::io::Result<()> {
         self.line.clear();
-        serde_json::to_writer(&mut self.line, record)?;
-        self.line.push(b'\n');
+        let mut object = Object { out: &mut self.line, first: true };
+        object.out.push(b'{');
+        fields(&mut object);
+        self.line.extend_from_slice(b"}\n");
         self.file.write_all(&self.line)?;
         self.dirty = true;
         Ok(())
@@ -58,6 +58,51 @@ impl Out {
             self.file.flush()?;
         }
         Ok(())
+    }
+}
+
+/// One JSON object being written: keys are this plugin's own literals (written as they are),
+/// string values are escaped only when they hold a byte that needs it. Three lines a request go
+/// through here on the collector thread; `serde_json`'s serializer escapes every key as well.
+struct Object<'a> {
+    out: &'a mut Vec<u8>,
+    first: bool,
+}
+
+impl Object<'_> {
+    fn key(&mut self, key: &str) -> &mut Self {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(b',');
+        }
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+        self
+    }
+
+    fn str(&mut self, key: &str, value: &str) -> &mut Self {
+        self.key(key);
+        if value.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+            self.out.push(b'"');
+            self.out.extend_from_slice(value.as_bytes());
+            self.out.push(b'"');
+        } else {
+            // A `str` always serializes.
+            let _ = serde_json::to_writer(&mut *self.out, value);
+        }
+        self
+    }
+
+    fn num(&mut self, key: &str, value: u64) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+        self
+    }
+
+    fn bool(&mut self, key: &str, value: bool) -> &mut Self {
+        self.key(key);
+        self.out.extend_from_slice(if value { b"true" } else { b"false" });
+        self
     }
 }
 
@@ -97,12 +142,15 @@ impl Plugin for UsageLogger {
             for topic in &topics {
                 let out = out.clone();
                 subscriptions.push(host.subscribe(topic, move |e| {
-                    let line = json!({
-                        "type": "event", "topic": e.topic, "source": e.source,
-                        "direction": format!("{:?}", e.direction).to_lowercase(),
-                        "payload": String::from_utf8_lossy(e.payload),
+                    let direction = match e.direction {
+                        Direction::Local => "local",
+                        Direction::Up => "up",
+                        Direction::Down => "down",
+                    };
+                    let _ = lock(&out).write(|o| {
+                        o.str("type", "event").str("topic", e.topic).str("source", e.source);
+                        o.str("direction", direction).str("payload", &String::from_utf8_lossy(e.payload));
                     });
-                    let _ = lock(&out).write(&line);
                 })?);
             }
         }
@@ -162,98 +210,35 @@ impl Lifecycle for UsageLogger {
 }
 
 impl UsageLogger {
-    fn write(&self, record: &impl Serialize) -> Result<(), PluginError> {
-        lock(&self.out).write(record).map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
+    fn write(&self, fields: impl FnOnce(&mut Object<'_>)) -> Result<(), PluginError> {
+        lock(&self.out).write(fields).map_err(|e| PluginError::new(format!("cannot write usage log: {e}")))
     }
-}
-
-// The lines, serialized straight from the records (no intermediate JSON tree).
-
-#[derive(Serialize)]
-struct ProxyLine<'a> {
-    r#type: &'static str,
-    request_id: &'a str,
-    app_id: &'a str,
-    user_id: &'a str,
-    method: &'a str,
-    path: &'a str,
-    model: &'a str,
-    status: u16,
-    request_bytes: u64,
-    response_bytes: u64,
-    latency_us: u64,
-    unix_ms: u64,
-}
-
-#[derive(Serialize)]
-struct AnalyticsLine<'a> {
-    r#type: &'static str,
-    request_id: &'a str,
-    app_id: &'a str,
-    user_id: &'a str,
-    model: &'a str,
-    upstream: &'a str,
-    status: u16,
-    streamed: bool,
-    prompt_tokens: u64,
-    completion_tokens: u64,
-    total_tokens: u64,
-    latency_us: u64,
-    ttft_us: u64,
-}
-
-#[derive(Serialize)]
-struct BudgetLine<'a> {
-    r#type: &'static str,
-    app_id: &'a str,
-    user_id: &'a str,
-    model: &'a str,
-    total_tokens: u64,
 }
 
 impl DataCollector for UsageLogger {
     fn on_proxy_log(&self, l: &ProxyLog<'_>) -> Result<(), PluginError> {
-        self.write(&ProxyLine {
-            r#type: "proxy_log",
-            request_id: l.request_id,
-            app_id: l.app_id,
-            user_id: l.user_id,
-            method: l.method,
-            path: l.path,
-            model: l.model,
-            status: l.status,
-            request_bytes: l.request_bytes,
-            response_bytes: l.response_bytes,
-            latency_us: l.latency_us,
-            unix_ms: l.unix_ms,
+        self.write(|o| {
+            o.str("type", "proxy_log").str("request_id", l.request_id).str("app_id", l.app_id);
+            o.str("user_id", l.user_id).str("method", l.method).str("path", l.path).str("model", l.model);
+            o.num("status", l.status.into()).num("request_bytes", l.request_bytes);
+            o.num("response_bytes", l.response_bytes).num("latency_us", l.latency_us).num("unix_ms", l.unix_ms);
         })
     }
 
     fn on_analytics(&self, a: &Analytics<'_>) -> Result<(), PluginError> {
-        self.write(&AnalyticsLine {
-            r#type: "analytics",
-            request_id: a.request_id,
-            app_id: a.app_id,
-            user_id: a.user_id,
-            model: a.model,
-            upstream: a.upstream,
-            status: a.status,
-            streamed: a.streamed,
-            prompt_tokens: a.prompt_tokens,
-            completion_tokens: a.completion_tokens,
-            total_tokens: a.total_tokens,
-            latency_us: a.latency_us,
-            ttft_us: a.ttft_us,
+        self.write(|o| {
+            o.str("type", "analytics").str("request_id", a.request_id).str("app_id", a.app_id);
+            o.str("user_id", a.user_id).str("model", a.model).str("upstream", a.upstream);
+            o.num("status", a.status.into()).bool("streamed", a.streamed);
+            o.num("prompt_tokens", a.prompt_tokens).num("completion_tokens", a.completion_tokens);
+            o.num("total_tokens", a.total_tokens).num("latency_us", a.latency_us).num("ttft_us", a.ttft_us);
         })
     }
 
     fn on_budget(&self, b: &Budget<'_>) -> Result<(), PluginError> {
-        self.write(&BudgetLine {
-            r#type: "budget",
-            app_id: b.app_id,
-            user_id: b.user_id,
-            model: b.model,
-            total_tokens: b.total_tokens,
+        self.write(|o| {
+            o.str("type", "budget").str("app_id", b.app_id).str("user_id", b.user_id).str("model", b.model);
+            o.num("total_tokens", b.total_tokens);
         })
     }
 }
@@ -262,6 +247,7 @@ impl DataCollector for UsageLogger {
 mod tests {
     use super::*;
     use plugin_abi::testing::MockHost;
+    use serde_json::json;
 
     #[test]
     fn writes_one_json_line_per_record() {
@@ -272,7 +258,8 @@ mod tests {
         let mut logger: UsageLogger = host.init(&config).unwrap();
         let budget = Budget { app_id: "app", user_id: "u", model: "m", total_tokens: 7 };
         logger.on_budget(&budget).unwrap();
-        logger.on_budget(&budget).unwrap();
+        // A value that needs escaping.
+        logger.on_budget(&Budget { model: "a \"quoted\"\n\u{1} \\ model", ..budget }).unwrap();
         // Subscribed to every topic through the host.
         host.host().publish("any.topic", b"hello", plugin_abi::Direction::Up).unwrap();
         // Buffered: the flush thread writes the lines out within FLUSH_EVERY.
@@ -286,8 +273,11 @@ mod tests {
         }
         let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(lines.len(), 3);
-        assert_eq!(lines[0]["type"], "budget");
-        assert_eq!(lines[1]["total_tokens"], 7);
+        assert_eq!(
+            lines[0],
+            json!({"type": "budget", "app_id": "app", "user_id": "u", "model": "m", "total_tokens": 7})
+        );
+        assert_eq!(lines[1]["model"], "a \"quoted\"\n\u{1} \\ model");
         assert_eq!(
             (lines[2]["topic"].as_str(), lines[2]["payload"].as_str(), lines[2]["direction"].as_str()),
             (Some("any.topic"), Some("hello"), Some("up"))
