@@ -23,7 +23,6 @@ pub enum LoadError {
     IncompatibleAbi { path: PathBuf, expected: String, found: String },
     LayoutMismatch { path: PathBuf, detail: String },
     PanicAbort { path: PathBuf },
-    /// Built against ABI 1.3 or later without the `Build` table (a hand-written root module).
     NoBuildTable { path: PathBuf, abi: String },
     MissingCapability { path: PathBuf, name: String, missing: String, plugin_abi: String },
     DuplicateName { name: String, path: PathBuf, first: PathBuf },
