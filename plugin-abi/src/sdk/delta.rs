@@ -115,6 +115,91 @@ impl<'a> Delta<'a> {
     }
 }
 
+/// Reads the deltas of one stream, chunk after chunk, faster than [`Chunk::delta`] where a
+/// stream's chunks share their envelope (OpenAI's do: id, model, created and the rest are the
+/// same bytes in every chunk, only the text changes). Keep one in the stream's state.
+///
+/// When a chunk's bytes before and after its `content` string are those of the last chunk
+/// read in full, its structure is that chunk's: only the string is read (two comparisons and
+/// one string scan instead of a scan of every field). Any other chunk is read in full, and its
+/// envelope kept for the next. Results are those of [`Chunk::delta`] for every chunk.
+#[derive(Default, Debug)]
+pub struct DeltaReader {
+    /// The last chunk read in full whose delta had a content string and no role or finish
+    /// reason: its bytes before the string, then after it.
+    envelope: Vec<u8>,
+    /// Where the string began in that chunk (the length of the part before it).
+    split: usize,
+    /// That chunk's delta object offset (in the part before the string).
+    object: usize,
+    /// Whether `envelope` holds a usable envelope.
+    valid: bool,
+}
+
+impl DeltaReader {
+    pub fn new() -> Self {
+        DeltaReader::default()
+    }
+
+    /// The chunk's delta, as [`Chunk::delta`] reads it.
+    pub fn read<'a>(&mut self, chunk: &Chunk<'a>) -> Option<Delta<'a>> {
+        let data = chunk.data();
+        if let Some(delta) = self.same_envelope(data) {
+            return Some(delta);
+        }
+        let delta = delta_of(data);
+        self.keep(data, delta.as_ref());
+        delta
+    }
+
+    /// The delta of a chunk with the kept envelope around a new content string.
+    fn same_envelope<'a>(&self, data: &'a [u8]) -> Option<Delta<'a>> {
+        if !self.valid {
+            return None;
+        }
+        let (before, after) = self.envelope.split_at(self.split);
+        if data.len() < before.len() + after.len() + 2 || !data.starts_with(before) || !data.ends_with(after) {
+            return None;
+        }
+        // Between the two: exactly one string, starting where the kept one did.
+        let end = data.len() - after.len();
+        if data[self.split] != b'"' {
+            return None;
+        }
+        let mut scan = Scan { s: &data[..end], i: self.split };
+        let string = scan.string()?;
+        if scan.i != end {
+            return None;
+        }
+        let content = Span { at: self.split, end, string: Some(string) }.field()?;
+        Some(Delta {
+            data,
+            object: self.object,
+            has_members: true,
+            content: Some(content),
+            role: None,
+            finish_reason: None,
+        })
+    }
+
+    /// Keeps `data`'s envelope if it can stand for the chunks after it: a content string, no
+    /// role, no finish reason (those chunks are the stream's middle).
+    fn keep(&mut self, data: &[u8], delta: Option<&Delta<'_>>) {
+        self.valid = false;
+        let Some(d) = delta else { return };
+        let Some(content) = d.content.as_ref().filter(|c| c.value.is_some()) else { return };
+        if d.role.as_ref().is_some_and(|r| r.value.is_some())
+            || d.finish_reason.as_ref().is_some_and(|f| f.value.is_some())
+        {
+            return;
+        }
+        self.envelope.clear();
+        self.envelope.extend_from_slice(&data[..content.at]);
+        self.envelope.extend_from_slice(&data[content.end..]);
+        (self.split, self.object, self.valid) = (content.at, d.object, true);
+    }
+}
+
 impl<'a> Chunk<'a> {
     /// The chunk as an OpenAI `chat.completion.chunk`: its first choice's delta, if it has one
     /// (`None` for other events, an empty `choices`, a choice without `delta`, or a chunk that
@@ -403,6 +488,34 @@ mod tests {
     }
 
     #[test]
+    fn a_reader_reuses_the_envelope_and_notices_when_it_changes() {
+        let chunk = |text: &str, tail: &str| {
+            format!(
+                r#"{{"id":"c","choices":[{{"index":0,"delta":{{"content":{}}},"finish_reason":{tail}}}]}}"#,
+                json!(text)
+            )
+        };
+        let mut reader = DeltaReader::new();
+        let read = |reader: &mut DeltaReader, data: &str| {
+            let raw = crate::ffi::RawChunk { index: 0, data: data.as_bytes().into(), history: crate::ffi::NO_HISTORY };
+            reader.read(&Chunk::new(&raw)).map(|d| (d.text().map(str::to_owned), d.finish_reason().map(str::to_owned)))
+        };
+        assert_eq!(read(&mut reader, &chunk("one", "null")), Some((Some("one".into()), None)));
+        assert!(reader.valid);
+        assert!(reader.same_envelope(chunk("two \"quoted\"", "null").as_bytes()).is_some());
+        assert_eq!(read(&mut reader, &chunk("two \"q\"", "null")), Some((Some("two \"q\"".into()), None)));
+        // Not one string between the envelope's two parts: read in full.
+        let spliced =
+            r#"{"id":"c","choices":[{"index":0,"delta":{"content":"a","content":"b"},"finish_reason":null}]}"#;
+        assert!(reader.same_envelope(spliced.as_bytes()).is_none());
+        assert_eq!(read(&mut reader, spliced), None, "a duplicate content key");
+        assert!(!reader.valid);
+        assert_eq!(read(&mut reader, &chunk("three", "null")), Some((Some("three".into()), None)));
+        assert_eq!(read(&mut reader, &chunk("", "\"stop\"")), Some((Some(String::new()), Some("stop".into()))));
+        assert!(!reader.valid, "a finish chunk's envelope is not kept");
+    }
+
+    #[test]
     fn what_is_not_a_delta_is_none() {
         for data in [
             "",
@@ -560,6 +673,39 @@ mod tests {
                     let mut expected: Value = serde_json::from_str(&data).unwrap();
                     expected["choices"][0]["delta"]["content"] = Value::String(new);
                     prop_assert_eq!(out, expected);
+                }
+            }
+
+            /// A reader gives what a fresh scan gives, chunk after chunk: in a stream whose
+            /// chunks share their envelope, and in one where they do not.
+            #[test]
+            fn a_reader_reads_every_chunk_as_a_fresh_scan(
+                base in chunk(),
+                others in proptest::collection::vec(chunk(), 0..3),
+                texts in proptest::collection::vec(prop_oneof![text().prop_map(Some), Just(None)], 1..8),
+                pretty in any::<bool>(),
+            ) {
+                let render = |v: &Value| if pretty { serde_json::to_string_pretty(v).unwrap() } else { v.to_string() };
+                let mut stream: Vec<String> = texts.iter().map(|t| {
+                    let mut v = base.clone();
+                    if let (Some(t), Some(delta)) = (t, v.pointer_mut("/choices/0/delta").and_then(Value::as_object_mut)) {
+                        delta.insert("content".into(), Value::String(t.clone()));
+                    }
+                    render(&v)
+                }).collect();
+                for (i, other) in others.iter().enumerate() {
+                    stream.insert((i * 3) % (stream.len() + 1), render(other));
+                }
+                let mut reader = DeltaReader::new();
+                for data in &stream {
+                    let raw = crate::ffi::RawChunk { index: 0, data: data.as_bytes().into(), history: crate::ffi::NO_HISTORY };
+                    let read = reader.read(&Chunk::new(&raw));
+                    let fresh = delta(data);
+                    let view = |d: &Option<Delta<'_>>| d.as_ref().map(|d| (
+                        d.text().map(str::to_owned), d.role().map(str::to_owned), d.finish_reason().map(str::to_owned),
+                        d.with_text("x"),
+                    ));
+                    prop_assert_eq!(view(&read), view(&fresh), "chunk {}", data);
                 }
             }
 

@@ -12,7 +12,7 @@ mod view;
 pub use capability::*;
 pub use chat::{Chat, Message};
 pub use decision::*;
-pub use delta::Delta;
+pub use delta::{Delta, DeltaReader};
 pub use executor::{
     ChunkStream, ExecError, ExecRequest, ExecResponse, Executor, ExecutorInfo, ExecutorModel, HttpPassthrough,
 };

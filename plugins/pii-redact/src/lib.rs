@@ -9,8 +9,8 @@
 use std::borrow::Cow;
 
 use plugin_abi::{
-    Changes, Chunk, ChunkDecision, Config, ConfigProvider, Context, Decision, Host, Plugin, PluginError, Response,
-    StreamChunk, UpstreamResponse,
+    Changes, Chunk, ChunkDecision, Config, ConfigProvider, Context, Decision, DeltaReader, Host, Plugin, PluginError,
+    Response, StreamChunk, UpstreamResponse,
 };
 use regex::Regex;
 use serde::Deserialize;
@@ -156,10 +156,12 @@ impl Response for PiiRedact {
     }
 }
 
-/// Text held back from the client until the next chunk shows where a word ends.
+/// Text held back from the client until the next chunk shows where a word ends, and the
+/// stream's reader of deltas (which reuses the envelope the stream's chunks share).
 #[derive(Default)]
 pub struct Held {
     text: String,
+    reader: DeltaReader,
 }
 
 impl StreamChunk for PiiRedact {
@@ -171,7 +173,7 @@ impl StreamChunk for PiiRedact {
 
     fn on_chunk(&self, held: &mut Held, chunk: &Chunk<'_>) -> Result<ChunkDecision, PluginError> {
         // The first choice's delta, read in place (no JSON tree); other events pass.
-        let Some(delta) = chunk.delta() else {
+        let Some(delta) = held.reader.read(chunk) else {
             return Ok(ChunkDecision::Pass);
         };
         let finished = delta.finish_reason().is_some();
