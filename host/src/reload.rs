@@ -265,7 +265,7 @@ impl Registry {
         if same_config && stamp.is_some() && stamp == old.source_stamp {
             return Ok(unchanged());
         }
-        let source = plugin::Source::read(&config.path).map_err(ReloadError::Load)?;
+        let source = plugin::Source::read(&config.path, &app.copies).map_err(ReloadError::Load)?;
         let sha256 = source.sha256.clone();
         let outcome = match (sha256 == old.sha256, same_config) {
             (true, true) => return Ok(unchanged()),
@@ -278,7 +278,7 @@ impl Registry {
             .filter(|s| s.name() != name)
             .map(|s| (s.name().to_owned(), s.plugin.source_path.clone()))
             .collect();
-        let new = plugin::load_from(&config, source, &app.copies, &taken, app.services).map_err(ReloadError::Load)?;
+        let new = plugin::load_from(&config, source, &taken, app.services).map_err(ReloadError::Load)?;
         // Another plugin under the same instance name is not a new version of this one.
         if new.name() != name || new.info.name != old.info.name {
             return Err(ReloadError::Renamed { expected: old.info.name.clone(), found: new.info.name.clone() });

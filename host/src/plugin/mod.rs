@@ -266,39 +266,59 @@ impl FileStamp {
     }
 }
 
-/// A plugin file as read once: its bytes, their SHA-256, and its stamp from before the read.
+/// A plugin file as read once: its private copy, the SHA-256 of what was copied, and its stamp
+/// from before the read.
 pub struct Source {
     pub path: PathBuf,
-    bytes: Vec<u8>,
+    /// The copy the library is loaded from, named after its content.
+    private: PathBuf,
     pub sha256: String,
     pub stamp: Option<FileStamp>,
 }
 
+/// Temporary copies in flight get a number each, so two reads never share one.
+static NEXT_COPY: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 impl Source {
-    pub fn read(path: &Path) -> Result<Source, LoadError> {
+    /// Reads `path` once, in pieces, each hashed and written to a temporary file in `dir`
+    /// that becomes the private copy, named after the hash of what was copied (or is removed,
+    /// if a copy with that content is there already). The file an operator edits is never the
+    /// one mapped (overwriting a mapped file crashes the process), and no buffer of the file's
+    /// size is allocated: a reload's memory does not grow with the plugin.
+    pub fn read(path: &Path, dir: &Path) -> Result<Source, LoadError> {
+        use std::io::{Read, Write};
+        let copy_err = |source| LoadError::Copy { path: path.into(), source };
         // The stamp first: a file changed during the read then looks changed next time too.
         let stamp = FileStamp::of(path);
-        let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => LoadError::FileMissing { path: path.into() },
-            _ => LoadError::Copy { path: path.into(), source: e },
+            _ => copy_err(e),
         })?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
-        Ok(Source { path: path.into(), bytes, sha256, stamp })
-    }
-
-    /// Copies the file into `dir` under a name derived from its content, so that the file an
-    /// operator edits is never the one mapped (overwriting a mapped file crashes the process).
-    fn private_copy(&self, dir: &Path) -> Result<PathBuf, LoadError> {
-        let copy_err = |source| LoadError::Copy { path: self.path.clone(), source };
-        let stem = self.path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
-        let target = dir.join(format!("{stem}-{}.so", &self.sha256[..16]));
-        if !target.is_file() {
-            std::fs::create_dir_all(dir).map_err(copy_err)?;
-            let tmp = dir.join(format!(".{stem}-{}.{}.tmp", &self.sha256[..16], std::process::id()));
-            std::fs::write(&tmp, &self.bytes).map_err(copy_err)?;
-            std::fs::rename(&tmp, &target).map_err(copy_err)?;
+        std::fs::create_dir_all(dir).map_err(copy_err)?;
+        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("plugin");
+        let n = NEXT_COPY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{stem}.{}.{n}.tmp", std::process::id()));
+        let copied = (|| {
+            let mut out = std::fs::File::create(&tmp)?;
+            let (mut hasher, mut piece) = (Sha256::new(), vec![0u8; 64 * 1024]);
+            loop {
+                let len = file.read(&mut piece)?;
+                if len == 0 {
+                    break;
+                }
+                hasher.update(&piece[..len]);
+                out.write_all(&piece[..len])?;
+            }
+            Ok(format!("{:x}", hasher.finalize()))
+        })();
+        let sha256 = copied.inspect_err(|_| drop(std::fs::remove_file(&tmp))).map_err(copy_err)?;
+        let private = dir.join(format!("{stem}-{}.so", &sha256[..16]));
+        if private.is_file() {
+            let _ = std::fs::remove_file(&tmp);
+        } else {
+            std::fs::rename(&tmp, &private).map_err(copy_err)?;
         }
-        Ok(target)
+        Ok(Source { path: path.into(), private, sha256, stamp })
     }
 }
 
@@ -357,19 +377,17 @@ pub fn load(
     if !config.path.is_file() {
         return Err(LoadError::FileMissing { path: config.path.clone() });
     }
-    load_from(config, Source::read(&config.path)?, copies_dir, taken, shared)
+    load_from(config, Source::read(&config.path, copies_dir)?, taken, shared)
 }
 
 /// [`load`] from a file already read (a reload reads it once, to compare and to load).
 pub fn load_from(
     config: &PluginConfig,
     source: Source,
-    copies_dir: &Path,
     taken: &[(String, PathBuf)],
     shared: &Arc<Services>,
 ) -> Result<LoadedPlugin, LoadError> {
-    let private_path = source.private_copy(copies_dir)?;
-    let Source { sha256, stamp: source_stamp, .. } = source;
+    let Source { sha256, stamp: source_stamp, private: private_path, .. } = source;
     let inspected = inspect(&private_path).map_err(|e| with_source_path(e, &private_path, &config.path))?;
     let info = inspected.info;
     let name = config.name.clone().unwrap_or_else(|| info.name.clone());
