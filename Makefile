@@ -60,11 +60,13 @@ OHA := target/tools/bin/oha
 $(OHA):
 	$(CARGO) install oha --version 1.16.0 --locked --root target/tools
 
-# End-to-end load runs with oha: direct, bare hyper proxy, gateway 0 and 8 plugins (and peers);
-# an executor plugin against the built-in upstream; hot swap.
-bench-e2e: $(OHA)
+# End-to-end load runs with oha: direct, bare hyper proxy, gateway with 0, 6 and 8 plugins (and
+# peers), each closed loop and at fixed rates, 3 runs a cell; instructions per request under
+# callgrind; an executor plugin against the built-in upstream; hot swap.
+bench-e2e: $(OHA) test-packages
 	$(CARGO) build --release --workspace --bins --lib
-	./target/release/loadrun proxy --secs 10 --rates 1000,5000 --peers
+	./target/release/loadrun proxy --secs 5 --runs 3 --rates 1000,5000 --peers
+	./target/release/loadrun instructions --requests 2000
 	./target/release/loadrun executor --secs 10 --rate 1000
 	./target/release/loadrun swap --secs 10 --swaps 200
 

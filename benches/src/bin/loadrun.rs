@@ -1,17 +1,20 @@
 //! End-to-end load runs with `oha` (open loop, fixed rate, latency correction), printed as the
 //! markdown tables of BENCHMARKS.md. Everything binds to 127.0.0.1 and is stopped at the end.
 //!
-//! `loadrun proxy [--secs N] [--rates 1000,5000] [--peers]`: the same mock upstream behind
-//! direct, a bare hyper proxy, the gateway with 0 and 8 plugins (and LiteLLM and Portkey with
-//! `--peers`, where `make bench-peers` installed them), non-streaming and streaming.
+//! `loadrun proxy [--secs N] [--runs N] [--rates 1000,5000] [--peers]`: the same mock upstream
+//! behind direct, a bare hyper proxy, the gateway with 0, 6 (the examples) and 8 plugins (and
+//! LiteLLM and Portkey with `--peers`, where `make bench-peers` installed them), non-streaming
+//! and streaming: for every target, max throughput (closed loop), p50/p99 at fixed rates and
+//! CPU per response, each cell the median of N runs.
 //!
 //! `loadrun executor [--secs N] [--rate R]`: one mock upstream behind two gateways, the model
 //! served by the built-in OpenAI upstream in one and by the `anthropic-executor` plugin (through
 //! the host HTTP client, against the mock's Anthropic API) in the other: p50/p99 at a fixed rate
 //! and the gateway's CPU per request, non-streaming and streaming.
 //!
-//! `loadrun cost [--secs N] [--runs N]`: max throughput (closed loop) and CPU per request of
-//! the bare hyper proxy and the gateway with 0 and the six example plugins, median of N runs.
+//! `loadrun instructions [--requests N]`: instructions per request of the gateway process under
+//! valgrind's callgrind, with 0 plugins, the six example plugins and each alone: a count that
+//! does not depend on what else the machine is doing.
 //!
 //! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
 //! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
@@ -115,6 +118,17 @@ fn cpu_us(pid: u32) -> f64 {
     let fields: Vec<&str> = stat.rsplit_once(')').map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
     let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(14) + ticks(15)) as f64 * 1e6 / clock_ticks_per_sec()
+}
+
+/// CPU time of process `pid` and all its descendants (a peer's worker processes), in µs.
+fn tree_cpu_us(pid: u32) -> f64 {
+    let children = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|c| c.parse::<u32>().ok()).collect::<Vec<_>>());
+    cpu_us(pid) + children.map(tree_cpu_us).sum::<f64>()
 }
 
 /// `getconf CLK_TCK`: the unit of the CPU times in `/proc/PID/stat` (100 on Linux in practice).
@@ -307,8 +321,56 @@ fn mock_and_bare_proxy() -> (Proc, Proc) {
     (mock, bare)
 }
 
+/// The figures of one row: `runs` runs of one load against one target.
+#[derive(Clone, Copy)]
+struct Row {
+    /// Median and spread (max - min) over the runs.
+    rps: (f64, f64),
+    cpu: (f64, f64),
+    p50: (f64, f64),
+    p99: (f64, f64),
+    non_200: u64,
+}
+
+/// A load: the closed loop (maximum throughput) or a fixed rate (open loop, latency corrected).
+#[derive(Clone, Copy)]
+enum Load {
+    Closed,
+    Rate(u32),
+}
+
+/// `runs` runs of `load` against `target`, with the CPU per response of the target's process
+/// tree over each run.
+fn row(target: &Target, stream: bool, load: Load, secs: u64, runs: usize, connections: u32) -> Row {
+    let (mut rps, mut cpu, mut p50, mut p99, mut non_200) = (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+    for _ in 0..runs {
+        let before = target.pid.map(tree_cpu_us);
+        let f = match load {
+            Load::Closed => load_closed(target, stream, connections, secs),
+            Load::Rate(r) => self::load(target, stream, r, secs),
+        };
+        if let (Some(b), Some(pid)) = (before, target.pid) {
+            cpu.push((tree_cpu_us(pid) - b) / f.responses.max(1) as f64);
+        }
+        rps.push(f.rps);
+        p50.push(f.p50);
+        p99.push(f.p99);
+        non_200 += f.non_200;
+    }
+    let m = |v: Vec<f64>| if v.is_empty() { (f64::NAN, 0.0) } else { median_and_spread(v) };
+    Row { rps: m(rps), cpu: m(cpu), p50: m(p50), p99: m(p99), non_200 }
+}
+
+/// `loadrun proxy [--secs N] [--runs N] [--rates R,R] [--connections N] [--peers]`: the same
+/// mock upstream behind direct, the bare hyper proxy, the gateway with 0 plugins, with the six
+/// example plugins and with eight (the six and two bench plugins), and the peers: for every
+/// target in one run, max throughput (closed loop), p50/p99 at each fixed rate (open loop,
+/// latency corrected), and CPU per response of the target's processes; each row `--runs`
+/// times (median and spread), ratios against the bare proxy of the same run.
 fn proxy(args: &[String]) {
-    let secs: u64 = arg(args, "--secs", 10);
+    let secs: u64 = arg(args, "--secs", 5);
+    let runs: usize = arg(args, "--runs", 3);
+    let connections: u32 = arg(args, "--connections", 32);
     let rates: Vec<u32> = arg(args, "--rates", "1000,5000".to_owned())
         .split(',')
         .map(|r| r.trim().parse().expect("--rates: comma-separated numbers"))
@@ -318,6 +380,11 @@ fn proxy(args: &[String]) {
 
     let (mock, bare) = mock_and_bare_proxy();
     let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
+    let gw6 = gateway(
+        "gateway, 6 example plugins",
+        &work.path().join("gw6"),
+        &format!("{}{SIX_EXAMPLES}", upstream_config(&mock)),
+    );
     let gw8 = gateway(
         "gateway, 8 plugins",
         &work.path().join("gw8"),
@@ -326,9 +393,10 @@ fn proxy(args: &[String]) {
     let path = "/v1/chat/completions";
     let mut targets: Vec<(String, Target)> = vec![
         ("direct to the mock".into(), Target::to(&mock, path)),
-        ("bare hyper proxy".into(), Target::to(&bare, path)),
-        ("gateway, 0 plugins".into(), Target::to(&gw0, path)),
-        ("gateway, 8 plugins".into(), Target::to(&gw8, path).header("authorization", "Bearer sk-bench")),
+        (BARE.into(), Target::to(&bare, path)),
+        (gw0.name.clone(), Target::to(&gw0, path)),
+        (gw6.name.clone(), Target::to(&gw6, path).header("authorization", "Bearer sk-bench")),
+        (gw8.name.clone(), Target::to(&gw8, path).header("authorization", "Bearer sk-bench")),
     ];
     // Ours come first; every target after them is a peer.
     let ours = targets.len();
@@ -341,60 +409,78 @@ fn proxy(args: &[String]) {
     let mut broken: Vec<(String, bool, String)> = Vec::new();
     for (i, (name, t)) in targets.iter().enumerate() {
         for stream in [false, true] {
-            match t.check(stream).map(drop) {
+            let checked = t.check(stream).map(drop).and_then(|()| {
+                // Warm-up (connection pools, allocator), off the record; it also shows a target
+                // that fails under load.
+                let warm = load_closed(t, stream, connections, 2);
+                if warm.non_200 == 0 { Ok(()) } else { Err(format!("{} non-200 responses warming up", warm.non_200)) }
+            });
+            match checked {
                 Ok(()) => {}
                 Err(e) if i >= ours => broken.push((name.clone(), stream, e)),
                 Err(e) => panic!("{name}: {e}"),
             }
         }
     }
+    let loads: Vec<Load> = std::iter::once(Load::Closed).chain(rates.iter().map(|&r| Load::Rate(r))).collect();
     println!(
-        "Each row: oha, {CONNECTIONS} connections, {secs} s at the given rate, latency corrected; ms. CPU: utime + \
-         stime of the target's process from /proc/PID/stat over the row, per response.\n"
+        "oha, {secs} s per run, {runs} runs per cell: median (spread = max - min). Closed loop: {connections} \
+         connections, each sending its next request when the last is answered. Fixed rates: {CONNECTIONS} \
+         connections, latency corrected; ms. CPU: utime + stime of the target's processes (a peer's workers \
+         included) from /proc over the run, per response.\n"
     );
     for stream in [false, true] {
-        for &rate in &rates {
-            println!("### {} at {rate} req/s\n", if stream { "Streaming" } else { "Non-streaming" });
-            println!(
-                "| target | p50 | p90 | p99 | p99.9 | ok % | non-200 | achieved req/s | p50 ÷ bare | p99 ÷ bare | CPU µs/req |"
-            );
-            println!("|---|---|---|---|---|---|---|---|---|---|---|");
-            let mut floor: Option<Figures> = None;
-            for (name, target) in &targets {
-                if let Some((_, _, e)) = broken.iter().find(|(n, s, _)| n == name && *s == stream) {
-                    println!("| {name} | failed the check before the run: {} |||||||||", e.replace('|', "/"));
-                    continue;
-                }
-                let before = target.pid.map(cpu_us);
-                let f = load(target, stream, rate, secs);
-                let cpu = before
-                    .zip(target.pid)
-                    .map_or(String::new(), |(b, pid)| format!("{:.1}", (cpu_us(pid) - b) / f.responses.max(1) as f64));
-                if name == "bare hyper proxy" {
-                    floor = Some(f);
-                }
-                let ratio = |ours: f64, base: Option<f64>| base.map_or("".into(), |b| format!("{:.2}", ours / b));
-                println!(
-                    "| {name} | {} | {} | {} | {} | {:.2} | {} | {:.0} | {} | {} | {cpu} |",
-                    fmt_ms(f.p50),
-                    fmt_ms(f.p90),
-                    fmt_ms(f.p99),
-                    fmt_ms(f.p999),
-                    f.success,
-                    f.non_200,
-                    f.rps,
-                    ratio(f.p50, floor.map(|b| b.p50)),
-                    ratio(f.p99, floor.map(|b| b.p99)),
-                );
-            }
-            println!();
+        println!("### {}\n", if stream { "Streaming" } else { "Non-streaming" });
+        let mut head = String::from("| target | max req/s | ÷ bare | CPU µs/req | ÷ bare |");
+        let mut rule = String::from("|---|---|---|---|---|");
+        for r in &rates {
+            head.push_str(&format!(" p50 @{r} | p99 @{r} | p99 ÷ bare | CPU µs/req @{r} |"));
+            rule.push_str("---|---|---|---|");
         }
+        println!("{head}\n{rule}");
+        let mut floor: Vec<Option<Row>> = vec![None; loads.len()];
+        for (name, target) in &targets {
+            if let Some((_, _, e)) = broken.iter().find(|(n, s, _)| n == name && *s == stream) {
+                println!("| {name} | failed the check before the run: {} |", e.replace('|', "/"));
+                continue;
+            }
+            let rows: Vec<Row> = loads.iter().map(|&l| row(target, stream, l, secs, runs, connections)).collect();
+            if name == BARE {
+                floor = rows.iter().copied().map(Some).collect();
+            }
+            let ratio = |ours: f64, base: Option<f64>| base.map_or(String::new(), |b| format!("{:.2}", ours / b));
+            let spread = |(m, s): (f64, f64), f: fn(f64) -> String| format!("{} (±{})", f(m), f(s));
+            let whole = |v: f64| format!("{v:.0}");
+            let tenth = |v: f64| format!("{v:.1}");
+            let closed = rows[0];
+            let mut line = format!(
+                "| {name} | {} | {} | {} | {} |",
+                spread(closed.rps, whole),
+                ratio(closed.rps.0, floor[0].map(|b| b.rps.0)),
+                spread(closed.cpu, tenth),
+                ratio(closed.cpu.0, floor[0].map(|b| b.cpu.0)),
+            );
+            for (i, r) in rows.iter().enumerate().skip(1) {
+                let failed = if r.non_200 > 0 { format!(" ({} non-200)", r.non_200) } else { String::new() };
+                line.push_str(&format!(
+                    " {} | {}{failed} | {} | {} |",
+                    spread(r.p50, fmt_ms),
+                    spread(r.p99, fmt_ms),
+                    ratio(r.p99.0, floor[i].map(|b| b.p99.0)),
+                    spread(r.cpu, tenth),
+                ));
+            }
+            println!("{line}");
+        }
+        println!();
     }
     drop(keep);
-    for p in [gw8, gw0, bare, mock] {
+    for p in [gw8, gw6, gw0, bare, mock] {
         eprintln!("stopping {}", p.name);
     }
 }
+
+const BARE: &str = "bare hyper proxy";
 
 /// The executor comparison's second gateway: model `mock-gpt` served by `anthropic-executor`,
 /// which calls the mock's Anthropic Messages API (`/v1/messages`) through the host HTTP client.
@@ -512,10 +598,12 @@ fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) ->
         let port = free_port();
         let mut cmd = Command::new(&litellm);
         cmd.arg("--config").arg(&config).args(["--host", "127.0.0.1", "--port", &port.to_string()]);
-        cmd.args(["--num_workers", "1"]).env("LITELLM_LOG", "ERROR").env("LITELLM_TELEMETRY", "False");
+        // As many workers as cores, as LiteLLM's docs recommend for production.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.args(["--num_workers", &workers.to_string()]).env("LITELLM_LOG", "ERROR").env("LITELLM_TELEMETRY", "False");
         let probe = Target { url: path.into(), headers: Vec::new(), pid: None };
         let p = Proc::on_port("LiteLLM proxy", cmd, port, &probe);
-        targets.push(("LiteLLM proxy 1.74.9 (1 worker)".into(), Target::to(&p, path)));
+        targets.push((format!("LiteLLM proxy 1.74.9 ({workers} workers)"), Target::to(&p, path)));
         started.push(p);
     } else {
         eprintln!("LiteLLM is not installed ({}): skipped", litellm.display());
@@ -524,7 +612,12 @@ fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) ->
     if portkey.is_file() {
         let port = free_port();
         let mut cmd = Command::new("node");
-        cmd.arg(&portkey).arg(format!("--port={port}"));
+        // Portkey 1.15.2 on Node answers 500 to every streamed OpenAI request: its pass-through
+        // stream appends headers to the upstream fetch response's headers, which undici makes
+        // immutable (the lightweight `Response` of @hono/node-server keeps them). The preload
+        // re-wraps fetch responses with mutable headers; see BENCHMARKS.md.
+        let preload = Path::new(env!("CARGO_MANIFEST_DIR")).join("peers/portkey-fetch.mjs");
+        cmd.arg("--import").arg(&preload).arg(&portkey).arg(format!("--port={port}"));
         let headers = vec![
             ("x-portkey-provider".to_owned(), "openai".to_owned()),
             ("x-portkey-custom-host".to_owned(), format!("http://{}/v1", mock.addr)),
@@ -926,70 +1019,100 @@ fn median_and_spread(mut v: Vec<f64>) -> (f64, f64) {
     (v[v.len() / 2], v[v.len() - 1] - v[0])
 }
 
-/// `loadrun cost [--secs N] [--runs N] [--connections N]`: max throughput (closed loop) and CPU
-/// per request of the target process, for the bare hyper proxy, the gateway with 0 plugins and
-/// with the six example plugins, non-streaming and streaming; each row `--runs` times (median
-/// and spread), ratios against the bare proxy of the same run.
-fn cost(args: &[String]) {
-    let secs: u64 = arg(args, "--secs", 10);
-    let runs: usize = arg(args, "--runs", 3);
-    let connections: u32 = arg(args, "--connections", 32);
-    let work = tempfile::tempdir().expect("temp dir");
-    let (mock, bare) = mock_and_bare_proxy();
-    let gw0 = gateway("gateway, 0 plugins", &work.path().join("gw0"), &upstream_config(&mock));
-    let gw6 = gateway(
-        "gateway, 6 example plugins",
-        &work.path().join("gw6"),
-        &format!("{}{SIX_EXAMPLES}", upstream_config(&mock)),
+/// `oha` sending `n` requests over 4 connections, as fast as answered.
+fn load_n(target: &Target, stream: bool, n: u32) -> Figures {
+    let mut cmd = Command::new(oha());
+    cmd.args(["--no-tui", "--output-format", "json", "-c", "4", "-n", &n.to_string()]).args([
+        "-m",
+        "POST",
+        "-H",
+        "content-type: application/json",
+        "-d",
+        &chat_body(stream),
+    ]);
+    for (k, v) in &target.headers {
+        cmd.args(["-H", &format!("{k}: {v}")]);
+    }
+    figures(cmd.arg(&target.url))
+}
+
+/// Instructions the gateway process executes per request (user space), counted by valgrind's
+/// callgrind over `n` requests after a warm-up: the same count on a loaded machine as on an
+/// idle one, unlike CPU time.
+fn instructions_per_request(dir: &Path, config: &str, stream: bool, n: u32) -> f64 {
+    std::fs::create_dir_all(dir).expect("gateway dir");
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+        dir.join("data").display(),
+        config.replace("{target}", &target_dir().display().to_string()).replace("{dir}", &dir.display().to_string())
     );
-    let path = "/v1/chat/completions";
-    let targets = [
-        (&bare, Target::to(&bare, path)),
-        (&gw0, Target::to(&gw0, path)),
-        (&gw6, Target::to(&gw6, path).header("authorization", "Bearer sk-bench")),
-    ];
-    for (p, t) in &targets {
-        for stream in [false, true] {
-            t.check(stream).unwrap_or_else(|e| panic!("{}: {e}", p.name));
-        }
-        load_closed(t, false, connections, 2);
-        load_closed(t, true, connections, 2);
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).expect("writing the gateway config");
+    let out = dir.join("callgrind.out");
+    let mut cmd = Command::new("valgrind");
+    cmd.args(["--tool=callgrind", "--dump-instr=no", "--collect-jumps=no"])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(bin("gateway"))
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .env_remove("RUST_BACKTRACE");
+    let gw = Proc::listening("gateway under callgrind", cmd);
+    let target = Target::to(&gw, "/v1/chat/completions").header("authorization", "Bearer sk-bench");
+    let warm = load_n(&target, stream, 300);
+    assert_eq!(warm.non_200, 0, "non-200 responses under callgrind");
+    let control = |what: &str| {
+        let ok = Command::new("callgrind_control").arg(what).arg(gw.child.id().to_string()).output();
+        assert!(ok.is_ok_and(|o| o.status.success()), "callgrind_control {what} failed");
+    };
+    control("-z");
+    let f = load_n(&target, stream, n);
+    assert_eq!(f.non_200, 0, "non-200 responses under callgrind");
+    control("-d");
+    // The dump `-d` wrote: callgrind.out.1 (the zeroing wrote none).
+    let dump = std::fs::read_to_string(dir.join("callgrind.out.1")).expect("the callgrind dump");
+    let total: f64 = dump
+        .lines()
+        .find_map(|l| l.strip_prefix("summary: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a summary line in the callgrind dump");
+    drop(gw);
+    total / f64::from(n)
+}
+
+/// `loadrun instructions [--requests N]`: instructions per request (callgrind) of the gateway
+/// with 0 plugins, the six example plugins, and each of the six alone, non-streaming and
+/// streaming, against the same mock.
+fn instructions(args: &[String]) {
+    let n: u32 = arg(args, "--requests", 2000);
+    let work = tempfile::tempdir().expect("temp dir");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let base = upstream_config(&mock);
+    let mut configs: Vec<(String, String)> =
+        vec![("0 plugins".into(), base.clone()), ("the six example plugins".into(), format!("{base}{SIX_EXAMPLES}"))];
+    for block in SIX_EXAMPLES.split("[[plugins]]").filter(|b| !b.trim().is_empty()) {
+        let name = block.split("/lib").nth(1).and_then(|r| r.split(".so").next()).unwrap_or("plugin");
+        configs.push((format!("{} alone", name.replace('_', "-")), format!("{base}[[plugins]]{block}")));
     }
     println!(
-        "oha closed loop, {connections} connections, {secs} s per run, {runs} runs per row: median (spread = max - min). \
-         CPU: utime + stime of the target process from /proc/PID/stat over the run, per response.\n"
+        "Instructions per request of the gateway process (user space), valgrind's callgrind over {n} requests \
+         after 300 to warm up (oha, 4 connections). One mock; the six example plugins as in `loadrun proxy`.\n"
     );
-    println!("| mode | target | max req/s | ÷ bare | CPU µs/req | ÷ bare |");
-    println!("|---|---|---|---|---|---|");
-    for stream in [false, true] {
-        let mode = if stream { "streaming" } else { "non-streaming" };
-        let mut bare_row = (0.0, 0.0);
-        for (p, t) in &targets {
-            let (mut rps, mut cpu) = (Vec::new(), Vec::new());
-            for _ in 0..runs {
-                let before = p.cpu_us();
-                let f = load_closed(t, stream, connections, secs);
-                assert_eq!(f.non_200, 0, "{}: non-200 responses under load", p.name);
-                cpu.push((p.cpu_us() - before) / f.responses.max(1) as f64);
-                rps.push(f.rps);
-            }
-            let ((rps, rps_spread), (cpu, cpu_spread)) = (median_and_spread(rps), median_and_spread(cpu));
-            if std::ptr::eq(*p, &bare) {
-                bare_row = (rps, cpu);
-            }
-            println!(
-                "| {mode} | {} | {rps:.0} (±{rps_spread:.0}) | {:.2} | {cpu:.1} (±{cpu_spread:.1}) | {:.2} |",
-                p.name,
-                rps / bare_row.0,
-                cpu / bare_row.1
-            );
+    println!("| gateway | non-streaming | over 0 plugins | streaming | over 0 plugins |");
+    println!("|---|---|---|---|---|");
+    let mut zero = (0.0, 0.0);
+    for (i, (name, config)) in configs.iter().enumerate() {
+        let dir = work.path().join(format!("gw{i}"));
+        let whole = instructions_per_request(&dir.join("whole"), config, false, n);
+        let streamed = instructions_per_request(&dir.join("stream"), config, true, n);
+        if i == 0 {
+            zero = (whole, streamed);
         }
+        let over = |v: f64, z: f64| if i == 0 { String::new() } else { format!("{:+.0}", v - z) };
+        println!("| {name} | {whole:.0} | {} | {streamed:.0} | {} |", over(whole, zero.0), over(streamed, zero.1));
     }
     println!();
-    drop(targets);
-    for p in [gw6, gw0, bare, mock] {
-        eprintln!("stopping {}", p.name);
-    }
+    drop(mock);
 }
 
 fn main() {
@@ -997,13 +1120,13 @@ fn main() {
     match args.get(1).map(String::as_str) {
         Some("proxy") => proxy(&args[2..]),
         Some("executor") => executor(&args[2..]),
-        Some("cost") => cost(&args[2..]),
+        Some("instructions") => instructions(&args[2..]),
         Some("swap") => swap(&args[2..]),
         Some("soak") => soak(&args[2..]),
         _ => {
             eprintln!(
-                "usage: loadrun proxy [--secs N] [--rates R,R] [--peers] | loadrun executor [--secs N] [--rate R] \
-                 | loadrun cost [--secs N] [--runs N] [--connections N] \
+                "usage: loadrun proxy [--secs N] [--runs N] [--rates R,R] [--connections N] [--peers] \
+                 | loadrun executor [--secs N] [--rate R] | loadrun instructions [--requests N] \
                  | loadrun swap [--secs N] [--swaps N] [--rate R] \
                  | loadrun soak [--secs N] [--rate R] [--reload-every S] [--sample-every S] [--stall-every S]"
             );
