@@ -283,3 +283,70 @@ fn a_multi_line_event_reaches_the_client_framed_line_by_line() {
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body, "data: {\ndata:   \"n\": 1\ndata: }\n\ndata: {\"n\":2}\n\ndata: [DONE]\n\n");
 }
+
+/// An upstream that sends each of `events` after `gap`, then keeps the connection open for
+/// `hold` without sending more.
+async fn paced_upstream(
+    events: &'static [&'static str],
+    gap: std::time::Duration,
+    hold: std::time::Duration,
+) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                read_request(&mut s).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+                if s.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                for event in events {
+                    tokio::time::sleep(gap).await;
+                    if s.write_all(event.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                tokio::time::sleep(hold).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// `timeout_ms` bounds the wait for each event, not the whole stream: events 300 ms apart pass
+/// a 1 s timeout however long the stream runs (1.5 s here), and a silence longer than it ends
+/// the stream with an error event.
+#[test]
+fn the_upstream_timeout_bounds_each_wait_for_an_event_not_the_stream() {
+    let rt = runtime();
+    let gap = std::time::Duration::from_millis(300);
+    let paced = rt.block_on(paced_upstream(
+        &[
+            "data: {\"n\":1}\n\n",
+            "data: {\"n\":2}\n\n",
+            "data: {\"n\":3}\n\n",
+            "data: {\"n\":4}\n\n",
+            "data: [DONE]\n\n",
+        ],
+        gap,
+        std::time::Duration::ZERO,
+    ));
+    let stalled = rt.block_on(paced_upstream(&["data: {\"n\":1}\n\n"], gap, std::time::Duration::from_secs(4)));
+    let gw = Gateway::start(&format!(
+        "[[upstreams]]\nname = \"paced\"\nkind = \"openai\"\nbase_url = \"http://{paced}/v1\"\ntimeout_ms = 1000\n\
+         [[upstreams]]\nname = \"stalled\"\nkind = \"openai\"\nbase_url = \"http://{stalled}/v1\"\ntimeout_ms = 1000\n\
+         [[models]]\nname = \"paced\"\nupstream = \"paced\"\n[[models]]\nname = \"stalled\"\nupstream = \"stalled\"\n"
+    ));
+    let r = gw.chat(None, &chat_body("paced", "hi", true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body, "data: {\"n\":1}\n\ndata: {\"n\":2}\n\ndata: {\"n\":3}\n\ndata: {\"n\":4}\n\ndata: [DONE]\n\n");
+    let r = gw.chat(None, &chat_body("stalled", "hi", true));
+    assert_eq!(r.status, 200, "{}", r.body);
+    let events = r.events();
+    assert_eq!(events[0], "{\"n\":1}", "{}", r.body);
+    let error: serde_json::Value = serde_json::from_str(&events[1]).unwrap();
+    assert_eq!(error["error"]["message"], "upstream `stalled` stalled mid-stream");
+    assert!(!r.body.contains("[DONE]"), "{}", r.body);
+}

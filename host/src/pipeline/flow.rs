@@ -30,9 +30,10 @@ use super::{ContextState, Pipeline, RecordSink, RequestState, ResponseState, Sto
 use crate::body::GatewayBody;
 use crate::config::Limits;
 use crate::error::ApiError;
+use crate::pipeline::stream::ChunkData;
 use crate::record::Record;
 use crate::upstream::sse::SseFramer;
-use crate::upstream::{Route, Target, UpstreamReply, Upstreams, usage_of};
+use crate::upstream::{Event, Route, Target, UpstreamReply, Upstreams, usage_of};
 
 /// What every request needs besides its pipeline snapshot.
 pub struct Env<'a> {
@@ -311,6 +312,7 @@ pub async fn chat(
                 bytes: 0,
                 ended: None,
                 out: SseFramer::default(),
+                held: None,
             };
             // Polled by the connection as it writes: when the client goes away the body is
             // dropped, and so is the task, which then finishes the record (`Drop`).
@@ -367,56 +369,83 @@ struct StreamTask {
     ended: Option<bool>,
     /// Frames for the client, in a buffer reused from one write to the next.
     out: SseFramer,
+    /// An event to send as it came, after the frame sent before it.
+    held: Option<Bytes>,
+}
+
+/// What one event made of the stream.
+enum Taken {
+    /// Framed into `out` (or dropped by a plugin): more may follow in the same frame.
+    Continue,
+    /// To send as these bytes (the event as the upstream framed it).
+    Send(Bytes),
+    /// The stream is over: completed (`[DONE]` to send) or not.
+    End(bool),
 }
 
 impl StreamTask {
-    /// The next frame for the client: every event that is ready, framed back to back (one write
-    /// for what the upstream sent in one read). `None` once the stream is over and finished.
+    /// The next frame for the client. An event that no plugin changed, and that the upstream
+    /// framed as the gateway frames, goes out as the bytes the upstream sent (no framing, no
+    /// copy); the others that are ready are framed back to back into one frame. `None` once the
+    /// stream is over and finished.
     async fn next_frame(&mut self) -> Option<Bytes> {
-        while self.ended.is_none() {
-            let mut next = self.events.next().await;
-            loop {
-                if let Some(completed) = self.take(next) {
+        loop {
+            if let Some(held) = self.held.take() {
+                return Some(held);
+            }
+            if self.ended.is_some() {
+                break;
+            }
+            let next = match self.events.buffered() {
+                Some(next) => next,
+                None if !self.out.is_empty() => return Some(self.out.take()),
+                None => self.events.next().await,
+            };
+            match self.take(next) {
+                Taken::Continue => {}
+                Taken::Send(bytes) if self.out.is_empty() => return Some(bytes),
+                Taken::Send(bytes) => {
+                    // What was framed before it goes first.
+                    self.held = Some(bytes);
+                    return Some(self.out.take());
+                }
+                Taken::End(completed) => {
                     if completed {
                         self.out.push_framed(b"data: [DONE]\n\n");
                     }
                     self.ended = Some(completed);
-                    break;
-                }
-                match self.events.buffered() {
-                    Some(more) => next = more,
-                    None => break,
                 }
             }
-            if !self.out.is_empty() {
-                return Some(self.out.take());
-            }
+        }
+        if !self.out.is_empty() {
+            return Some(self.out.take());
         }
         self.finish();
         None
     }
 
-    /// One upstream event into the frame being built; `Some(completed)` when it ends the stream.
-    fn take(&mut self, next: Option<Result<Bytes, String>>) -> Option<bool> {
-        let data = match next {
-            None => return Some(true),
-            Some(Ok(data)) => data,
+    /// One upstream event through the chunk plugins: framed into the frame being built, or to
+    /// be sent as it came.
+    fn take(&mut self, next: Option<Result<Event, String>>) -> Taken {
+        let event = match next {
+            None => return Taken::End(true),
+            Some(Ok(event)) => event,
             Some(Err(message)) => {
                 tracing::warn!(request_id = %self.ctx.request_id, "{message}");
                 self.out.push(&ApiError::upstream(message).body());
-                return Some(false);
+                return Taken::End(false);
             }
         };
-        if let (Some(usage), Some(record)) = (usage_of(&data), self.record.as_mut()) {
+        if let (Some(usage), Some(record)) = (usage_of(&event.data), self.record.as_mut()) {
             record.usage = Some(usage);
         }
         let filters = self.filters.as_mut().expect("filters live until the stream is finished");
-        let data = match filters.on_chunk(data, &self.ctx.request_id) {
+        let data = match filters.on_chunk(event.data, &self.ctx.request_id) {
             Ok(Some(data)) => data,
-            Ok(None) => return None,
+            Ok(None) => return Taken::Continue,
             Err(e) => {
                 self.out.push(&e.body());
-                return Some(false);
+                return Taken::End(false);
             }
         };
         if self.chunks == 0 {
@@ -426,8 +455,13 @@ impl StreamTask {
         }
         self.chunks += 1;
         self.bytes += data.len() as u64;
-        self.out.push(&data);
-        None
+        match (data, event.framed) {
+            (ChunkData::Upstream(_), Some(framed)) => Taken::Send(framed),
+            (data, _) => {
+                self.out.push(&data);
+                Taken::Continue
+            }
+        }
     }
 
     /// The stream-complete hooks and the record; once.

@@ -213,7 +213,22 @@ pub enum UpstreamReply {
     Stream { status: StatusCode, headers: HeaderMap, events: Events },
 }
 
-/// The event payloads of a streamed reply, without SSE framing.
+/// One event of a streamed reply: its payload, and, for an upstream SSE event framed as the
+/// gateway frames events, its bytes as they arrived (sent on as they are when no plugin changes
+/// the payload: no framing, no copy).
+#[derive(Debug)]
+pub struct Event {
+    pub data: Bytes,
+    pub framed: Option<Bytes>,
+}
+
+impl Event {
+    pub fn payload(data: Bytes) -> Event {
+        Event { data, framed: None }
+    }
+}
+
+/// The events of a streamed reply.
 pub enum Events {
     Mock {
         chunks: VecDeque<Bytes>,
@@ -232,7 +247,7 @@ pub trait PollEvents: Send {
 }
 
 impl Events {
-    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+    pub async fn next(&mut self) -> Option<Result<Event, String>> {
         match self {
             Events::Mock { chunks, delay, first } => {
                 let chunk = chunks.pop_front()?;
@@ -240,18 +255,22 @@ impl Events {
                     tokio::time::sleep(*delay).await;
                 }
                 *first = false;
-                Some(Ok(chunk))
+                Some(Ok(Event::payload(chunk)))
             }
             Events::Sse(sse) => sse.next().await,
-            Events::Plugin(events) => std::future::poll_fn(|cx| events.poll_event(cx)).await,
+            Events::Plugin(events) => {
+                std::future::poll_fn(|cx| events.poll_event(cx)).await.map(|r| r.map(Event::payload))
+            }
         }
     }
 
     /// The next event if it is here without waiting (parsed out of what the upstream already
     /// sent); `None` if it takes waiting. An executor's events are always waited for.
-    pub fn buffered(&mut self) -> Option<Option<Result<Bytes, String>>> {
+    pub fn buffered(&mut self) -> Option<Option<Result<Event, String>>> {
         match self {
-            Events::Mock { chunks, delay, .. } if delay.is_zero() => Some(chunks.pop_front().map(Ok)),
+            Events::Mock { chunks, delay, .. } if delay.is_zero() => {
+                Some(chunks.pop_front().map(|c| Ok(Event::payload(c))))
+            }
             Events::Mock { .. } | Events::Plugin(_) => None,
             Events::Sse(sse) => sse.buffered(),
         }

@@ -16,6 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 
+use super::Event;
 use super::sse::{SseEvent, SseParser};
 use crate::error::ApiError;
 
@@ -178,9 +179,15 @@ pub struct SseEvents {
     body: Incoming,
     parser: SseParser,
     idle_timeout: Duration,
+    /// Fires `idle_timeout` after the last read at the latest. Armed once and moved on only
+    /// when it fires early (see [`SseEvents::next`]): a timer per read would cost more than
+    /// parsing the event.
+    idle: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// When the current wait for the upstream began.
+    waiting_since: tokio::time::Instant,
     upstream: String,
     /// An event read ahead by [`SseEvents::start`].
-    first: Option<Bytes>,
+    first: Option<Event>,
     done: bool,
 }
 
@@ -190,6 +197,8 @@ impl SseEvents {
             body,
             parser: SseParser::new(upstream.max_event_bytes),
             idle_timeout: upstream.timeout,
+            idle: Box::pin(tokio::time::sleep(upstream.timeout)),
+            waiting_since: tokio::time::Instant::now(),
             upstream: upstream.name.clone(),
             first: None,
             done: false,
@@ -211,16 +220,16 @@ impl SseEvents {
 
     /// The next event if it is already here (read ahead, or parsed out of what was read with an
     /// earlier one): `None` if it takes reading the upstream.
-    pub fn buffered(&mut self) -> Option<Option<Result<Bytes, String>>> {
+    pub fn buffered(&mut self) -> Option<Option<Result<Event, String>>> {
         if let Some(first) = self.first.take() {
             return Some(Some(Ok(first)));
         }
         if self.done {
             return Some(None);
         }
-        match self.parser.next_event() {
-            Ok(Some(SseEvent::Data(d))) => Some(Some(Ok(d))),
-            Ok(Some(SseEvent::Done)) => {
+        match self.parser.next_parsed() {
+            Ok(Some((SseEvent::Data(data), framed))) => Some(Some(Ok(Event { data, framed }))),
+            Ok(Some((SseEvent::Done, _))) => {
                 self.done = true;
                 Some(None)
             }
@@ -234,28 +243,46 @@ impl SseEvents {
     }
 
     /// The next event payload; an error message (fit for the client) ends the stream.
-    pub async fn next(&mut self) -> Option<Result<Bytes, String>> {
+    pub async fn next(&mut self) -> Option<Result<Event, String>> {
         loop {
             if let Some(next) = self.buffered() {
                 return next;
             }
-            match tokio::time::timeout(self.idle_timeout, self.body.frame()).await {
-                Err(_) => {
-                    self.done = true;
-                    return Some(Err(format!("upstream `{}` stalled mid-stream", self.upstream)));
+            self.waiting_since = tokio::time::Instant::now();
+            let frame = std::future::poll_fn(|cx| {
+                if let std::task::Poll::Ready(frame) =
+                    http_body::Body::poll_frame(std::pin::Pin::new(&mut self.body), cx)
+                {
+                    return std::task::Poll::Ready(Some(frame));
                 }
-                Ok(None) => {
+                while self.idle.as_mut().poll(cx).is_ready() {
+                    let due = self.waiting_since + self.idle_timeout;
+                    if tokio::time::Instant::now() >= due {
+                        return std::task::Poll::Ready(None);
+                    }
+                    // Fired early: the upstream sent something since it was armed.
+                    self.idle.as_mut().reset(due);
+                }
+                std::task::Poll::Pending
+            })
+            .await;
+            let Some(frame) = frame else {
+                self.done = true;
+                return Some(Err(format!("upstream `{}` stalled mid-stream", self.upstream)));
+            };
+            match frame {
+                None => {
                     self.done = true;
                     return None;
                 }
-                Ok(Some(Err(e))) => {
+                Some(Err(e)) => {
                     self.done = true;
                     tracing::warn!(upstream = %self.upstream, "upstream broke off the stream: {}", chain(&e));
                     return Some(Err(format!("upstream `{}` broke off the stream", self.upstream)));
                 }
-                Ok(Some(Ok(frame))) => {
+                Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
-                        self.parser.push(&data);
+                        self.parser.push_bytes(data);
                     }
                 }
             }

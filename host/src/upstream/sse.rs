@@ -1,6 +1,11 @@
-//! Splits a server-sent-events byte stream into event payloads (the `data:` lines), zero-copy
-//! for the common one-line event; and frames payloads as events (`sse_frame`), for the gateway's
-//! own streams and the mock upstream's.
+//! Splits a server-sent-events byte stream into event payloads (the `data:` lines); and frames
+//! payloads as events (`sse_frame`), for the gateway's own streams and the mock upstream's.
+//!
+//! Zero-copy where the stream allows: events are read out of the bytes each read brought
+//! ([`SseParser::push_bytes`]); only an event that spans reads is copied, into a carry buffer.
+//! An event whose bytes are exactly what framing its payload gives (`data: PAYLOAD\n\n`, as
+//! OpenAI sends them) comes with those bytes ([`SseParser::next_parsed`]), so that a stream
+//! nobody changes goes out as the upstream's own buffers.
 //!
 //! Lines end with `\n`, `\r\n` or `\r`; an event ends at a blank line. Parsing is linear: the
 //! scan for the end of the current event resumes where the previous push left it, so a large
@@ -8,14 +13,17 @@
 //! is an error (and the parser drops what it buffered), so the buffer never holds more than the
 //! limit plus one push.
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 /// Default for the largest accepted event (its bytes up to the blank line that ends it).
 pub const DEFAULT_MAX_EVENT_BYTES: usize = 8 << 20;
 
 pub struct SseParser {
-    buf: BytesMut,
-    /// Start of the line of `buf` whose end has not been seen yet.
+    /// Unparsed bytes of the last read, not copied; empty while `carry` is in use.
+    buf: Bytes,
+    /// An event that spans reads: what arrived of it so far, and every later read until it ends.
+    carry: BytesMut,
+    /// Start of the line of the pending bytes whose end has not been seen yet.
     line_start: usize,
     /// Where the search for that line's end resumes (`line_start..scan` holds no terminator).
     scan: usize,
@@ -88,7 +96,8 @@ impl SseParser {
     /// A parser that refuses events longer than `max_event` bytes.
     pub fn new(max_event: usize) -> Self {
         SseParser {
-            buf: BytesMut::new(),
+            buf: Bytes::new(),
+            carry: BytesMut::new(),
             line_start: 0,
             scan: 0,
             max_event,
@@ -98,18 +107,38 @@ impl SseParser {
     }
 
     pub fn push(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
+        self.push_bytes(Bytes::copy_from_slice(bytes));
+    }
+
+    /// Adds what one read brought. Events are then read out of these bytes without a copy, but
+    /// for one that began in an earlier read.
+    pub fn push_bytes(&mut self, bytes: Bytes) {
+        if self.carry.is_empty() && self.buf.is_empty() {
+            self.buf = bytes;
+            return;
+        }
+        if !self.buf.is_empty() {
+            self.carry.extend_from_slice(&self.buf);
+            self.buf = Bytes::new();
+        }
+        self.carry.extend_from_slice(&bytes);
     }
 
     /// Bytes held, for tests of the bound.
     pub fn buffered(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.carry.len()
     }
 
-    /// Finds the blank line that ends the event at the start of `buf`, resuming the scan where
-    /// the last call stopped. Returns the event's length and where the next one starts.
+    /// The first `len` pending bytes, taken off.
+    fn take(&mut self, len: usize) -> Bytes {
+        if self.carry.is_empty() { self.buf.split_to(len) } else { self.carry.split_to(len).freeze() }
+    }
+
+    /// Finds the blank line that ends the event at the start of the pending bytes, resuming
+    /// the scan where the last call stopped. Returns the event's length and where the next one
+    /// starts.
     fn event_end(&mut self) -> Option<(usize, usize)> {
-        let buf = &self.buf[..];
+        let buf = if self.carry.is_empty() { &self.buf[..] } else { &self.carry[..] };
         loop {
             let found = memchr::memchr2(b'\n', b'\r', &buf[self.scan..]);
             #[cfg(test)]
@@ -149,18 +178,32 @@ impl SseParser {
     /// skipped. An event longer than the limit is an error; the parser then holds nothing, and
     /// the stream should be abandoned (the rest of the oversized event would parse as garbage).
     pub fn next_event(&mut self) -> Result<Option<SseEvent>, EventTooLarge> {
+        Ok(self.next_parsed()?.map(|(event, _)| event))
+    }
+
+    /// [`SseParser::next_event`], with the event's bytes as they arrived when they are exactly
+    /// what [`sse_frame`] makes of its payload (one `data: ` line, `\n` line ends): sending
+    /// those on is sending the event framed again, without framing or copying it.
+    pub fn next_parsed(&mut self) -> Result<Option<(SseEvent, Option<Bytes>)>, EventTooLarge> {
         loop {
             let Some((at, next)) = self.event_end() else {
-                if self.buf.len() > self.max_event {
-                    return Err(self.overflow(self.buf.len(), false));
+                let held = self.buffered();
+                if held > self.max_event {
+                    return Err(self.overflow(held, false));
+                }
+                // What is left begins an event that ends in a later read: carried, so that the
+                // read's buffer is not kept whole (and later reads append to it).
+                if !self.buf.is_empty() {
+                    self.carry.extend_from_slice(&self.buf);
+                    self.buf = Bytes::new();
                 }
                 return Ok(None);
             };
             if at > self.max_event {
                 return Err(self.overflow(at, true));
             }
-            let event = self.buf.split_to(at).freeze();
-            self.buf.advance(next - at);
+            let raw = self.take(next);
+            let event = raw.slice(..at);
             let mut data_lines = lines(&event).filter_map(data_value);
             let Some(first) = data_lines.next() else { continue };
             let data = match data_lines.next() {
@@ -176,12 +219,22 @@ impl SseParser {
                     joined.freeze()
                 }
             };
-            return Ok(Some(if &data[..] == b"[DONE]" { SseEvent::Done } else { SseEvent::Data(data) }));
+            if &data[..] == b"[DONE]" {
+                return Ok(Some((SseEvent::Done, None)));
+            }
+            // `data: ` + the payload + `\n\n`, the payload borrowed from it: one line, framed
+            // as the gateway would frame it.
+            let framed = raw.len() == data.len() + 8
+                && raw.starts_with(b"data: ")
+                && raw.ends_with(b"\n\n")
+                && data.as_ptr() == raw[6..].as_ptr();
+            return Ok(Some((SseEvent::Data(data), framed.then_some(raw))));
         }
     }
 
     fn overflow(&mut self, found: usize, complete: bool) -> EventTooLarge {
-        self.buf = BytesMut::new();
+        self.buf = Bytes::new();
+        self.carry = BytesMut::new();
         self.line_start = 0;
         self.scan = 0;
         EventTooLarge { limit: self.max_event, found, complete }
@@ -317,12 +370,32 @@ mod tests {
     }
 
     #[test]
-    fn a_single_line_event_is_not_copied() {
+    fn a_single_line_event_is_not_copied_and_comes_with_its_bytes() {
         let mut p = SseParser::default();
-        p.push(b"data: {\"a\":1}\n\n");
-        let start = p.buf.as_ptr() as usize;
-        let Ok(Some(SseEvent::Data(d))) = p.next_event() else { panic!("expected an event") };
-        assert_eq!(d.as_ptr() as usize, start + 6);
+        let read = Bytes::from_static(b"data: {\"a\":1}\n\ndata: a\r\n\r\n: note\ndata: b\n\n");
+        p.push_bytes(read.clone());
+        let start = read.as_ptr() as usize;
+        let Ok(Some((SseEvent::Data(d), Some(framed)))) = p.next_parsed() else { panic!("expected a framed event") };
+        assert_eq!((d.as_ptr() as usize, framed.as_ptr() as usize), (start + 6, start));
+        assert_eq!(&framed[..], b"data: {\"a\":1}\n\n");
+        // Framed otherwise than the gateway frames: the payload only.
+        assert_eq!(p.next_parsed(), Ok(Some((SseEvent::Data(Bytes::from_static(b"a")), None))));
+        assert_eq!(p.next_parsed(), Ok(Some((SseEvent::Data(Bytes::from_static(b"b")), None))));
+        assert_eq!(p.buffered(), 0);
+    }
+
+    #[test]
+    fn an_event_split_across_reads_is_carried_and_the_read_after_it_is_not_copied() {
+        let mut p = SseParser::default();
+        p.push_bytes(Bytes::from_static(b"data: {\"a\":"));
+        assert_eq!(p.next_event(), Ok(None));
+        assert_eq!((p.buf.len(), p.carry.len()), (0, 11));
+        p.push_bytes(Bytes::from_static(b"1}\n\n"));
+        assert_eq!(p.next_event(), Ok(data(b"{\"a\":1}")));
+        let read = Bytes::from_static(b"data: x\n\n");
+        p.push_bytes(read.clone());
+        let Ok(Some((_, Some(framed)))) = p.next_parsed() else { panic!("expected a framed event") };
+        assert_eq!(framed.as_ptr(), read.as_ptr());
     }
 
     #[test]
@@ -418,6 +491,27 @@ mod tests {
                     from = cut;
                 }
                 prop_assert_eq!(got, expected);
+            }
+
+            /// The bytes an event comes with are always what framing its payload gives.
+            #[test]
+            fn an_events_own_bytes_are_its_payload_framed(
+                bytes in stream(),
+                cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..8),
+            ) {
+                let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
+                cuts.sort_unstable();
+                let mut p = SseParser::default();
+                let mut from = 0;
+                for cut in cuts.into_iter().chain([bytes.len()]) {
+                    p.push_bytes(Bytes::copy_from_slice(&bytes[from..cut]));
+                    from = cut;
+                    while let Some((event, framed)) = p.next_parsed().unwrap() {
+                        if let (SseEvent::Data(data), Some(framed)) = (&event, framed) {
+                            prop_assert_eq!(framed, sse_frame(data));
+                        }
+                    }
+                }
             }
 
             /// What the gateway frames, a client parses back: every line break becomes `\n`.
