@@ -287,24 +287,81 @@ struct UsageJson {
     total_tokens: u64,
 }
 
-#[derive(Deserialize)]
-struct WithUsage {
-    usage: Option<UsageJson>,
-}
-
-/// The `usage` object of a completion or of a stream's usage chunk, if any. Cheap for chunks
-/// without one: they are not parsed.
+/// The `usage` object of a completion or of a stream's usage chunk, if any: the value of the
+/// top-level `usage` key. Only that value is parsed: the bytes before it are walked for their
+/// nesting (strings and brackets), and nothing after it is read. Chunks without a `usage` are
+/// passed over at the cost of one substring search.
 pub fn usage_of(json: &[u8]) -> Option<Usage> {
     static USAGE: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
         std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
-    USAGE.find(json)?;
-    let u = serde_json::from_slice::<WithUsage>(json).ok()?.usage?;
-    Some(Usage { prompt_tokens: u.prompt_tokens, completion_tokens: u.completion_tokens, total_tokens: u.total_tokens })
+    let mut nesting = Nesting::default();
+    for at in USAGE.find_iter(json) {
+        nesting.walk(&json[nesting.walked..at]);
+        nesting.walked = at;
+        if nesting.depth != 1 || nesting.in_string {
+            continue;
+        }
+        // A string at the top level: the key, if a `:` follows.
+        let Some(value) = json[at + 7..].trim_ascii_start().strip_prefix(b":") else { continue };
+        let usage: Option<UsageJson> =
+            Deserialize::deserialize(&mut serde_json::Deserializer::from_slice(value)).ok()?;
+        return usage.map(|u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: u.completion_tokens,
+            total_tokens: u.total_tokens,
+        });
+    }
+    None
+}
+
+/// How deep a walk over JSON bytes is, and whether it is inside a string.
+#[derive(Default)]
+struct Nesting {
+    depth: u32,
+    in_string: bool,
+    escaped: bool,
+    /// Bytes walked so far (the caller's offset).
+    walked: usize,
+}
+
+impl Nesting {
+    fn walk(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if self.in_string {
+                match (self.escaped, b) {
+                    (true, _) => self.escaped = false,
+                    (false, b'\\') => self.escaped = true,
+                    (false, b'"') => self.in_string = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => self.in_string = true,
+                b'{' | b'[' => self.depth += 1,
+                b'}' | b']' => self.depth = self.depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_is_the_top_level_key_only() {
+        let u = |p, c, t| Some(Usage { prompt_tokens: p, completion_tokens: c, total_tokens: t });
+        let chunk = br#"{"choices":[{"delta":{"content":"\"usage\": {\"total_tokens\": 9}"},"x":{"usage":{"total_tokens":8}}}],"usage" : {"prompt_tokens":1,"completion_tokens":2,"total_tokens":3}}"#;
+        assert_eq!(usage_of(chunk), u(1, 2, 3));
+        assert_eq!(usage_of(br#"{"nested":{"usage":{"total_tokens":8}}}"#), None);
+        assert_eq!(usage_of(br#"{"note":"\"usage\":{}","id":1}"#), None);
+        assert_eq!(usage_of(br#"{"usage":{"total_tokens":4},"trailing":"ignored"}"#), u(0, 0, 4));
+        assert_eq!(usage_of(br#"{"usage":"not an object"}"#), None);
+        // The word as a value first, then the key.
+        assert_eq!(usage_of(br#"{"kind":"usage","usage":{"total_tokens":5}}"#), u(0, 0, 5));
+    }
 
     #[test]
     fn usage_is_read_only_where_present() {

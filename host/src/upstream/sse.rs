@@ -27,6 +27,9 @@ pub struct SseParser {
     line_start: usize,
     /// Where the search for that line's end resumes (`line_start..scan` holds no terminator).
     scan: usize,
+    /// The end of the current event's first line and where the line after it starts, once
+    /// seen: an event of one line (most are) is then read without splitting it into lines.
+    first_line: Option<(usize, usize)>,
     max_event: usize,
     /// Bytes the search for line ends has looked at, for the test that parsing is linear.
     #[cfg(test)]
@@ -100,6 +103,7 @@ impl SseParser {
             carry: BytesMut::new(),
             line_start: 0,
             scan: 0,
+            first_line: None,
             max_event,
             #[cfg(test)]
             scanned: 0,
@@ -169,6 +173,7 @@ impl SseParser {
                 self.scan = 0;
                 return Some((at, next));
             }
+            self.first_line.get_or_insert((t, t + len));
             self.line_start = t + len;
             self.scan = t + len;
         }
@@ -204,6 +209,13 @@ impl SseParser {
             }
             let raw = self.take(next);
             let event = raw.slice(..at);
+            let first_line = self.first_line.take();
+            if let Some((end, _)) = first_line.filter(|&(_, after)| after == at) {
+                // One line: it is the event's only data, if it is data at all.
+                let Some(value) = data_value(&event[..end]) else { continue };
+                let data = event.slice_ref(value);
+                return Ok(Some(self.parsed(data, raw)));
+            }
             let mut data_lines = lines(&event).filter_map(data_value);
             let Some(first) = data_lines.next() else { continue };
             let data = match data_lines.next() {
@@ -219,17 +231,22 @@ impl SseParser {
                     joined.freeze()
                 }
             };
-            if &data[..] == b"[DONE]" {
-                return Ok(Some((SseEvent::Done, None)));
-            }
-            // `data: ` + the payload + `\n\n`, the payload borrowed from it: one line, framed
-            // as the gateway would frame it.
-            let framed = raw.len() == data.len() + 8
-                && raw.starts_with(b"data: ")
-                && raw.ends_with(b"\n\n")
-                && data.as_ptr() == raw[6..].as_ptr();
-            return Ok(Some((SseEvent::Data(data), framed.then_some(raw))));
+            return Ok(Some(self.parsed(data, raw)));
         }
+    }
+
+    /// An event's payload as the parser returns it, with its bytes when they are its framing.
+    fn parsed(&self, data: Bytes, raw: Bytes) -> (SseEvent, Option<Bytes>) {
+        if &data[..] == b"[DONE]" {
+            return (SseEvent::Done, None);
+        }
+        // `data: ` + the payload + `\n\n`, the payload borrowed from it: one line, framed as
+        // the gateway would frame it.
+        let framed = raw.len() == data.len() + 8
+            && raw.starts_with(b"data: ")
+            && raw.ends_with(b"\n\n")
+            && data.as_ptr() == raw[6..].as_ptr();
+        (SseEvent::Data(data), framed.then_some(raw))
     }
 
     fn overflow(&mut self, found: usize, complete: bool) -> EventTooLarge {
@@ -237,6 +254,7 @@ impl SseParser {
         self.carry = BytesMut::new();
         self.line_start = 0;
         self.scan = 0;
+        self.first_line = None;
         EventTooLarge { limit: self.max_event, found, complete }
     }
 }
