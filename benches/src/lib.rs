@@ -177,6 +177,7 @@ pub fn load_with_config(lib: &str, count: usize, copies: &Path, config: toml::Ta
         quarantine_after: 0,
         quarantine_window_secs: 60.0,
         quarantine_probe_secs: 30.0,
+        endpoint_auth: true,
         config,
     };
     // Each call gets its own host state: one KV store per directory.

@@ -16,7 +16,7 @@ use crate::pipeline::{ContextState, RequestState};
 use crate::reload::ReloadError;
 
 /// `Err` with the 401 to send unless `headers` carry the admin token.
-fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
+pub(crate) fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -42,7 +42,7 @@ fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBod
     Ok(())
 }
 
-/// `GET /admin/plugins`, `GET /admin/executors`, `POST /admin/plugins/{name}/reload`,
+/// `GET /admin/plugins`, `GET /admin/routes`, `GET /admin/executors`, `POST /admin/plugins/{name}/reload`,
 /// `POST /admin/reload`.
 pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
     if let Err(denied) = admin_check(app, headers) {
@@ -53,6 +53,9 @@ pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: 
     match (method, segments.as_slice()) {
         (&Method::GET, ["plugins"]) => {
             json(StatusCode::OK, serde_json::json!({ "plugins": app.registry.status(&app.live()) }))
+        }
+        (&Method::GET, ["routes"]) => {
+            json(StatusCode::OK, serde_json::json!({ "routes": app.pipeline.load().routes() }))
         }
         (&Method::GET, ["executors"]) => {
             let pipeline = app.pipeline.load();

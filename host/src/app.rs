@@ -13,7 +13,7 @@ use crate::collector::Collector;
 use crate::config::GatewayConfig;
 use crate::metrics::Metrics;
 use crate::pipeline::flow::Env;
-use crate::pipeline::{Pipeline, RecordSink, Slot, check_executors};
+use crate::pipeline::{Pipeline, RecordSink, Slot};
 use crate::plugin::{self, LoadError};
 use crate::record::Record;
 use crate::reload::{Live, Registry};
@@ -34,8 +34,9 @@ pub enum GatewayError {
         source: std::io::Error,
     },
     Runtime(std::io::Error),
-    /// A model routes to an executor that is not loaded, or does not speak OpenAI chat.
-    Executor(String),
+    /// The plugins do not fit together: a model routes to an executor that is not loaded (or
+    /// does not speak OpenAI chat), or a plugin's routes are invalid or conflict.
+    Pipeline(String),
 }
 
 impl std::fmt::Display for GatewayError {
@@ -45,7 +46,7 @@ impl std::fmt::Display for GatewayError {
             GatewayError::Kv(e) => write!(f, "{e}"),
             GatewayError::Bind { addr, source } => write!(f, "cannot listen on {addr}: {source}"),
             GatewayError::Runtime(e) => write!(f, "cannot start the async runtime: {e}"),
-            GatewayError::Executor(e) => write!(f, "{e}"),
+            GatewayError::Pipeline(e) => write!(f, "{e}"),
         }
     }
 }
@@ -56,7 +57,7 @@ impl std::error::Error for GatewayError {
             GatewayError::Load(e) => Some(e),
             GatewayError::Kv(e) => Some(e),
             GatewayError::Bind { source, .. } | GatewayError::Runtime(source) => Some(source),
-            GatewayError::Executor(_) => None,
+            GatewayError::Pipeline(_) => None,
         }
     }
 }
@@ -107,7 +108,7 @@ impl App {
             Target::Executor(name) => Some((r.model.as_str(), name.as_str())),
             Target::Upstream(_) => None,
         });
-        check_executors(&pipeline, routed).map_err(GatewayError::Executor)?;
+        pipeline.check(routed).map_err(GatewayError::Pipeline)?;
         for slot in &pipeline.slots {
             slot.plugin.ready();
         }

@@ -354,6 +354,12 @@ pub struct PluginConfig {
     /// plugin is re-enabled, otherwise it waits as long again. 0 never probes (until reloaded).
     #[serde(default = "default_quarantine_probe")]
     pub quarantine_probe_secs: f64,
+    /// Whether the gateway's auth plugins run before this plugin's endpoint routes
+    /// (`/plugins/{name}/...`; its resource routes are public and its management routes need
+    /// the admin token either way). Off for an endpoint that checks its callers itself, such as
+    /// a webhook receiver verifying a signature.
+    #[serde(default = "yes")]
+    pub endpoint_auth: bool,
     /// The plugin's own config, validated against its JSON Schema and handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,

@@ -45,8 +45,9 @@ pub enum ReloadError {
         expected: String,
         found: String,
     },
-    /// The new version no longer serves the models routed to it.
-    Executor(String),
+    /// The new version no longer serves the models routed to it, or its routes are invalid or
+    /// conflict.
+    Pipeline(String),
     ShuttingDown,
 }
 
@@ -59,7 +60,7 @@ impl std::fmt::Display for ReloadError {
             ReloadError::Config(e) => write!(f, "cannot re-read the gateway config: {e}"),
             ReloadError::Load(e) => write!(f, "{e}"),
             ReloadError::ShuttingDown => f.write_str("the gateway is shutting down: no more reloads"),
-            ReloadError::Executor(e) => write!(f, "the new version cannot take over: {e}"),
+            ReloadError::Pipeline(e) => write!(f, "the new version cannot take over: {e}"),
             ReloadError::Renamed { expected, found } => write!(
                 f,
                 "the new file is plugin `{found}`, expected `{expected}`: a reload replaces a plugin with a version of itself"
@@ -251,7 +252,8 @@ impl Registry {
         let same_config = config.config == old_config.config
             && config.isolate == old_config.isolate
             && config.on_error == old_config.on_error
-            && config.quarantine() == old_config.quarantine();
+            && config.quarantine() == old_config.quarantine()
+            && config.endpoint_auth == old_config.endpoint_auth;
         let unchanged = || Reloaded {
             plugin: name.to_owned(),
             outcome: "unchanged",
@@ -292,7 +294,7 @@ impl Registry {
             crate::upstream::Target::Executor(e) if e == name => Some((r.model.as_str(), e.as_str())),
             _ => None,
         });
-        crate::pipeline::check_executors(&next, routed).map_err(ReloadError::Executor)?;
+        next.check(routed).map_err(ReloadError::Pipeline)?;
         // As `Lifecycle` documents: the old version lets go of what the new one takes over, the
         // new one is told it is ready, then the swap is one store.
         old.quiesce();

@@ -3,18 +3,18 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
-use crate::admin::{admin, executor_http};
+use crate::admin::{admin, admin_check, executor_http};
 use crate::app::App;
 use crate::body::{GatewayBody, error_response, json_response};
 use crate::error::ApiError;
 use crate::metrics::Gauge;
-use crate::pipeline::flow;
+use crate::pipeline::{Prefix, RouteEnv, flow};
 
 pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) -> Response<GatewayBody> {
     let started = Instant::now();
@@ -38,12 +38,41 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
             error_response(&ApiError::method_not_allowed(m, path, "POST"))
         }
         (_, p) if p.starts_with("/admin/executors/") && p.contains("/http/") => executor_http(app, req).await,
+        (_, p) if p.starts_with("/plugins/") => plugin_route(app, Prefix::Plugins, req, peer).await,
+        (_, p) if is_management_route(p) => match admin_check(app, req.headers()) {
+            Ok(()) => plugin_route(app, Prefix::Admin, req, peer).await,
+            Err(denied) => denied,
+        },
         (m, "/v1/models" | "/healthz" | "/metrics") => error_response(&ApiError::method_not_allowed(m, path, "GET")),
         (m, p) if p.starts_with("/admin/") => admin(app, m, p, req.headers()).await,
         _ => error_response(&ApiError::not_found(path)),
     };
     app.metrics.count_request(resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// `/admin/plugins/{name}/PATH` for a PATH the gateway does not serve itself: a plugin's
+/// management route.
+fn is_management_route(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/admin/plugins/") else { return false };
+    rest.split_once('/').is_some_and(|(_, sub)| !sub.is_empty() && sub != "reload")
+}
+
+async fn plugin_route(
+    app: &Arc<App>,
+    prefix: Prefix,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+) -> Response<GatewayBody> {
+    let limits = &app.config.limits;
+    let env = RouteEnv {
+        max_body_bytes: limits.max_body_bytes,
+        body_timeout: Duration::from_millis(limits.body_timeout_ms),
+        answer_timeout: Duration::from_millis(limits.executor_timeout_ms),
+        request_id: app.request_id(),
+        peer,
+    };
+    app.pipeline.load_full().serve_route(env, prefix, req).await
 }
 
 fn models(app: &App) -> Response<GatewayBody> {

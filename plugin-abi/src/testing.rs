@@ -281,3 +281,23 @@ fn check_schema(plugin: &str, schema: &str, config: &str) -> Result<(), PluginEr
     let list: Vec<String> = violations.iter().map(|(field, rule)| format!("at `{field}`: {rule}")).collect();
     Err(PluginError::config(format!("config for plugin `{plugin}` rejected {}", list.join("; "))))
 }
+
+/// Awaits `future` on this thread: enough to test async hooks (an executor's, a route's)
+/// without an async runtime.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::{sync::Arc, task};
+    struct Unpark(std::thread::Thread);
+    impl task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark()
+        }
+    }
+    let waker = task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut future = std::pin::pin!(future);
+    loop {
+        match future.as_mut().poll(&mut task::Context::from_waker(&waker)) {
+            task::Poll::Ready(out) => return out,
+            task::Poll::Pending => std::thread::park(),
+        }
+    }
+}

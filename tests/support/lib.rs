@@ -38,6 +38,7 @@ pub fn plugin_config(path: PathBuf, config_toml: &str) -> PluginConfig {
         quarantine_after: 3,
         quarantine_window_secs: 60.0,
         quarantine_probe_secs: 30.0,
+        endpoint_auth: true,
         config: toml::from_str(config_toml).expect("test config is valid TOML"),
     }
 }

@@ -277,8 +277,8 @@ fn exec_error(hook: &Hook<ffi::ExecutorV1>, which: usize, e: ExecError, request_
     )
 }
 
-/// Valid headers only: an executor's malformed header is dropped, not sent.
-fn header_map<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
+/// Valid headers only: a plugin's malformed header is dropped, not sent.
+pub(super) fn header_map<'a>(headers: impl Iterator<Item = (&'a str, &'a str)>) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in headers {
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
@@ -374,7 +374,7 @@ impl PollEvents for ExecutorEvents {
 
 /// Checks, once per load, that every model routed to an executor has one that speaks OpenAI
 /// chat in and out.
-pub fn check_executors<'a>(
+pub(super) fn check_executors<'a>(
     pipeline: &Pipeline,
     routed: impl Iterator<Item = (&'a str, &'a str)>,
 ) -> Result<(), String> {

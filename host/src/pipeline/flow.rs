@@ -91,24 +91,8 @@ async fn read_request(
         Some(ct) if ct.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json")) => {}
         other => return Err(ApiError::unsupported_media_type(other.unwrap_or("(none)"))),
     }
-    let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if let Some(len) = declared.filter(|len| *len > limits.max_body_bytes as u64) {
-        return Err(ApiError::too_large(limits.max_body_bytes, Some(len)));
-    }
-    let read = tokio::time::timeout(
-        Duration::from_millis(limits.body_timeout_ms),
-        Limited::new(body, limits.max_body_bytes).collect(),
-    );
-    let body = match read.await {
-        Err(_) => return Err(ApiError::timeout("request body")),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            return Err(ApiError::too_large(limits.max_body_bytes, None));
-        }
-        Ok(Err(e)) => {
-            return Err(ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}")));
-        }
-        Ok(Ok(collected)) => collected.to_bytes(),
-    };
+    let body =
+        read_body(body, limits.max_body_bytes, Duration::from_millis(limits.body_timeout_ms), &parts.headers).await?;
     let (model, stream) = peek(&body)?;
     let ctx = ContextState { request_id, model, client_ip: peer.ip().to_string(), ..ContextState::default() };
     let mut state = RequestState::new(parts.method, parts.uri, parts.headers, body, ctx);
@@ -116,7 +100,28 @@ async fn read_request(
     Ok(state)
 }
 
-fn credential(headers: &HeaderMap) -> &str {
+/// A request body within `max` bytes (refused early when `Content-Length` says it is larger)
+/// and `timeout`.
+pub(crate) async fn read_body(
+    body: Incoming,
+    max: usize,
+    timeout: Duration,
+    headers: &HeaderMap,
+) -> Result<Bytes, ApiError> {
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(len) = declared.filter(|len| *len > max as u64) {
+        return Err(ApiError::too_large(max, Some(len)));
+    }
+    match tokio::time::timeout(timeout, Limited::new(body, max).collect()).await {
+        Err(_) => Err(ApiError::timeout("request body")),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(max, None)),
+        Ok(Err(e)) => Err(ApiError::invalid_request("invalid_body", format!("could not read the request body: {e}"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The credential a request carries: a bearer token, else `x-api-key`.
+pub(crate) fn credential(headers: &HeaderMap) -> &str {
     if let Some(v) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         if let Some(token) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
             return token.trim();
@@ -163,7 +168,7 @@ fn request_phases<'u>(
     Ok((route, req.stream))
 }
 
-fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody> {
+pub(crate) fn into_response(resp: ResponseState, request_id: &str) -> Response<GatewayBody> {
     let mut out = Response::new(GatewayBody::full(resp.body));
     *out.status_mut() = resp.status;
     *out.headers_mut() = resp.headers;

@@ -9,6 +9,7 @@ mod collect;
 mod executor;
 pub mod flow;
 mod request;
+mod routes;
 mod stream;
 
 use std::collections::VecDeque;
@@ -31,9 +32,11 @@ use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
 pub use collect::RecordSink;
-pub use executor::{ExecutorInfo, check_executors};
+pub use executor::ExecutorInfo;
+use executor::check_executors;
 pub use request::{ContextState, RequestState};
 use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
+pub use routes::{Prefix, RouteEnv, RouteTable};
 pub use stream::StreamFilters;
 
 /// One loaded plugin as the pipeline runs it: failure policy, and its quarantine breaker.
@@ -464,6 +467,9 @@ pub struct Pipeline {
     stream_complete: Vec<Hook<ffi::StreamCompleteV1>>,
     collectors: Vec<Hook<ffi::DataCollectorV1>>,
     executors: Vec<Hook<ffi::ExecutorV1>>,
+    routes: Vec<Hook<ffi::RoutesV1>>,
+    /// Every plugin's routes, asked for once when this pipeline was made.
+    route_table: RouteTable,
 }
 
 /// A request hook: the capability's call for the request view.
@@ -502,9 +508,23 @@ impl Pipeline {
             if let Some(c) = plugin.cap() {
                 p.executors.push(Hook::new(c, slot));
             }
+            if let Some(c) = plugin.cap() {
+                p.routes.push(Hook::new(c, slot));
+            }
         }
+        p.route_table = RouteTable::build(&p.routes);
         p.slots = slots;
         p
+    }
+
+    /// Whether the plugins fit together: every model in `routed` (model, executor) has its
+    /// executor loaded and speaking OpenAI chat, and no plugin route is invalid or conflicts.
+    pub fn check<'a>(&self, routed: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), String> {
+        check_executors(self, routed)?;
+        match self.route_table.errors() {
+            [] => Ok(()),
+            errors => Err(errors.join("; ")),
+        }
     }
 
     /// Whether requests must carry a credential some auth plugin accepts.

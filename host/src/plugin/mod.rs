@@ -336,6 +336,8 @@ pub struct LoadedPlugin {
     pub loaded_at: SystemTime,
     pub on_error: FailMode,
     pub quarantine: QuarantinePolicy,
+    /// Whether auth plugins run before its endpoint routes (the config's `endpoint_auth`).
+    pub endpoint_auth: bool,
     /// Shuts down (ending its subscriptions first) when the last handle to it goes.
     instance: Arc<Instance>,
 }
@@ -424,6 +426,7 @@ pub fn load_from(
         loaded_at: SystemTime::now(),
         on_error: config.on_error,
         quarantine: config.quarantine(),
+        endpoint_auth: config.endpoint_auth,
         instance,
     })
 }

@@ -12,7 +12,7 @@ use super::*;
 use crate::sdk::executor::{self, ExecRequest, HttpPassthrough};
 use crate::sdk::{
     self, Auth, Chunk, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth, PreAuth, Request,
-    RequestInterceptor, Response, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
+    RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
 };
 
 /// A request as an executor receives it: borrowed for the call that starts it.
@@ -76,7 +76,63 @@ pub struct ExecutorInfo {
     pub models: RVec<ExecutorModel>,
 }
 
-super::define::returned_as_is!(RResult<ExecutorInfo, PluginError>);
+super::define::returned_as_is!(RResult<ExecutorInfo, PluginError>, RVec<RawRoute>);
+
+/// Where a declared route is served ([`RawRoute::kind`]).
+pub mod route_kind {
+    /// `/plugins/{name}/PATH`; the gateway's auth plugins run first unless the operator turns
+    /// them off for the plugin (`endpoint_auth = false`).
+    pub const ENDPOINT: u8 = 0;
+    /// `/admin/plugins/{name}/PATH`, behind the admin token.
+    pub const MANAGEMENT: u8 = 1;
+    /// `/plugins/{name}/PATH`, public: no auth plugin runs.
+    pub const RESOURCE: u8 = 2;
+}
+
+/// An HTTP route a plugin serves.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct RawRoute {
+    /// One of [`route_kind`].
+    pub kind: u8,
+    /// `GET`, `POST`, ... or `*` for every method.
+    pub method: RString,
+    /// Under the kind's prefix: literal segments, `{name}` for one segment, and a last
+    /// `{*name}` for the rest of the path.
+    pub path: RString,
+    pub description: RString,
+}
+
+/// A request to one of a plugin's routes. Borrowed for the call that starts the handler.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawRouteRequest<'a> {
+    /// Request id, client IP; app and user when an auth plugin identified the caller.
+    pub ctx: RawContext<'a>,
+    /// Which of the plugin's routes matched: its index in what `routes` returned.
+    pub route: u32,
+    pub method: RStr<'a>,
+    /// The whole path, prefix included.
+    pub path: RStr<'a>,
+    /// The path under the prefix.
+    pub relative_path: RStr<'a>,
+    /// The route's `{name}` and `{*name}` parts, as matched.
+    pub params: RSlice<'a, RawKeyValue<'a>>,
+    pub query: RStr<'a>,
+    pub headers: RSlice<'a, RawHeader<'a>>,
+    pub body: RSlice<'a, u8>,
+}
+
+/// A route's answer: status, headers and a body; with `stream`, body chunks follow as the
+/// plugin produces them (SSE or plain chunked), after `body`.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct RouteReply {
+    pub status: u16,
+    pub headers: RVec<OwnedHeader>,
+    pub body: RVec<u8>,
+    pub stream: ROption<RStream<RResult<RVec<u8>, PluginError>>>,
+}
 
 capabilities! {
     dollar = $;
@@ -240,6 +296,17 @@ capabilities! {
         /// A raw request with the provider's credentials.
         pub fn http_request(req: &RawRequest<'_>) -> RFuture<RResult<ExecResponse, ExecError>> as "http_request"
             => |p| executor::response_future(p.http_request(HttpPassthrough::from_raw(req)));
+    }
+
+    /// Capability [`cap::ROUTES`], version 1: HTTP routes the plugin serves, declared once at
+    /// load (a declaration that conflicts with another, or with the gateway's own, is refused).
+    RoutesV1 = (cap::ROUTES, 1) Routes: Routes {
+        /// The routes; asked once each time the plugin is loaded.
+        pub fn routes() -> RVec<RawRoute> as "routes"
+            => |p| sdk::routes::routes_to_raw(p.routes());
+        /// One request to route `req.route`.
+        pub fn handle(req: &RawRouteRequest<'_>) -> RFuture<RResult<RouteReply, PluginError>> as "route"
+            => |p| sdk::routes::reply_future(p.handle(sdk::RouteRequest::from_raw(req)));
     }
 
     /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work

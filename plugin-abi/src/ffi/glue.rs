@@ -6,7 +6,7 @@ use std::ffi::c_void;
 
 use abi_stable::library::{CheckTypeLayout, LibHeader, RootModuleResult};
 use abi_stable::prefix_type::PrefixTypeTrait;
-use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr};
+use abi_stable::std_types::{RErr, ROk, ROption, RResult, RStr, RVec};
 
 use super::*;
 use crate::sdk::{self, Config, Host, Plugin};
@@ -109,6 +109,14 @@ impl<T> Guarded for RResult<T, PluginError> {
 impl Guarded for () {
     fn panicked(host: &Host, hook: &str, message: String) {
         host.error(&format!("panicked in {hook}: {message}"));
+    }
+}
+
+/// A plugin whose `routes` panicked serves none; the panic is logged.
+impl Guarded for RVec<RawRoute> {
+    fn panicked(host: &Host, hook: &str, message: String) -> Self {
+        host.error(&format!("panicked in {hook}: {message}; it serves no routes"));
+        RVec::new()
     }
 }
 

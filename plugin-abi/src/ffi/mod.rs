@@ -48,6 +48,8 @@ pub mod cap {
     pub const REQUIREMENTS: u32 = 12;
     /// Added in ABI 1.4.
     pub const EXECUTOR: u32 = 13;
+    /// Added in ABI 1.6.
+    pub const ROUTES: u32 = 14;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use abi_stable::std_types::{RErr, ROk, RResult, RString, RVec};
 
 use crate::ffi;
+use crate::sdk::stream::Unfold;
 use crate::sdk::{Plugin, PluginError};
 
 /// What an executor serves, asked once when it loads.
@@ -153,7 +154,7 @@ impl ChunkStream {
         F: FnMut(S) -> Fut + Send + 'static,
         Fut: Future<Output = Option<(Result<Vec<u8>, ExecError>, S)>> + Send + 'static,
     {
-        ChunkStream(Box::pin(Unfold { state: Some(state), step, pending: None }))
+        ChunkStream(Box::pin(Unfold::new(state, step)))
     }
 
     /// A stream of the given chunks.
@@ -163,41 +164,6 @@ impl ChunkStream {
 
     pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Vec<u8>, ExecError>>> {
         self.0.as_mut().poll_item(cx)
-    }
-}
-
-struct Unfold<S, F, Fut> {
-    state: Option<S>,
-    step: F,
-    pending: Option<Pin<Box<Fut>>>,
-}
-
-impl<S, F, Fut> ffi::ItemSource for Unfold<S, F, Fut>
-where
-    S: Send + 'static,
-    F: FnMut(S) -> Fut + Send + 'static,
-    Fut: Future<Output = Option<(Result<Vec<u8>, ExecError>, S)>> + Send + 'static,
-{
-    type Item = Result<Vec<u8>, ExecError>;
-
-    fn poll_item(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        // SAFETY: no field is structurally pinned: the future is boxed, the rest is moved freely.
-        let this = unsafe { self.get_unchecked_mut() };
-        if this.pending.is_none() {
-            let Some(state) = this.state.take() else { return Poll::Ready(None) };
-            this.pending = Some(Box::pin((this.step)(state)));
-        }
-        let Some(pending) = this.pending.as_mut() else { return Poll::Ready(None) };
-        match pending.as_mut().poll(cx) {
-            Poll::Pending => Poll::Pending,
-            Poll::Ready(next) => {
-                this.pending = None;
-                Poll::Ready(next.map(|(item, state)| {
-                    this.state = Some(state);
-                    item
-                }))
-            }
-        }
     }
 }
 

@@ -7,6 +7,8 @@ mod delta;
 pub(crate) mod executor;
 mod host;
 mod http;
+pub(crate) mod routes;
+mod stream;
 mod view;
 
 pub use capability::*;
@@ -18,6 +20,7 @@ pub use executor::{
 };
 pub use host::{App, Config, Direction, Event, Host, Level, Model, StopSignal};
 pub use http::{HttpRequest, HttpResponse};
+pub use routes::{BodyStream, Route, RouteKind, RouteRequest, RouteResponse, Routes};
 pub use view::{Chunk, Context, Headers, History, Request, Upstream, UpstreamResponse};
 
 /// Runs `f`, turning a panic into its message. The payload is dropped inside a guard of its own:
