@@ -9,22 +9,24 @@ export CARGO_TARGET_DIR := $(CURDIR)/target
 # tests/fixtures/README.md).
 ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-1.3 tests/fixtures/abi-2.0 tests/fixtures/abi-skew tests/fixtures/panic-abort
 
-# The official OpenAI Python client, for the end-to-end test.
+# The official OpenAI Python client, for the end-to-end test, and selenium, which drives the
+# browser in the admin page's test.
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
+SELENIUM_VERSION := 4.40.0
 
 # The test runner; installed (pinned) when missing, so that `make test` works on a fresh machine.
 NEXTEST_VERSION := 0.9.143
 
 .PHONY: build build-release run test bench bench-e2e bench-peers soak nextest test-packages
 
-build: $(VENV)/.openai-$(OPENAI_VERSION)
+build: $(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION)
 	$(CARGO) build --workspace --all-targets
 	for f in $(ABI_FIXTURES); do $(CARGO) build --manifest-path $$f/Cargo.toml || exit 1; done
 
-$(VENV)/.openai-$(OPENAI_VERSION):
+$(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==$(OPENAI_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==$(OPENAI_VERSION) selenium==$(SELENIUM_VERSION)
 	touch $@
 
 build-release:
@@ -36,12 +38,13 @@ run: build-release
 nextest:
 	@command -v cargo-nextest >/dev/null 2>&1 || $(CARGO) install cargo-nextest --version $(NEXTEST_VERSION) --locked
 
-# Debian packages the suite runs: valgrind (memcheck proves a plugin's late host calls touch no
-# freed memory, tests/safety.rs). Installed with apt-get when missing.
-TEST_PACKAGES := valgrind
+# Debian packages the suite runs, as command:package: valgrind (memcheck proves a plugin's late
+# host calls touch no freed memory, tests/safety.rs); chromium and its driver (the admin page in
+# a real browser, tests/ui.rs). Installed with apt-get when missing.
+TEST_PACKAGES := valgrind:valgrind chromium:chromium chromedriver:chromium-driver
 
 test-packages:
-	@missing=""; for p in $(TEST_PACKAGES); do command -v $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	@missing=""; for cp in $(TEST_PACKAGES); do command -v $${cp%%:*} >/dev/null 2>&1 || missing="$$missing $${cp#*:}"; done; \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 
 # Doc tests first, then every other test under nextest, whose summary closes the run.

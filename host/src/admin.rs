@@ -15,18 +15,52 @@ use crate::error::ApiError;
 use crate::pipeline::{ContextState, RequestState};
 use crate::reload::ReloadError;
 
-/// `Err` with the 401 to send unless `headers` carry the admin token.
-pub(crate) fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
+/// The admin UI's session cookie.
+pub const SESSION_COOKIE: &str = "gateway_session";
+
+/// The session value for admin token `token`: derived from it (the cookie never holds the token
+/// itself), valid as long as the token is.
+pub fn session_for(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("llm-gateway admin session\0{token}").as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The value of cookie `name` in `headers`.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// Whether `headers` carry the admin token (`Authorization: Bearer`, `x-admin-token`) or the
+/// admin UI's session cookie. A request that only has the cookie and changes something must
+/// also send `x-gateway-ui: 1`, which a page of another site cannot add (no CORS here): the
+/// session cannot be used from elsewhere.
+pub fn is_admin(app: &App, method: &Method, headers: &HeaderMap) -> bool {
+    let Some(token) = &app.admin_token else { return false };
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .or_else(|| headers.get("x-admin-token").and_then(|v| v.to_str().ok()));
-    let authorized = match (&app.admin_token, given) {
-        (Some(token), Some(given)) => constant_time_eq(token.as_bytes(), given.as_bytes()),
-        _ => false,
-    };
-    if !authorized {
+    if let Some(given) = given {
+        return constant_time_eq(token.as_bytes(), given.as_bytes());
+    }
+    let Some(session) = cookie(headers, SESSION_COOKIE) else { return false };
+    let safe = matches!(*method, Method::GET | Method::HEAD);
+    (safe || headers.get("x-gateway-ui").is_some_and(|v| v == "1"))
+        && constant_time_eq(session_for(token).as_bytes(), session.as_bytes())
+}
+
+/// `Err` with the 401 to send unless `headers` carry the admin token (or the UI's session).
+pub(crate) fn admin_check(app: &App, method: &Method, headers: &HeaderMap) -> Result<(), Response<GatewayBody>> {
+    if !is_admin(app, method, headers) {
         let e = ApiError::new(
             StatusCode::UNAUTHORIZED,
             "invalid_request_error",
@@ -45,7 +79,7 @@ pub(crate) fn admin_check(app: &App, headers: &HeaderMap) -> Result<(), Response
 /// `GET /admin/plugins`, `GET /admin/routes`, `GET /admin/executors`, `POST /admin/plugins/{name}/reload`,
 /// `POST /admin/reload`.
 pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: &HeaderMap) -> Response<GatewayBody> {
-    if let Err(denied) = admin_check(app, headers) {
+    if let Err(denied) = admin_check(app, method, headers) {
         return denied;
     }
     let json = |status, value: serde_json::Value| json_response(status, Bytes::from(value.to_string()));
@@ -54,6 +88,7 @@ pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: 
         (&Method::GET, ["plugins"]) => {
             json(StatusCode::OK, serde_json::json!({ "plugins": app.registry.status(&app.live()) }))
         }
+        (&Method::GET, ["upstreams"]) => json(StatusCode::OK, upstreams(app)),
         (&Method::GET, ["routes"]) => {
             json(StatusCode::OK, serde_json::json!({ "routes": app.pipeline.load().routes() }))
         }
@@ -111,7 +146,7 @@ pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: 
 /// `ANY /admin/executors/{name}/http/{path}`: the request, minus that prefix, passed through
 /// to executor `name`'s `http_request` (which calls its provider with its credentials).
 pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Response<GatewayBody> {
-    if let Err(denied) = admin_check(app, req.headers()) {
+    if let Err(denied) = admin_check(app, req.method(), req.headers()) {
         return denied;
     }
     let rest = req.uri().path().trim_start_matches("/admin/executors/");
@@ -146,6 +181,30 @@ pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Res
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// `GET /admin/upstreams`: the upstreams and the models routed to them (or to executors).
+fn upstreams(app: &App) -> serde_json::Value {
+    let u = &app.upstreams;
+    let upstreams: Vec<serde_json::Value> = u
+        .upstreams
+        .iter()
+        .map(|up| serde_json::json!({ "name": up.name(), "kind": up.kind(), "base_url": up.base_url() }))
+        .collect();
+    let models: Vec<serde_json::Value> = u
+        .models
+        .iter()
+        .filter_map(|m| u.routes.get(m))
+        .map(|r| {
+            serde_json::json!({
+                "model": r.model,
+                "upstream_model": r.upstream_model,
+                "served_by": u.owner(r),
+                "kind": u.owner_kind(r),
+            })
+        })
+        .collect();
+    serde_json::json!({ "upstreams": upstreams, "models": models })
 }

@@ -19,4 +19,5 @@ pub mod run;
 pub mod scaffold;
 pub mod server;
 pub mod services;
+pub mod ui;
 pub mod upstream;

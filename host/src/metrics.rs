@@ -34,6 +34,24 @@ impl Histogram {
         self.count.load(Relaxed)
     }
 
+    /// The upper bound of the bucket that holds quantile `q` of the observations, in seconds
+    /// (`None` without observations; past the last bucket, its bound).
+    pub fn quantile(&self, q: f64) -> Option<f64> {
+        let total = self.count.load(Relaxed);
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.counts) {
+            seen += count.load(Relaxed);
+            if seen >= rank {
+                return Some(*bound);
+            }
+        }
+        BUCKETS.last().copied()
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cumulative = 0;
@@ -143,6 +161,23 @@ impl Metrics {
         let c = Arc::new(AtomicU64::new(0));
         counters.push((name, plugin.to_owned(), c.clone()));
         c
+    }
+
+    /// Per hook of `plugin`: its name, calls, errors and p99 latency in µs (bucket bound).
+    pub fn hook_stats(&self, plugin: &str) -> Vec<serde_json::Value> {
+        self.hooks
+            .lock()
+            .iter()
+            .filter(|(p, _, _)| p == plugin)
+            .map(|(_, hook, m)| {
+                serde_json::json!({
+                    "hook": hook,
+                    "calls": m.calls.load(Relaxed),
+                    "errors": m.errors.load(Relaxed),
+                    "p99_us": m.latency.quantile(0.99).map(|s| (s * 1e6).round()),
+                })
+            })
+            .collect()
     }
 
     /// Calls and errors per (plugin, hook).
@@ -284,6 +319,20 @@ mod tests {
         assert!(out.contains("x_bucket{a=\"b\",le=\"10\"} 2"), "{out}");
         assert!(out.contains("x_bucket{a=\"b\",le=\"+Inf\"} 3"), "{out}");
         assert!(out.contains("x_count{a=\"b\"} 3"), "{out}");
+    }
+
+    #[test]
+    fn a_quantile_is_the_bound_of_the_bucket_that_holds_it() {
+        let h = Histogram::default();
+        assert_eq!(h.quantile(0.99), None);
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(3));
+        }
+        h.observe(Duration::from_micros(40));
+        h.observe(Duration::from_millis(2));
+        assert_eq!(h.quantile(0.5), Some(5e-6));
+        assert_eq!(h.quantile(0.99), Some(5e-5));
+        assert_eq!(h.quantile(1.0), Some(5e-3));
     }
 
     #[test]

@@ -382,6 +382,8 @@ impl Registry {
                     "capabilities": p.info.capabilities,
                     "calls": calls,
                     "errors": errors,
+                    "hooks": app.metrics.hook_stats(p.name()),
+                    "ui": pipeline.ui_manifest(p.name()),
                     "quarantined": slot.is_quarantined(),
                     "retired_versions_mapped": self.retired_mapped(&format!("{prefix}-"), &p.private_path),
                     "retired_versions_pending": self.retired.lock().iter().filter(|r| r.plugin.as_ref().is_some_and(|o| o.name() == p.name())).count(),

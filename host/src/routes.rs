@@ -38,8 +38,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
             error_response(&ApiError::method_not_allowed(m, path, "POST"))
         }
         (_, p) if p.starts_with("/admin/executors/") && p.contains("/http/") => executor_http(app, req).await,
+        (_, p) if p == "/ui" || p.starts_with("/ui/") => crate::ui::serve(app, req).await,
         (_, p) if p.starts_with("/plugins/") => plugin_route(app, Prefix::Plugins, req, peer).await,
-        (_, p) if is_management_route(p) => match admin_check(app, req.headers()) {
+        (_, p) if is_management_route(p) => match admin_check(app, req.method(), req.headers()) {
             Ok(()) => plugin_route(app, Prefix::Admin, req, peer).await,
             Err(denied) => denied,
         },

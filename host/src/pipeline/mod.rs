@@ -11,6 +11,7 @@ pub mod flow;
 mod request;
 mod routes;
 mod stream;
+mod ui;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub use request::{ContextState, RequestState};
 use request::{apply_headers, give_back, raw_headers, recycle, reply_parts, scratch};
 pub use routes::{Prefix, RouteEnv, RouteTable};
 pub use stream::StreamFilters;
+pub use ui::{Asset, PluginUi, UiTable, content_type_of};
 
 /// One loaded plugin as the pipeline runs it: failure policy, and its quarantine breaker.
 pub struct Slot {
@@ -470,6 +472,8 @@ pub struct Pipeline {
     routes: Vec<Hook<ffi::RoutesV1>>,
     /// Every plugin's routes, asked for once when this pipeline was made.
     route_table: RouteTable,
+    /// Every plugin's UI files, copied when this pipeline was made.
+    ui: UiTable,
 }
 
 /// A request hook: the capability's call for the request view.
@@ -479,6 +483,7 @@ impl Pipeline {
     /// `slots` in run order.
     pub fn new(slots: Vec<Arc<Slot>>) -> Self {
         let mut p = Pipeline::default();
+        let mut ui = Vec::new();
         for slot in &slots {
             let plugin = &slot.plugin;
             if let Some(c) = plugin.cap() {
@@ -511,8 +516,12 @@ impl Pipeline {
             if let Some(c) = plugin.cap() {
                 p.routes.push(Hook::new(c, slot));
             }
+            if let Some(c) = plugin.cap::<ffi::UiV1>() {
+                ui.push(Hook::new(c, slot));
+            }
         }
         p.route_table = RouteTable::build(&p.routes);
+        p.ui = UiTable::build(&ui);
         p.slots = slots;
         p
     }
@@ -521,7 +530,8 @@ impl Pipeline {
     /// executor loaded and speaking OpenAI chat, and no plugin route is invalid or conflicts.
     pub fn check<'a>(&self, routed: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), String> {
         check_executors(self, routed)?;
-        match self.route_table.errors() {
+        let errors: Vec<&str> = self.route_table.errors().iter().chain(self.ui.errors()).map(String::as_str).collect();
+        match errors.as_slice() {
             [] => Ok(()),
             errors => Err(errors.join("; ")),
         }

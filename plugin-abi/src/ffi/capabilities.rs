@@ -12,7 +12,7 @@ use super::*;
 use crate::sdk::executor::{self, ExecRequest, HttpPassthrough};
 use crate::sdk::{
     self, Auth, Chunk, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth, PreAuth, Request,
-    RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Upstream, UpstreamResponse,
+    RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Ui, Upstream, UpstreamResponse,
 };
 
 /// A request as an executor receives it: borrowed for the call that starts it.
@@ -77,6 +77,68 @@ pub struct ExecutorInfo {
 }
 
 super::define::returned_as_is!(RResult<ExecutorInfo, PluginError>, RVec<RawRoute>);
+
+/// A static file of a plugin's UI, compiled into the plugin.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct UiAsset {
+    /// Under `/ui/plugins/{name}/` (`index.html`, `app.js`).
+    pub path: RStr<'static>,
+    /// Empty: derived from the path's extension.
+    pub content_type: RStr<'static>,
+    pub body: RSlice<'static, u8>,
+}
+
+impl UiAsset {
+    pub const fn new(path: &'static str, content_type: &'static str, body: &'static [u8]) -> Self {
+        UiAsset {
+            path: RStr::from_str(path),
+            content_type: RStr::from_str(content_type),
+            body: RSlice::from_slice(body),
+        }
+    }
+}
+
+/// How a plugin's UI appears in the gateway's admin page.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct UiManifest {
+    pub title: RStr<'static>,
+    /// The label of its entry in the admin page's sidebar.
+    pub sidebar: RStr<'static>,
+    /// The asset the sidebar entry opens.
+    pub entry: RStr<'static>,
+    /// The plugin's management routes the UI calls, separated by spaces (`"stats events"`),
+    /// for the admin page to list.
+    pub admin_routes: RStr<'static>,
+}
+
+impl UiManifest {
+    /// A manifest whose sidebar entry is `title` and whose entry page is `index.html`.
+    pub const fn new(title: &'static str) -> Self {
+        UiManifest {
+            title: RStr::from_str(title),
+            sidebar: RStr::from_str(title),
+            entry: RStr::from_str("index.html"),
+            admin_routes: RStr::from_str(""),
+        }
+    }
+
+    pub const fn sidebar(mut self, label: &'static str) -> Self {
+        self.sidebar = RStr::from_str(label);
+        self
+    }
+
+    pub const fn entry(mut self, path: &'static str) -> Self {
+        self.entry = RStr::from_str(path);
+        self
+    }
+
+    pub const fn admin_routes(mut self, routes: &'static str) -> Self {
+        self.admin_routes = RStr::from_str(routes);
+        self
+    }
+}
 
 /// Where a declared route is served ([`RawRoute::kind`]).
 pub mod route_kind {
@@ -308,6 +370,13 @@ capabilities! {
         pub fn handle(req: &RawRouteRequest<'_>) -> RFuture<RResult<RouteReply, PluginError>> as "route"
             => |p| sdk::routes::reply_future(p.handle(sdk::RouteRequest::from_raw(req)));
     }
+
+    /// Capability [`cap::UI`], version 1: static pages of the plugin's own, served under
+    /// `/ui/plugins/{name}/` behind the admin token and listed in the gateway's admin page.
+    UiV1 = (cap::UI, 1) Ui: Ui [
+        manifest: UiManifest = P::MANIFEST,
+        assets: RSlice<'static, UiAsset> = RSlice::from_slice(P::ASSETS),
+    ] {}
 
     /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work
     /// without. A host that lacks one of them refuses the plugin at load, naming it, instead of

@@ -144,6 +144,18 @@ impl<T> Cap<T> {
     }
 }
 
+impl Cap<UiV1> {
+    /// The plugin's UI manifest, borrowed from its library (alive while `self` is).
+    pub fn manifest(&self) -> &UiManifest {
+        &self.table.manifest
+    }
+
+    /// The plugin's UI files, borrowed from its library.
+    pub fn assets(&self) -> &[UiAsset] {
+        self.table.assets.as_slice()
+    }
+}
+
 /// How a stream-chunk plugin answered the start of a stream.
 pub enum StreamStarted {
     /// It does not want this stream.

@@ -50,6 +50,8 @@ pub mod cap {
     pub const EXECUTOR: u32 = 13;
     /// Added in ABI 1.6.
     pub const ROUTES: u32 = 14;
+    /// Added in ABI 1.6.
+    pub const UI: u32 = 15;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.

@@ -231,3 +231,17 @@ pub trait Lifecycle: Plugin {
     /// Default: nothing.
     fn quiesce(&self) {}
 }
+
+/// Static pages of the plugin's own (Tyk AI Studio's `UIProvider` and `ManifestProvider`):
+/// files compiled into the plugin (`include_bytes!`), served under `/ui/plugins/{name}/` behind
+/// the admin token with their content type and an `ETag`, and a manifest that puts the entry
+/// page in the gateway's admin page. The pages call the plugin's management routes
+/// (`/admin/plugins/{name}/...`), which the admin session reaches.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` lists capability `Ui` but does not implement `plugin_abi::Ui`",
+    label = "listed here"
+)]
+pub trait Ui: crate::Plugin {
+    const MANIFEST: crate::UiManifest;
+    const ASSETS: &'static [crate::UiAsset];
+}

@@ -11,6 +11,7 @@ pub(crate) mod routes;
 mod stream;
 mod view;
 
+pub use crate::ffi::{UiAsset, UiManifest};
 pub use capability::*;
 pub use chat::{Chat, Message};
 pub use decision::*;

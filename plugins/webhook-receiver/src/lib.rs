@@ -2,7 +2,8 @@
 //! whose body is signed with HMAC-SHA256 (`x-signature-256: sha256=<hex>`, as GitHub signs),
 //! refuses one whose signature does not match, and publishes the body as the event
 //! `webhook.{source}`. Operators watch the webhooks arrive on a management route that streams
-//! them (SSE), and read counts on another; `health` is public.
+//! them (SSE), and read counts on another; `health` is public. Its page in the admin UI
+//! (`/ui/plugins/webhook-receiver/`) shows both.
 //!
 //! The signature is the caller's proof: the operator turns the gateway's auth plugins off for
 //! this plugin's endpoints (`endpoint_auth = false`). With them on, `whoami` shows the app and
@@ -16,13 +17,13 @@ use std::task::{Poll, Waker};
 use hmac::{Hmac, Mac};
 use plugin_abi::{
     BodyStream, Config, ConfigProvider, Direction, Host, Plugin, PluginError, Route, RouteRequest, RouteResponse,
-    Routes,
+    Routes, Ui, UiAsset, UiManifest,
 };
 use serde_json::json;
 use sha2::Sha256;
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "webhook-receiver", capabilities(Routes, ConfigProvider))]
+#[plugin(name = "webhook-receiver", capabilities(Routes, Ui, ConfigProvider))]
 pub struct WebhookReceiver {
     secret: Vec<u8>,
     host: Host,
@@ -163,6 +164,14 @@ impl WebhookReceiver {
             .header("cache-control", "no-cache")
             .stream(stream)
     }
+}
+
+impl Ui for WebhookReceiver {
+    const MANIFEST: UiManifest = UiManifest::new("Webhooks").admin_routes("stats events");
+    const ASSETS: &'static [UiAsset] = &[
+        UiAsset::new("index.html", "", include_bytes!("../ui/index.html")),
+        UiAsset::new("app.js", "", include_bytes!("../ui/app.js")),
+    ];
 }
 
 impl Routes for WebhookReceiver {
