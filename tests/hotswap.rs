@@ -218,3 +218,173 @@ fn a_file_rewritten_in_several_writes_triggers_one_reload() {
     let r = agent().get(&gw.url("/healthz")).call().unwrap();
     assert_eq!(r.status(), 200);
 }
+
+// Whole-config reloads: `POST /admin/reload`, SIGHUP and the watcher apply the config file as
+// one new pipeline.
+
+/// A config with the mock upstream `mock` serving model `m`, then `rest` (more TOML).
+fn whole(rest: &str) -> String {
+    format!(
+        "[admin]\ntoken = \"{TOKEN}\"\n[[upstreams]]\nname = \"mock\"\nkind = \"mock\"\n[[models]]\nname = \"m\"\nupstream = \"mock\"\n{rest}"
+    )
+}
+
+/// A `header-stamp` entry named `name`, at `order`, stamping `x-order: {name}` and `x-{name}: 1`.
+fn stamp(name: &str, order: i64) -> String {
+    format!(
+        "[[plugins]]\npath = \"{}\"\nname = \"{name}\"\norder = {order}\n[plugins.config.headers]\nx-order = \"{name}\"\nx-{name} = \"1\"\n",
+        plugin_so("header-stamp").display()
+    )
+}
+
+fn outcomes(r: &gateway_tests::Reply) -> Vec<(String, String)> {
+    let results = r.json()["results"].as_array().cloned().unwrap_or_default();
+    results
+        .iter()
+        .map(|x| (x["plugin"].as_str().unwrap_or("").into(), x["outcome"].as_str().unwrap_or("").into()))
+        .collect()
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter().map(|(a, b)| ((*a).into(), (*b).into())).collect()
+}
+
+fn plugin_names(gw: &Gateway) -> Vec<String> {
+    let plugins =
+        gw.admin("GET", "/admin/plugins", Some(TOKEN)).json()["plugins"].as_array().cloned().unwrap_or_default();
+    plugins.iter().map(|p| p["name"].as_str().unwrap_or("").to_owned()).collect()
+}
+
+#[test]
+fn a_config_reload_adds_reorders_and_removes_plugins_in_one_snapshot() {
+    let marker = "{dir}/marker";
+    let hostile = format!(
+        "[[plugins]]\npath = \"{}\"\norder = 2\n[plugins.config]\nshutdown_marker = \"{marker}\"\ngeneration = 7\n",
+        plugin_so("hostile").display()
+    );
+    let gw = Gateway::start(&whole(&stamp("a", 1)));
+    let a_loaded = gw.admin("GET", "/admin/plugins", Some(TOKEN)).json()["plugins"][0]["loaded_at_unix_ms"].clone();
+
+    // Added: a second instance after the first (its header wins), and another plugin.
+    gw.rewrite_config(&whole(&format!("{}{}{hostile}", stamp("a", 1), stamp("b", 3))));
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(outcomes(&r), pairs(&[("a", "unchanged"), ("hostile", "added"), ("b", "added")]), "{}", r.body);
+    let reply = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!((reply.header("x-a"), reply.header("x-b"), reply.header("x-order")), (Some("1"), Some("1"), Some("b")));
+    assert_eq!(plugin_names(&gw), ["a", "hostile", "b"]);
+    // The unchanged instance kept running: same load time.
+    assert_eq!(gw.admin("GET", "/admin/plugins", Some(TOKEN)).json()["plugins"][0]["loaded_at_unix_ms"], a_loaded);
+
+    // Reordered: both instances kept, the other one's header wins now.
+    gw.rewrite_config(&whole(&format!("{}{}{hostile}", stamp("a", 4), stamp("b", 3))));
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(outcomes(&r), pairs(&[("hostile", "unchanged"), ("b", "unchanged"), ("a", "unchanged")]), "{}", r.body);
+    assert_eq!(gw.chat(None, &chat_body("m", "hi", false)).header("x-order"), Some("a"));
+    assert_eq!(plugin_names(&gw), ["hostile", "b", "a"]);
+
+    // Removed: `b` and `hostile` leave; `hostile` quiesces and shuts down once unused.
+    gw.rewrite_config(&whole(&stamp("a", 4)));
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(outcomes(&r), pairs(&[("a", "unchanged"), ("hostile", "removed"), ("b", "removed")]), "{}", r.body);
+    let reply = gw.chat(None, &chat_body("m", "hi", false));
+    assert_eq!((reply.header("x-b"), reply.header("x-order")), (None, Some("a")));
+    assert_eq!(plugin_names(&gw), ["a"]);
+    let marker = gw.dir.path().join("marker");
+    let shut_down = (0..300).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::read_to_string(&marker).unwrap_or_default().contains("shutdown 7")
+    });
+    assert!(shut_down, "the removed plugin was not shut down:\n{}", gw.logs());
+}
+
+#[test]
+fn a_config_reload_changes_models_upstreams_and_routes() {
+    let gw = Gateway::start(&whole(""));
+    assert_eq!(gw.chat(None, &chat_body("m2", "hi", false)).status, 404);
+    assert_eq!(gw.post("/plugins/webhook-receiver/hooks/github", &[], &serde_json::json!({})).status, 404);
+
+    let webhook = format!(
+        "[[plugins]]\npath = \"{}\"\nendpoint_auth = false\n[plugins.config]\nsecret = \"a-webhook-secret-for-tests\"\n",
+        plugin_so("webhook-receiver").display()
+    );
+    let config = whole(&format!(
+        "[[upstreams]]\nname = \"mock2\"\nkind = \"mock\"\n[[models]]\nname = \"m2\"\nupstream = \"mock2\"\n{webhook}"
+    ));
+    gw.rewrite_config(&config);
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["upstreams"]["added"], serde_json::json!(["mock2"]), "{}", r.body);
+    assert_eq!(r.json()["models"]["added"], serde_json::json!(["m2"]), "{}", r.body);
+    assert_eq!(gw.chat(None, &chat_body("m2", "hi", false)).status, 200);
+    let models = gw.get("/v1/models").json();
+    let ids: Vec<&str> = models["data"].as_array().unwrap().iter().filter_map(|m| m["id"].as_str()).collect();
+    assert_eq!(ids, ["m", "m2"]);
+    let served = gw.admin("GET", "/admin/upstreams", Some(TOKEN)).json();
+    assert_eq!(served["models"][1]["served_by"], "mock2", "{served}");
+    // The plugin's route is served now: an unsigned webhook is refused by the plugin itself.
+    let hook = gw.post("/plugins/webhook-receiver/hooks/github", &[], &serde_json::json!({}));
+    assert_eq!(hook.status, 401, "{}", hook.body);
+
+    // Removing the model and pointing the first at the new upstream.
+    gw.rewrite_config(&config.replace("name = \"m2\"\nupstream = \"mock2\"\n", "name = \"m3\"\nupstream = \"mock\"\n"));
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(
+        (r.json()["models"]["added"].clone(), r.json()["models"]["removed"].clone()),
+        (serde_json::json!(["m3"]), serde_json::json!(["m2"])),
+        "{}",
+        r.body
+    );
+    assert_eq!(gw.chat(None, &chat_body("m2", "hi", false)).status, 404);
+    assert_eq!(gw.chat(None, &chat_body("m3", "hi", false)).status, 200);
+}
+
+#[test]
+fn a_config_that_fails_changes_nothing_and_says_why() {
+    let base = whole(&stamp("a", 1));
+    let gw = Gateway::start(&base);
+    let marker = "{dir}/marker";
+    let hostile = format!(
+        "[[plugins]]\npath = \"{}\"\n[plugins.config]\nshutdown_marker = \"{marker}\"\ngeneration = 9\n",
+        plugin_so("hostile").display()
+    );
+    let refused = |config: &str, says: &str| {
+        gw.rewrite_config(config);
+        let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+        assert_eq!(r.status, 422, "{}", r.body);
+        let message = r.error()["message"].as_str().unwrap_or_default().to_owned();
+        assert!(message.contains(says) && message.contains("nothing changed"), "expected {says:?} in {message:?}");
+        assert_eq!(plugin_names(&gw), ["a"]);
+        let reply = gw.chat(None, &chat_body("m", "hi", false));
+        assert_eq!((reply.status, reply.header("x-order")), (200, Some("a")));
+    };
+    // A plugin is added, but a model routes to an executor that is not loaded: the added
+    // plugin's instance is shut down, never swapped in.
+    refused(&format!("{base}{hostile}[[models]]\nname = \"x\"\nexecutor = \"nobody\"\n"), "model `x`: ");
+    let marker = gw.dir.path().join("marker");
+    assert!(std::fs::read_to_string(&marker).unwrap_or_default().contains("shutdown 9"), "{}", gw.logs());
+    // Settings only a restart applies.
+    refused(&format!("[limits]\nmax_body_bytes = 1234\n{base}"), "`limits`");
+    // A file that does not parse; a plugin whose config its schema rejects; a missing file.
+    refused(&format!("{base}[[models"), "cannot re-read the gateway config");
+    refused(&base.replace("x-order = \"a\"", "x-order = 1"), "rejected at `headers.x-order`");
+    refused(&format!("{base}[[plugins]]\npath = \"{{dir}}/missing.so\"\n"), "missing.so");
+    assert_eq!(gw.metric("gateway_config_reload_failures_total"), Some(5.0));
+    // And the original applies again, as nothing had changed.
+    gw.rewrite_config(&base);
+    let r = gw.admin("POST", "/admin/reload", Some(TOKEN));
+    assert_eq!(outcomes(&r), pairs(&[("a", "unchanged")]), "{}", r.body);
+}
+
+#[test]
+fn sighup_applies_the_whole_config() {
+    let gw = Gateway::start(&whole(&stamp("a", 1)));
+    gw.rewrite_config(&whole(&format!("{}{}", stamp("a", 1), stamp("b", 2))));
+    gw.signal("HUP");
+    let added = (0..500).any(|_| {
+        std::thread::sleep(Duration::from_millis(10));
+        plugin_names(&gw) == ["a", "b"]
+    });
+    assert!(added, "{}", gw.logs());
+    assert_eq!(gw.chat(None, &chat_body("m", "hi", false)).header("x-order"), Some("b"));
+}

@@ -465,7 +465,7 @@ fn a_reload_under_way_when_shutdown_begins_is_finished_and_its_new_version_shut_
     .unwrap();
     // The watcher's reload starts: the second version sleeps in its init while the gateway is
     // told to stop.
-    assert!(gw.wait_for_log("reloading changed plugins"), "{}", gw.logs());
+    assert!(gw.wait_for_log("applying the config file"), "{}", gw.logs());
     std::thread::sleep(Duration::from_millis(300));
     let (status, logs, dir) = gw.stop();
     assert!(status.success(), "{logs}");

@@ -192,7 +192,10 @@ pub fn load_with_config(lib: &str, count: usize, copies: &Path, config: toml::Ta
 /// A pipeline over `plugins`, as the gateway builds it.
 pub fn pipeline(plugins: &[Arc<LoadedPlugin>]) -> Arc<Pipeline> {
     let metrics = Arc::new(Metrics::default());
-    Arc::new(Pipeline::new(plugins.iter().map(|p| Arc::new(Slot::new(p.clone(), false, metrics.clone()))).collect()))
+    Arc::new(Pipeline::new(
+        plugins.iter().map(|p| Arc::new(Slot::new(p.clone(), false, metrics.clone()))).collect(),
+        Arc::default(),
+    ))
 }
 
 pub mod counting_alloc;

@@ -105,19 +105,20 @@ pub(crate) async fn admin(app: &Arc<App>, method: &Method, path: &str, headers: 
         }
         (&Method::POST, ["reload"]) => {
             let worker = app.clone();
-            let results = tokio::task::spawn_blocking(move || worker.registry.reload_changed(&worker.live()))
-                .await
-                .unwrap_or_default();
-            let failed = results.iter().any(|(_, r)| r.is_err());
-            let body: Vec<serde_json::Value> = results
-                .into_iter()
-                .map(|(name, r)| match r {
-                    Ok(done) => serde_json::to_value(done).unwrap_or_default(),
-                    Err(e) => serde_json::json!({ "plugin": name, "outcome": "failed", "error": e.to_string() }),
-                })
-                .collect();
-            let status = if failed { StatusCode::UNPROCESSABLE_ENTITY } else { StatusCode::OK };
-            json(status, serde_json::json!({ "results": body }))
+            match tokio::task::spawn_blocking(move || worker.registry.apply(&worker.live())).await {
+                Ok(Ok(applied)) => json(StatusCode::OK, serde_json::to_value(applied).unwrap_or_default()),
+                Ok(Err(e)) => error_response(&ApiError::new(
+                    if matches!(e, ReloadError::ShuttingDown) {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::UNPROCESSABLE_ENTITY
+                    },
+                    "invalid_request_error",
+                    "reload_failed",
+                    format!("{e}; nothing changed, the running config keeps serving"),
+                )),
+                Err(e) => error_response(&ApiError::upstream(format!("reload task failed: {e}"))),
+            }
         }
         (&Method::POST, ["plugins", name, "reload"]) => {
             let (worker, name) = (app.clone(), (*name).to_owned());
@@ -187,7 +188,8 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// `GET /admin/upstreams`: the upstreams and the models routed to them (or to executors).
 fn upstreams(app: &App) -> serde_json::Value {
-    let u = &app.upstreams;
+    let pipeline = app.pipeline.load();
+    let u = &*pipeline.upstreams;
     let upstreams: Vec<serde_json::Value> = u
         .upstreams
         .iter()

@@ -22,7 +22,7 @@ use crate::services::events::EventBus;
 use crate::services::http::{HttpClient, HttpTarget};
 use crate::services::kv::{EmbeddedKv, KvLimits};
 use crate::services::lookup::Lookup;
-use crate::upstream::{Target, Upstreams};
+use crate::upstream::Upstreams;
 
 /// Why the gateway could not start.
 #[derive(Debug)]
@@ -68,8 +68,8 @@ pub const RELOAD_WAIT: Duration = Duration::from_secs(10);
 /// Everything a request needs, shared by all connections.
 pub struct App {
     pub config: GatewayConfig,
+    /// The plugins, and the upstreams and models (which a config reload replaces with them).
     pub pipeline: ArcSwap<Pipeline>,
-    pub upstreams: Upstreams,
     pub metrics: Arc<Metrics>,
     pub collector: Arc<Collector>,
     /// The collector, as the pipeline hands records to it.
@@ -103,20 +103,15 @@ impl App {
             plugin::load_all(&configs, &config.data_dir.join("plugins"), &services).map_err(GatewayError::Load)?;
         let slots =
             loaded.into_iter().zip(&configs).map(|(p, c)| Arc::new(Slot::new(p, c.isolate, metrics.clone()))).collect();
-        let pipeline = Pipeline::new(slots);
-        let routed = upstreams.routes.values().filter_map(|r| match &r.target {
-            Target::Executor(name) => Some((r.model.as_str(), name.as_str())),
-            Target::Upstream(_) => None,
-        });
-        pipeline.check(routed).map_err(GatewayError::Pipeline)?;
+        let pipeline = Pipeline::new(slots, Arc::new(upstreams));
+        pipeline.check().map_err(GatewayError::Pipeline)?;
         for slot in &pipeline.slots {
             slot.plugin.ready();
         }
-        let registry = Registry::new(&pipeline, &configs, config_path);
+        let registry = Registry::new(&pipeline, &config, config_path);
         let collector = Arc::new(Collector::start(config.collector_queue, metrics.clone()));
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
         let app = Arc::new(App {
-            upstreams,
             pipeline: ArcSwap::from_pointee(pipeline),
             metrics,
             sink: collector.clone(),
@@ -167,7 +162,7 @@ impl App {
 
     /// What the request phases need besides the pipeline.
     pub fn env(&self) -> Env<'_> {
-        Env { upstreams: &self.upstreams, limits: &self.config.limits, sink: &self.sink }
+        Env { limits: &self.config.limits, sink: &self.sink }
     }
 
     /// What a reload works on.
@@ -176,7 +171,6 @@ impl App {
             pipeline: &self.pipeline,
             services: &self.services,
             metrics: &self.metrics,
-            upstreams: &self.upstreams,
             copies: self.config.data_dir.join("plugins"),
         }
     }

@@ -9,7 +9,7 @@ use serde::Deserialize;
 /// looked up next to the gateway executable (where `cargo build --workspace` puts them).
 pub const DEFAULT_CONFIG: &str = include_str!("../default-config.toml");
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
     #[serde(default = "default_listen")]
@@ -46,7 +46,7 @@ pub struct GatewayConfig {
     pub admin: AdminConfig,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Bearer token for `/admin/*`; the `GATEWAY_ADMIN_TOKEN` environment variable overrides it.
@@ -68,7 +68,7 @@ fn default_event_queue() -> usize {
     1024
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// The most verbose level plugin lines may have: error, warn, info, debug or trace.
@@ -85,7 +85,7 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct KvConfig {
     pub max_key_bytes: usize,
@@ -98,7 +98,7 @@ impl Default for KvConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AppConfig {
     pub id: String,
@@ -108,7 +108,7 @@ pub struct AppConfig {
     pub models: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConfig {
     pub key: String,
@@ -128,7 +128,7 @@ fn default_collector_queue() -> usize {
     4096
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest accepted request body; larger ones get 413.
@@ -165,7 +165,7 @@ impl Default for Limits {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum UpstreamKind {
     /// The embedded mock LLM: deterministic replies, no network.
@@ -288,14 +288,14 @@ fn default_request_timeout() -> u64 {
     120_000
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct UpstreamConfig {
     pub name: String,
     #[serde(flatten)]
     pub kind: UpstreamKind,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     /// The model name clients ask for.
@@ -321,7 +321,7 @@ pub enum FailMode {
     FailOpen,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PluginConfig {
     /// The plugin's `.so`; relative paths are resolved against the config file's directory

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub connections_refused: AtomicU64,
     /// Connections cut because a write to the client stalled past `limits.write_timeout_ms`.
     pub write_timeouts: AtomicU64,
+    /// Whole-config reloads refused (the running config kept serving).
+    pub config_reload_failures: AtomicU64,
     /// Plugin events refused because the event queue was full (shared with the event bus).
     pub events_dropped: Arc<AtomicU64>,
     hooks: Mutex<Vec<(String, &'static str, Arc<HookMetrics>)>>,
@@ -121,6 +123,7 @@ impl Default for Metrics {
             quarantined: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             write_timeouts: AtomicU64::new(0),
+            config_reload_failures: AtomicU64::new(0),
             events_dropped: Arc::default(),
             hooks: Mutex::default(),
             plugin_counters: Mutex::default(),
@@ -216,6 +219,7 @@ impl Metrics {
             ("gateway_events_dropped_total", &*self.events_dropped),
             ("gateway_connections_refused_total", &self.connections_refused),
             ("gateway_write_timeouts_total", &self.write_timeouts),
+            ("gateway_config_reload_failures_total", &self.config_reload_failures),
         ] {
             let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }

@@ -77,12 +77,13 @@ async fn plugin_route(
 }
 
 fn models(app: &App) -> Response<GatewayBody> {
-    let data: Vec<serde_json::Value> = app
-        .upstreams
+    let pipeline = app.pipeline.load();
+    let upstreams = &*pipeline.upstreams;
+    let data: Vec<serde_json::Value> = upstreams
         .models
         .iter()
         .map(|m| {
-            let owner = app.upstreams.routes.get(m).map_or("", |r| app.upstreams.owner(r));
+            let owner = upstreams.routes.get(m).map_or("", |r| upstreams.owner(r));
             serde_json::json!({ "id": m, "object": "model", "created": 0, "owned_by": owner })
         })
         .collect();

@@ -1,6 +1,7 @@
 //! The process: the tokio runtime, signals (SIGINT/SIGTERM stop, SIGHUP reloads), the file
 //! watcher, the reaper of retired plugin versions, and the bounded shutdown.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,6 +10,7 @@ use tokio::net::TcpListener;
 
 use crate::app::{App, GatewayError};
 use crate::config::GatewayConfig;
+use crate::plugin::FileStamp;
 use crate::server::serve;
 
 /// Builds the runtime, loads plugins, serves until SIGINT or SIGTERM, then shuts plugins down.
@@ -90,29 +92,43 @@ async fn reaper(app: Arc<App>) {
 #[cfg(unix)]
 async fn reload_on_sighup(app: Arc<App>, mut hup: tokio::signal::unix::Signal) {
     while hup.recv().await.is_some() {
-        tracing::info!("SIGHUP: reloading changed plugins");
+        tracing::info!("SIGHUP: applying the config file");
         let app = app.clone();
-        let _ = tokio::task::spawn_blocking(move || app.registry.reload_changed(&app.live())).await;
+        let _ = tokio::task::spawn_blocking(move || app.registry.apply(&app.live())).await;
     }
 }
 
 /// Watches plugin files and the config file; a burst of changes (a `cargo build` rewriting a
-/// file) triggers one reload, after `watch_debounce_ms` of quiet.
+/// file) applies the config once, after `watch_debounce_ms` of quiet. The directories watched
+/// are those of the files at start; within them, the files that count are those of the plugins
+/// running now (so a plugin a reload added is watched if its file sits beside the others).
 fn watch(app: &Arc<App>) -> Result<notify_debouncer_mini::Debouncer<notify::RecommendedWatcher>, notify::Error> {
     let mut files: Vec<PathBuf> = app.pipeline.load().slots.iter().map(|s| s.plugin.source_path.clone()).collect();
     files.extend(app.registry.config_path().map(Path::to_path_buf));
     let debounce = Duration::from_millis(app.config.admin.watch_debounce_ms.unwrap_or(300));
-    let watched = files.clone();
+    let config_path = app.registry.config_path().map(Path::to_path_buf);
+    // What each file looked like when last seen: reading a file (as a reload does) raises
+    // events too, and only a file whose stamp moved counts as changed.
+    let mut seen: HashMap<PathBuf, Option<FileStamp>> = files.iter().map(|f| (f.clone(), FileStamp::of(f))).collect();
     let target = Arc::downgrade(app);
     let mut debouncer =
         notify_debouncer_mini::new_debouncer(debounce, move |events: notify_debouncer_mini::DebounceEventResult| {
             let Ok(events) = events else { return };
-            if !events.iter().any(|e| watched.iter().any(|f| *f == e.path)) {
-                return;
+            let Some(app) = target.upgrade() else { return };
+            let mut changed = false;
+            {
+                let pipeline = app.pipeline.load();
+                let watched = |path: &Path| {
+                    config_path.as_deref() == Some(path) || pipeline.slots.iter().any(|s| s.plugin.source_path == path)
+                };
+                for path in events.iter().map(|e| &e.path).filter(|p| watched(p)) {
+                    let stamp = FileStamp::of(path);
+                    changed |= seen.insert(path.clone(), stamp) != Some(stamp);
+                }
             }
-            if let Some(app) = target.upgrade() {
-                tracing::info!("plugin or config file changed: reloading changed plugins");
-                app.registry.reload_changed(&app.live());
+            if changed {
+                tracing::info!("plugin or config file changed: applying the config file");
+                let _ = app.registry.apply(&app.live());
             }
         })?;
     // Directories, not files: builds and editors replace files by renaming over them.

@@ -82,15 +82,7 @@ impl Gateway {
 
     fn spawn_under(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)], wrapper: &[&str]) -> Gateway {
         use std::io::{BufRead, BufReader, Read};
-        let text = format!(
-            "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
-            dir.path().join("data").display(),
-            config
-                .replace("{dir}", &dir.path().display().to_string())
-                .replace("{target}", &target_dir().display().to_string())
-        );
-        let path = dir.path().join("gateway.toml");
-        std::fs::write(&path, text).unwrap();
+        let path = write_config(dir.path(), config);
         let mut command = match wrapper.split_first() {
             None => std::process::Command::new(gateway_bin()),
             Some((program, args)) => {
@@ -205,6 +197,12 @@ impl Gateway {
         self.child.id()
     }
 
+    /// Replaces the config file the gateway started from with `config` (placeholders and the
+    /// added lines as for [`Gateway::start`]); the gateway reads it at its next reload.
+    pub fn rewrite_config(&self, config: &str) {
+        write_config(self.dir.path(), config);
+    }
+
     /// Sends `signal` (a name `kill` understands: HUP, TERM…) to the gateway.
     pub fn signal(&self, signal: &str) {
         let _ = std::process::Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status();
@@ -272,6 +270,19 @@ fn sigterm(pid: u32) {
 }
 
 /// An HTTP client that keeps no idle connections, so that connection counts are exact.
+/// Writes `{dir}/gateway.toml`: `config` with `{dir}` and `{target}` replaced, after a
+/// `listen` line (an ephemeral port) and a `data_dir` line (`{dir}/data`).
+fn write_config(dir: &std::path::Path, config: &str) -> PathBuf {
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{}",
+        dir.join("data").display(),
+        config.replace("{dir}", &dir.display().to_string()).replace("{target}", &target_dir().display().to_string())
+    );
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 pub fn agent() -> ureq::Agent {
     ureq::AgentBuilder::new().max_idle_connections(0).timeout(std::time::Duration::from_secs(30)).build()
 }

@@ -37,7 +37,6 @@ use crate::upstream::{Event, Route, Target, UpstreamReply, Upstreams, usage_of};
 
 /// What every request needs besides its pipeline snapshot.
 pub struct Env<'a> {
-    pub upstreams: &'a Upstreams,
     pub limits: &'a Limits,
     /// Where finished requests' records go (the collector queue).
     pub sink: &'a Arc<dyn RecordSink>,
@@ -191,8 +190,8 @@ fn unix_ms() -> u64 {
 /// Reads the request and runs the request phases, starting its record. `Err` is the answer to
 /// a request that could not be read (its record already queued).
 async fn begin<'u>(
-    env: &Env<'u>,
-    pipeline: &Arc<Pipeline>,
+    env: &Env<'_>,
+    pipeline: &'u Arc<Pipeline>,
     request_id: String,
     req: Request<Incoming>,
     peer: SocketAddr,
@@ -213,7 +212,7 @@ async fn begin<'u>(
         }
     };
     record.request_bytes = req.body.len() as u64;
-    let phases = request_phases(env.upstreams, pipeline, &mut req);
+    let phases = request_phases(&pipeline.upstreams, pipeline, &mut req);
     record.app_id.clone_from(&req.ctx.app_id);
     record.user_id.clone_from(&req.ctx.user_id);
     record.model.clone_from(&req.ctx.model);
@@ -244,7 +243,7 @@ pub async fn chat(
     peer: SocketAddr,
     started: Instant,
 ) -> Response<GatewayBody> {
-    let upstreams = env.upstreams;
+    let upstreams = &*pipeline.upstreams;
     let (mut record, req, phases) = match begin(env, &pipeline, request_id, req, peer, started).await {
         Ok(begun) => begun,
         Err(resp) => return resp,
@@ -507,7 +506,7 @@ pub async fn count_tokens(
     peer: SocketAddr,
     started: Instant,
 ) -> Response<GatewayBody> {
-    let upstreams = env.upstreams;
+    let upstreams = &*pipeline.upstreams;
     let (record, req, phases) = match begin(env, &pipeline, request_id, req, peer, started).await {
         Ok(begun) => begun,
         Err(resp) => return resp,

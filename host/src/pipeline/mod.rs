@@ -32,6 +32,7 @@ use crate::config::{FailMode, QuarantinePolicy};
 use crate::error::ApiError;
 use crate::metrics::{HookMetrics, Metrics};
 use crate::plugin::LoadedPlugin;
+use crate::upstream::{Target, Upstreams};
 pub use collect::RecordSink;
 pub use executor::ExecutorInfo;
 use executor::check_executors;
@@ -455,11 +456,14 @@ impl ResponseState {
     }
 }
 
-/// The plugins of one configuration, by capability, in run order. Immutable: a reload builds a
-/// new one, and every request runs on the one it started with.
+/// The plugins of one configuration, by capability, in run order, and the upstreams and models
+/// they route to. Immutable: a reload builds a new one, and every request runs on the one it
+/// started with.
 #[derive(Default)]
 pub struct Pipeline {
     pub slots: Vec<Arc<Slot>>,
+    /// The upstreams and model routes of this configuration.
+    pub upstreams: Arc<Upstreams>,
     pre_auth: Vec<Hook<ffi::PreAuthV1>>,
     auth: Vec<Hook<ffi::AuthV1>>,
     post_auth: Vec<Hook<ffi::PostAuthV1>>,
@@ -480,9 +484,9 @@ pub struct Pipeline {
 type RequestCall<T> = fn(&Cap<T>, &ffi::RawRequest<'_>, Option<&RawUpstream<'_>>) -> HookOutcome;
 
 impl Pipeline {
-    /// `slots` in run order.
-    pub fn new(slots: Vec<Arc<Slot>>) -> Self {
-        let mut p = Pipeline::default();
+    /// `slots` in run order, routing models as `upstreams` says.
+    pub fn new(slots: Vec<Arc<Slot>>, upstreams: Arc<Upstreams>) -> Self {
+        let mut p = Pipeline { upstreams, ..Pipeline::default() };
         let mut ui = Vec::new();
         for slot in &slots {
             let plugin = &slot.plugin;
@@ -526,9 +530,13 @@ impl Pipeline {
         p
     }
 
-    /// Whether the plugins fit together: every model in `routed` (model, executor) has its
-    /// executor loaded and speaking OpenAI chat, and no plugin route is invalid or conflicts.
-    pub fn check<'a>(&self, routed: impl Iterator<Item = (&'a str, &'a str)>) -> Result<(), String> {
+    /// Whether the plugins fit together: every model routed to an executor has it loaded and
+    /// speaking OpenAI chat, no plugin route is invalid or conflicts, no plugin UI is broken.
+    pub fn check(&self) -> Result<(), String> {
+        let routed = self.upstreams.routes.values().filter_map(|r| match &r.target {
+            Target::Executor(name) => Some((r.model.as_str(), name.as_str())),
+            Target::Upstream(_) => None,
+        });
         check_executors(self, routed)?;
         let errors: Vec<&str> = self.route_table.errors().iter().chain(self.ui.errors()).map(String::as_str).collect();
         match errors.as_slice() {

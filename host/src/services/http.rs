@@ -64,7 +64,8 @@ pub struct CallLog {
 type Sink = Box<dyn Fn(CallLog) + Send + Sync>;
 
 pub struct HttpClient {
-    targets: HashMap<String, HttpTarget>,
+    /// Swapped whole by a config reload; a call in flight keeps the target it started with.
+    targets: arc_swap::ArcSwap<HashMap<String, HttpTarget>>,
     runtime: Option<tokio::runtime::Handle>,
     metrics: Arc<Metrics>,
     sink: OnceLock<Sink>,
@@ -77,7 +78,13 @@ impl HttpClient {
     /// A client for `targets` that runs its calls on the current tokio runtime (none outside
     /// one: every call then fails, saying so).
     pub fn new(targets: HashMap<String, HttpTarget>, metrics: Arc<Metrics>) -> Self {
+        let targets = arc_swap::ArcSwap::from_pointee(targets);
         HttpClient { targets, runtime: tokio::runtime::Handle::try_current().ok(), metrics, sink: OnceLock::new() }
+    }
+
+    /// The upstreams calls from now on can name (a config reload).
+    pub fn set_targets(&self, targets: HashMap<String, HttpTarget>) {
+        self.targets.store(Arc::new(targets));
     }
 
     /// Where finished calls are logged (set once, by the gateway).
@@ -88,8 +95,9 @@ impl HttpClient {
     /// Sends `call` for `plugin`.
     pub fn send(self: &Arc<Self>, plugin: &str, call: HttpCall) -> HttpFuture {
         let fail = |message: String| -> HttpFuture { Box::pin(std::future::ready(Err(message))) };
-        let Some(target) = self.targets.get(&call.upstream).cloned() else {
-            let mut known: Vec<&str> = self.targets.keys().map(String::as_str).collect();
+        let targets = self.targets.load();
+        let Some(target) = targets.get(&call.upstream).cloned() else {
+            let mut known: Vec<&str> = targets.keys().map(String::as_str).collect();
             known.sort_unstable();
             return fail(format!("no upstream named `{}`: expected one of {known:?}", call.upstream));
         };
@@ -187,7 +195,9 @@ impl Drop for AbortOnDrop {
 
 type Head = ServiceResult<(u16, Vec<(String, String)>, mpsc::Receiver<ServiceResult<Vec<u8>>>)>;
 
-/// Counts one call and logs it when it ends, however it ends (also when cancelled).
+/// Counts one call and logs it when it ends, however it ends (also when cancelled). An error is
+/// counted when it happens, before the plugin hears of it; a call the plugin dropped before the
+/// answer is not an error.
 struct Meter {
     client: Arc<HttpClient>,
     metrics: Arc<HttpCallMetrics>,
@@ -196,14 +206,27 @@ struct Meter {
     failed: bool,
 }
 
+impl Meter {
+    /// Counts the call as failed (once).
+    fn fail(&mut self) {
+        if !self.failed {
+            self.failed = true;
+            self.metrics.errors.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn status(&mut self, status: u16) {
+        self.log.status = status;
+        if status >= 500 {
+            self.fail();
+        }
+    }
+}
+
 impl Drop for Meter {
     fn drop(&mut self) {
         let took = self.started.elapsed();
         self.metrics.latency.observe(took);
-        // A call the plugin dropped before the answer (status 0, not failed) is not an error.
-        if self.failed || self.log.status >= 500 {
-            self.metrics.errors.fetch_add(1, Relaxed);
-        }
         self.metrics.response_bytes.fetch_add(self.log.response_bytes, Relaxed);
         self.log.latency_us = took.as_micros() as u64;
         tracing::debug!(
@@ -240,7 +263,7 @@ async fn run(
             let reply = mock.http(&method, &path, &headers, &body);
             let stream = matches!(reply, MockHttpReply::Stream { .. });
             let (status, content_type, frames, delay) = reply.into_frames();
-            meter.log.status = status.as_u16();
+            meter.status(status.as_u16());
             let head = vec![("content-type".to_owned(), content_type.to_owned())];
             if head_tx.send(Ok((status.as_u16(), head, rx))).is_err() {
                 return;
@@ -262,12 +285,12 @@ async fn run(
                 match upstream.request(method, &path, headers, body, timeout).await {
                     Ok(r) => r,
                     Err(e) => {
-                        meter.failed = true;
+                        meter.fail();
                         let _ = head_tx.send(Err(e.message));
                         return;
                     }
                 };
-            meter.log.status = status.as_u16();
+            meter.status(status.as_u16());
             let head = resp_headers
                 .iter()
                 .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())))
@@ -302,13 +325,15 @@ async fn run(
                     }
                 });
                 let end = chunk.is_err();
-                meter.failed |= end;
+                if end {
+                    meter.fail();
+                }
                 // A plugin that stops reading for a whole timeout lets the call go.
                 match tokio::time::timeout(timeout, tx.send(chunk)).await {
                     Ok(Ok(())) if !end => {}
                     Ok(_) => return,
                     Err(_) => {
-                        meter.failed = true;
+                        meter.fail();
                         tracing::warn!(plugin = %meter.log.plugin, upstream = %meter.log.upstream, "plugin stopped reading an upstream body: call cut");
                         return;
                     }

@@ -35,7 +35,8 @@ fn max_level(logging: &LoggingConfig) -> u8 {
 pub struct Services {
     pub kv: Arc<dyn KvStore>,
     pub events: Arc<EventBus>,
-    pub lookup: Lookup,
+    /// Swapped whole by a config reload.
+    pub lookup: arc_swap::ArcSwap<Lookup>,
     pub logging: LoggingConfig,
     pub metrics: Arc<Metrics>,
     pub http: Arc<http::HttpClient>,
@@ -51,6 +52,7 @@ impl Services {
         metrics: Arc<Metrics>,
         http: Arc<http::HttpClient>,
     ) -> Arc<Self> {
+        let lookup = arc_swap::ArcSwap::from_pointee(lookup);
         Arc::new(Services { kv, events, lookup, logging, metrics, http, next_instance: AtomicU64::new(1) })
     }
 }
@@ -185,19 +187,19 @@ impl HostServices for PluginServices {
     }
 
     fn get_app(&self, id: &str) -> Option<AppInfo> {
-        self.shared.lookup.app(id)
+        self.shared.lookup.load().app(id)
     }
 
     fn list_apps(&self) -> Vec<AppInfo> {
-        self.shared.lookup.apps()
+        self.shared.lookup.load().apps()
     }
 
     fn model_info(&self, model: &str) -> Option<ModelInfo> {
-        self.shared.lookup.model(model)
+        self.shared.lookup.load().model(model)
     }
 
     fn validate_credential(&self, credential: &str) -> Option<(String, String)> {
-        self.shared.lookup.credential(credential)
+        self.shared.lookup.load().credential(credential)
     }
 
     fn http(&self, call: plugin_abi::ffi::HttpCall) -> plugin_abi::ffi::HttpFuture {

@@ -18,6 +18,7 @@ use crate::record::Usage;
 use mock::MockUpstream;
 use openai::{OpenAiUpstream, SseEvents};
 
+#[derive(Clone)]
 pub enum Upstream {
     Mock { name: String, mock: Arc<MockUpstream> },
     OpenAi(Arc<OpenAiUpstream>),
@@ -40,6 +41,7 @@ pub enum Target {
 }
 
 /// Every upstream and model route from the config.
+#[derive(Default)]
 pub struct Upstreams {
     pub upstreams: Vec<Upstream>,
     pub routes: HashMap<String, Route>,
@@ -49,40 +51,19 @@ pub struct Upstreams {
 
 impl Upstreams {
     pub fn from_config(config: &GatewayConfig) -> Self {
-        let upstreams: Vec<Upstream> = config
-            .upstreams
-            .iter()
-            .map(|u| match &u.kind {
-                UpstreamKind::Mock { chunks, chunk_delay_ms } => Upstream::Mock {
-                    name: u.name.clone(),
-                    mock: Arc::new(MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms))),
-                },
-                UpstreamKind::Openai {
-                    base_url,
-                    api_key_env,
-                    auth_header,
-                    connect_timeout_ms,
-                    timeout_ms,
-                    ca_certs,
-                    max_response_bytes,
-                    max_event_bytes,
-                    ca_file: _,
-                    allow_insecure_http: _,
-                } => Upstream::OpenAi(Arc::new(OpenAiUpstream::new(
-                    &u.name,
-                    openai::Settings {
-                        base_url,
-                        api_key_env: api_key_env.as_deref(),
-                        auth_header: auth_header.as_deref(),
-                        connect_timeout: Duration::from_millis(*connect_timeout_ms),
-                        timeout: Duration::from_millis(*timeout_ms),
-                        ca_certs,
-                        max_response_bytes: *max_response_bytes,
-                        max_event_bytes: *max_event_bytes,
-                    },
-                ))),
-            })
-            .collect();
+        Self::rebuild(config, None)
+    }
+
+    /// The upstreams and routes of `config`, keeping from `previous` (the running config and
+    /// its upstreams) every upstream whose config is unchanged, with its connections.
+    pub fn rebuild(config: &GatewayConfig, previous: Option<(&GatewayConfig, &Upstreams)>) -> Self {
+        let kept = |u: &crate::config::UpstreamConfig| {
+            let (old_config, old) = previous?;
+            let i = old_config.upstreams.iter().position(|o| o == u)?;
+            old.upstreams.get(i).cloned()
+        };
+        let upstreams: Vec<Upstream> =
+            config.upstreams.iter().map(|u| kept(u).unwrap_or_else(|| Self::build(u))).collect();
         let mut routes = HashMap::new();
         for m in &config.models {
             let target = match (&m.upstream, &m.executor) {
@@ -96,6 +77,39 @@ impl Upstreams {
             routes.insert(m.name.clone(), Route { model: m.name.clone(), upstream_model, target });
         }
         Upstreams { upstreams, routes, models: config.models.iter().map(|m| m.name.clone()).collect() }
+    }
+
+    fn build(u: &crate::config::UpstreamConfig) -> Upstream {
+        match &u.kind {
+            UpstreamKind::Mock { chunks, chunk_delay_ms } => Upstream::Mock {
+                name: u.name.clone(),
+                mock: Arc::new(MockUpstream::new(*chunks, Duration::from_millis(*chunk_delay_ms))),
+            },
+            UpstreamKind::Openai {
+                base_url,
+                api_key_env,
+                auth_header,
+                connect_timeout_ms,
+                timeout_ms,
+                ca_certs,
+                max_response_bytes,
+                max_event_bytes,
+                ca_file: _,
+                allow_insecure_http: _,
+            } => Upstream::OpenAi(Arc::new(OpenAiUpstream::new(
+                &u.name,
+                openai::Settings {
+                    base_url,
+                    api_key_env: api_key_env.as_deref(),
+                    auth_header: auth_header.as_deref(),
+                    connect_timeout: Duration::from_millis(*connect_timeout_ms),
+                    timeout: Duration::from_millis(*timeout_ms),
+                    ca_certs,
+                    max_response_bytes: *max_response_bytes,
+                    max_event_bytes: *max_event_bytes,
+                },
+            ))),
+        }
     }
 
     /// Who serves `route`: the upstream's name, or the executor's.
