@@ -312,3 +312,114 @@ fn gateway_kv_lists_and_reads_a_plugins_namespace_and_names_the_lock() {
     assert!(!missing.status.success());
     drop(dir);
 }
+
+/// `gateway --config FILE plugin ARGS...`: (status, stdout, stderr).
+fn plugin_command(config: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(gateway_tests::gateway_bin())
+        .arg("--config")
+        .arg(config)
+        .arg("plugin")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+}
+
+#[test]
+fn the_usage_loggers_summary_command_totals_its_log_per_app_and_model() {
+    let config = format!(
+        r#"
+[[upstreams]]
+name = "mock"
+kind = "mock"
+[[models]]
+name = "m1"
+upstream = "mock"
+[[models]]
+name = "m2"
+upstream = "mock"
+
+[[plugins]]
+path = "{{target}}/libapi_key_auth.so"
+[plugins.config.keys.sk-test-one]
+app = "app-one"
+user = "u1"
+[plugins.config.keys.sk-test-two]
+app = "app-two"
+user = "u2"
+
+[[plugins]]
+path = "{{target}}/libusage_logger.so"
+[plugins.config]
+path = "{{dir}}/usage.jsonl"
+"#
+    );
+    let gw = Gateway::start(&config);
+    for (key, model) in [("sk-test-one", "m1"), ("sk-test-one", "m1"), ("sk-test-two", "m2"), ("sk-test-one", "m2")] {
+        assert_eq!(gw.chat(Some(key), &chat_body(model, "hello there", false)).status, 200);
+    }
+    let file = gw.dir.path().join("gateway.toml");
+    // While the gateway runs (it holds the KV store: the command says so and goes on).
+    let mut summary = (0, String::new(), String::new());
+    for _ in 0..100 {
+        summary = plugin_command(&file, &["usage-logger", "summary"]);
+        if summary.1.lines().any(|l| l.starts_with("total") && l.split_whitespace().nth(1) == Some("4")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (status, stdout, stderr) = summary;
+    assert_eq!(status, 0, "{stdout}\n{stderr}");
+    assert!(stderr.contains("warning: cannot open KV store") && stderr.contains("empty KV store"), "{stderr}");
+    let rows: Vec<Vec<&str>> = stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(rows[0][..3], ["app", "model", "requests"], "{stdout}");
+    assert_eq!(rows[1][..4], ["app-one", "m1", "2", "0"], "{stdout}");
+    assert_eq!(rows[2][..4], ["app-two", "m2", "1", "0"], "{stdout}");
+    assert_eq!(rows[3][..4], ["app-one", "m2", "1", "0"], "{stdout}");
+    assert_eq!(rows[4][..2], ["total", "4"], "{stdout}");
+    let (_, stdout, _) = plugin_command(&file, &["usage-logger", "summary", "--app", "app-one", "--json"]);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    assert!(lines.iter().all(|l| l["app_id"] == "app-one" && l["total_tokens"].as_u64() > Some(0)), "{stdout}");
+
+    // clap answers help and bad flags before the plugin is called.
+    let (status, stdout, _) = plugin_command(&file, &["usage-logger", "--help"]);
+    assert!(status == 0 && stdout.contains("summary") && stdout.contains("Requests, errors and tokens"), "{stdout}");
+    let (status, stdout, _) = plugin_command(&file, &["usage-logger", "summary", "--help"]);
+    assert!(status == 0 && stdout.contains("--app <VALUE>") && stdout.contains("--json"), "{stdout}");
+    let (status, _, stderr) = plugin_command(&file, &["usage-logger", "summary", "--bogus"]);
+    assert_eq!(status, 2, "{stderr}");
+    assert!(stderr.contains("unexpected argument '--bogus'"), "{stderr}");
+    let (status, _, stderr) = plugin_command(&file, &["usage-logger", "nonsense"]);
+    assert!(status == 2 && stderr.contains("unrecognized subcommand 'nonsense'"), "{stderr}");
+    let (status, _, stderr) = plugin_command(&file, &["nobody", "summary"]);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("no enabled plugin named `nobody`") && stderr.contains("usage-logger"), "{stderr}");
+    let (status, _, stderr) = plugin_command(&file, &["api-key-auth", "summary"]);
+    assert!(status == 1 && stderr.contains("declares no commands"), "{stderr}");
+
+    // Once the gateway has stopped, the command has the gateway's KV store and no warning.
+    let (_, _, dir) = gw.stop();
+    let (status, stdout, stderr) = plugin_command(&dir.path().join("gateway.toml"), &["usage-logger", "summary"]);
+    assert_eq!((status, stderr.as_str()), (0, ""), "{stdout}");
+    assert!(stdout.lines().any(|l| l.starts_with("total") && l.split_whitespace().nth(1) == Some("4")), "{stdout}");
+}
+
+#[test]
+fn a_plugin_command_that_panics_fails_with_the_panic_and_statuses_pass_through() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("gateway.toml");
+    let hostile = gateway_tests::plugin_so("hostile");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &file,
+        format!("data_dir = \"{}\"\n[[plugins]]\npath = \"{}\"\n", data.display(), hostile.display()),
+    )
+    .unwrap();
+    let (status, _, stderr) = plugin_command(&file, &["hostile", "panic"]);
+    assert_eq!(status, 1, "{stderr}");
+    assert!(stderr.contains("plugin panicked: hostile command panics"), "{stderr}");
+    let (status, stdout, stderr) = plugin_command(&file, &["hostile", "exit"]);
+    assert_eq!((status, stdout.as_str(), stderr.as_str()), (3, "", "exiting with 3\n"));
+}

@@ -6,6 +6,7 @@ pub mod admin;
 pub mod app;
 pub mod body;
 pub mod collector;
+pub mod command;
 pub mod config;
 pub mod error;
 pub mod logging;

@@ -1,5 +1,6 @@
 //! `gateway [--config FILE]` runs the gateway; `gateway check PLUGIN.so` inspects a plugin;
-//! `gateway kv list|get` reads a plugin's KV namespace from a stopped gateway's data directory.
+//! `gateway kv list|get` reads a plugin's KV namespace from a stopped gateway's data directory;
+//! `gateway plugin NAME COMMAND [FLAGS]` runs a command plugin NAME declares.
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -46,6 +47,20 @@ enum Command {
         #[arg(long)]
         plugin_abi: Option<PathBuf>,
     },
+    /// Run a command plugin instance NAME declares, with the plugin loaded as the config (put
+    /// `--config` before `plugin`) configures it; `gateway plugin NAME --help` lists them.
+    /// Prints what the command writes and exits with its status.
+    Plugin {
+        /// The plugin instance's name, then the command and its flags (all passed on: `--help`
+        /// after NAME is the plugin's).
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            required = true,
+            value_name = "NAME [COMMAND [FLAGS]]"
+        )]
+        args: Vec<String>,
+    },
     /// Read a plugin instance's KV namespace from the data directory of a gateway that is not
     /// running (the config's `data_dir`; with no `--config`, the default's `./data`).
     Kv {
@@ -75,6 +90,7 @@ fn main() -> ExitCode {
         Command::Check { path, plugin_config } => check(&path, plugin_config.as_deref()),
         Command::Run => run(cli.config),
         Command::Kv { command } => kv(cli.config, command),
+        Command::Plugin { args } => plugin_command(cli.config, &args[0], &args[1..]),
         Command::NewPlugin { name, capabilities, dir, plugin_abi } => {
             let plugin_abi =
                 plugin_abi.unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-abi")));
@@ -106,6 +122,15 @@ fn settings(config: Option<&std::path::Path>) -> Option<gateway::config::Gateway
         None => gateway::config::GatewayConfig::embedded_default(),
     };
     loaded.map_err(|e| eprintln!("error: {e}")).ok()
+}
+
+fn plugin_command(config: Option<PathBuf>, name: &str, args: &[String]) -> ExitCode {
+    gateway::logging::init_with_default("warn");
+    let Some(settings) = settings(config.as_deref()) else { return ExitCode::FAILURE };
+    let ran = gateway::command::run(&settings, name, args);
+    print!("{}", ran.stdout);
+    eprint!("{}", ran.stderr);
+    ExitCode::from(u8::try_from(ran.status).unwrap_or(1))
 }
 
 fn kv(config: Option<PathBuf>, command: KvCommand) -> ExitCode {

@@ -11,8 +11,9 @@ use super::glue::{Exported, config_schema, outcome, unit};
 use super::*;
 use crate::sdk::executor::{self, ExecRequest, HttpPassthrough};
 use crate::sdk::{
-    self, Auth, Chunk, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth, PreAuth, Request,
-    RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Ui, Upstream, UpstreamResponse,
+    self, Auth, Chunk, Commands, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth,
+    PreAuth, Request, RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Ui, Upstream,
+    UpstreamResponse,
 };
 
 /// A request as an executor receives it: borrowed for the call that starts it.
@@ -138,6 +139,84 @@ impl UiManifest {
         self.admin_routes = RStr::from_str(routes);
         self
     }
+}
+
+/// A command of the plugin's own command line, `gateway plugin NAME COMMAND [FLAGS]`.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct CommandSpec {
+    pub name: RStr<'static>,
+    /// One line for `--help`.
+    pub about: RStr<'static>,
+    pub flags: RSlice<'static, FlagSpec>,
+}
+
+impl CommandSpec {
+    pub const fn new(name: &'static str, about: &'static str) -> Self {
+        CommandSpec { name: RStr::from_str(name), about: RStr::from_str(about), flags: RSlice::from_slice(&[]) }
+    }
+
+    pub const fn flags(mut self, flags: &'static [FlagSpec]) -> Self {
+        self.flags = RSlice::from_slice(flags);
+        self
+    }
+}
+
+/// A command's `--NAME` flag: a switch (present or not) or one that takes a value.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct FlagSpec {
+    pub name: RStr<'static>,
+    pub help: RStr<'static>,
+    pub takes_value: bool,
+    pub required: bool,
+    /// For a flag that takes a value: the value when it is not given (empty: none).
+    pub default: RStr<'static>,
+}
+
+impl FlagSpec {
+    /// `--NAME VALUE`.
+    pub const fn value(name: &'static str, help: &'static str) -> Self {
+        FlagSpec {
+            name: RStr::from_str(name),
+            help: RStr::from_str(help),
+            takes_value: true,
+            required: false,
+            default: RStr::from_str(""),
+        }
+    }
+
+    /// `--NAME`, true when given.
+    pub const fn switch(name: &'static str, help: &'static str) -> Self {
+        FlagSpec { takes_value: false, ..FlagSpec::value(name, help) }
+    }
+
+    pub const fn required(mut self) -> Self {
+        self.required = true;
+        self
+    }
+
+    pub const fn default(mut self, value: &'static str) -> Self {
+        self.default = RStr::from_str(value);
+        self
+    }
+}
+
+/// One run of a command: which, and its flags as given (switches as "true"), defaults applied.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawCommandCall<'a> {
+    pub command: RStr<'a>,
+    pub flags: RSlice<'a, RawKeyValue<'a>>,
+}
+
+/// What a command printed and its exit status.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct CommandOutput {
+    pub status: i32,
+    pub stdout: RString,
+    pub stderr: RString,
 }
 
 /// Where a declared route is served ([`RawRoute::kind`]).
@@ -377,6 +456,16 @@ capabilities! {
         manifest: UiManifest = P::MANIFEST,
         assets: RSlice<'static, UiAsset> = RSlice::from_slice(P::ASSETS),
     ] {}
+
+    /// Capability [`cap::COMMANDS`], version 1: commands of the plugin's own, run by the
+    /// operator as `gateway plugin NAME COMMAND [FLAGS]` in a process of their own.
+    CommandsV1 = (cap::COMMANDS, 1) Commands: Commands [
+        commands: RSlice<'static, CommandSpec> = RSlice::from_slice(P::COMMANDS),
+    ] {
+        /// Runs `call.command` with its flags.
+        pub fn run(call: &RawCommandCall<'_>) -> RFuture<RResult<CommandOutput, PluginError>> as "command"
+            => |p| sdk::commands::output_future(p.run_command(sdk::CommandCall::from_raw(call)));
+    }
 
     /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work
     /// without. A host that lacks one of them refuses the plugin at load, naming it, instead of

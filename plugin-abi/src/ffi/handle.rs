@@ -156,6 +156,13 @@ impl Cap<UiV1> {
     }
 }
 
+impl Cap<CommandsV1> {
+    /// The plugin's commands, borrowed from its library (alive while `self` is).
+    pub fn commands(&self) -> &[CommandSpec] {
+        self.table.commands.as_slice()
+    }
+}
+
 /// How a stream-chunk plugin answered the start of a stream.
 pub enum StreamStarted {
     /// It does not want this stream.

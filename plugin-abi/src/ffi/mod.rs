@@ -52,6 +52,8 @@ pub mod cap {
     pub const ROUTES: u32 = 14;
     /// Added in ABI 1.6.
     pub const UI: u32 = 15;
+    /// Added in ABI 1.7.
+    pub const COMMANDS: u32 = 16;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.

@@ -2,6 +2,7 @@
 
 mod capability;
 pub(crate) mod chat;
+pub(crate) mod commands;
 mod decision;
 mod delta;
 pub(crate) mod executor;
@@ -11,9 +12,10 @@ pub(crate) mod routes;
 mod stream;
 mod view;
 
-pub use crate::ffi::{UiAsset, UiManifest};
+pub use crate::ffi::{CommandSpec, FlagSpec, UiAsset, UiManifest};
 pub use capability::*;
 pub use chat::{Chat, Message};
+pub use commands::{CommandCall, CommandOutput, Commands};
 pub use decision::*;
 pub use delta::{Delta, DeltaReader};
 pub use executor::{

@@ -5,6 +5,9 @@
 //! written (a thread of the plugin flushes) and at shutdown: one write per batch of lines, not
 //! one per record. When a newer version takes over (hot swap), this one unsubscribes at once, so
 //! an event is logged once even while the old version still finishes its requests.
+//!
+//! Its command `summary` (`gateway plugin usage-logger summary`) prints totals per app and
+//! model from the log.
 #![forbid(unsafe_code)]
 
 use std::fs::{File, OpenOptions};
@@ -14,15 +17,18 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use plugin_abi::{
-    Analytics, Budget, Config, ConfigProvider, DataCollector, Direction, Host, Lifecycle, Plugin, PluginError, ProxyLog,
+    Analytics, Budget, CommandCall, CommandOutput, CommandSpec, Commands, Config, ConfigProvider, DataCollector,
+    Direction, FlagSpec, Host, Lifecycle, Plugin, PluginError, ProxyLog,
 };
 
 /// How long a written line may wait in the buffer before it reaches the file.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(plugin_abi::Plugin)]
-#[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider, Lifecycle))]
+#[plugin(name = "usage-logger", capabilities(DataCollector, ConfigProvider, Lifecycle, Commands))]
 pub struct UsageLogger {
+    /// The log file's path, as configured.
+    path: String,
     out: Arc<Mutex<Out>>,
     host: Host,
     /// Event subscriptions, ended by `quiesce`.
@@ -157,7 +163,7 @@ impl Plugin for UsageLogger {
         // Last, after everything that can fail: a failed `init` leaves no thread behind.
         let flusher = spawn_flusher(Arc::downgrade(&out), host.stop_signal())
             .map_err(|e| PluginError::new(format!("cannot start the flush thread: {e}")))?;
-        Ok(UsageLogger { out, host, subscriptions: Mutex::new(subscriptions), flusher: Some(flusher) })
+        Ok(UsageLogger { path: s.path, out, host, subscriptions: Mutex::new(subscriptions), flusher: Some(flusher) })
     }
 
     fn shutdown(&mut self) {
@@ -243,6 +249,146 @@ impl DataCollector for UsageLogger {
     }
 }
 
+impl Commands for UsageLogger {
+    const COMMANDS: &'static [CommandSpec] =
+        &[CommandSpec::new("summary", "Requests, errors and tokens per app and model, from the usage log").flags(&[
+            FlagSpec::value("app", "Only this app id"),
+            FlagSpec::value("model", "Only this model"),
+            FlagSpec::switch("json", "One JSON object per app and model instead of a table"),
+        ])];
+
+    async fn run_command(&self, call: CommandCall) -> Result<CommandOutput, PluginError> {
+        match call.command.as_str() {
+            "summary" => {
+                // Lines still buffered reach the file first (a gateway running on the same log
+                // writes its own within `FLUSH_EVERY`).
+                let _ = lock(&self.out).flush();
+                let text = std::fs::read_to_string(&self.path).map_err(|e| {
+                    PluginError::new(format!(
+                        "cannot read the usage log {}: {e} (expected the file `path` names)",
+                        self.path
+                    ))
+                })?;
+                let totals = Totals::of(&text, call.flag("app"), call.flag("model"));
+                Ok(totals.render(call.switch("json")))
+            }
+            other => Err(PluginError::new(format!("unknown command `{other}`: expected `summary`"))),
+        }
+    }
+}
+
+/// Totals per (app, model) from the log's `analytics` lines, in first-seen order.
+#[derive(Default)]
+struct Totals {
+    rows: Vec<Row>,
+    /// Lines that are not JSON objects (a line cut by a crash, say).
+    skipped: usize,
+}
+
+#[derive(Default, Clone)]
+struct Row {
+    app: String,
+    model: String,
+    requests: u64,
+    errors: u64,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+}
+
+impl Totals {
+    fn of(log: &str, app: Option<&str>, model: Option<&str>) -> Totals {
+        let mut totals = Totals::default();
+        for line in log.lines().filter(|l| !l.trim().is_empty()) {
+            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else {
+                totals.skipped += 1;
+                continue;
+            };
+            if record["type"] != "analytics" {
+                continue;
+            }
+            let field = |name: &str| record[name].as_str().unwrap_or_default();
+            let number = |name: &str| record[name].as_u64().unwrap_or(0);
+            if app.is_some_and(|a| a != field("app_id")) || model.is_some_and(|m| m != field("model")) {
+                continue;
+            }
+            let at = match totals.rows.iter().position(|r| r.app == field("app_id") && r.model == field("model")) {
+                Some(i) => i,
+                None => {
+                    totals.rows.push(Row {
+                        app: field("app_id").into(),
+                        model: field("model").into(),
+                        ..Row::default()
+                    });
+                    totals.rows.len() - 1
+                }
+            };
+            let row = &mut totals.rows[at];
+            row.requests += 1;
+            row.errors += u64::from(number("status") >= 400);
+            row.prompt_tokens += number("prompt_tokens");
+            row.completion_tokens += number("completion_tokens");
+            row.total_tokens += number("total_tokens");
+        }
+        totals
+    }
+
+    fn render(&self, json: bool) -> CommandOutput {
+        let mut out = String::new();
+        let name = |s: &str| if s.is_empty() { "(none)".to_owned() } else { s.to_owned() };
+        if json {
+            for r in &self.rows {
+                let line = serde_json::json!({
+                    "app_id": r.app, "model": r.model, "requests": r.requests, "errors": r.errors,
+                    "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                    "total_tokens": r.total_tokens,
+                });
+                out.push_str(&format!("{line}\n"));
+            }
+        } else {
+            let all = self.rows.iter().fold(Row { app: "total".into(), ..Row::default() }, |mut t, r| {
+                t.requests += r.requests;
+                t.errors += r.errors;
+                t.prompt_tokens += r.prompt_tokens;
+                t.completion_tokens += r.completion_tokens;
+                t.total_tokens += r.total_tokens;
+                t
+            });
+            let header = ["app", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"];
+            let cells = |r: &Row| {
+                [
+                    name(&r.app),
+                    if r.app == "total" && r.model.is_empty() { String::new() } else { name(&r.model) },
+                    r.requests.to_string(),
+                    r.errors.to_string(),
+                    r.prompt_tokens.to_string(),
+                    r.completion_tokens.to_string(),
+                    r.total_tokens.to_string(),
+                ]
+            };
+            let mut table: Vec<[String; 7]> = vec![header.map(str::to_owned)];
+            table.extend(self.rows.iter().map(cells));
+            table.push(cells(&all));
+            let widths: Vec<usize> = (0..7).map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0)).collect();
+            for row in &table {
+                let line: Vec<String> = row
+                    .iter()
+                    .zip(&widths)
+                    .enumerate()
+                    .map(|(i, (cell, w))| if i < 2 { format!("{cell:<w$}") } else { format!("{cell:>w$}") })
+                    .collect();
+                out.push_str(line.join("  ").trim_end());
+                out.push('\n');
+            }
+        }
+        let mut output = CommandOutput::ok(out);
+        if self.skipped > 0 {
+            output.stderr = format!("skipped {} line(s) that are not JSON\n", self.skipped);
+        }
+        output
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -286,6 +432,45 @@ mod tests {
         logger.on_budget(&budget).unwrap();
         logger.shutdown();
         assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 4);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn summary_totals_analytics_per_app_and_model() {
+        let dir = std::env::temp_dir().join(format!("usage-logger-summary-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("usage.jsonl");
+        let line = |app: &str, model: &str, status: u16, tokens: u64| {
+            json!({"type": "analytics", "app_id": app, "model": model, "status": status,
+                   "prompt_tokens": tokens, "completion_tokens": 1, "total_tokens": tokens + 1})
+            .to_string()
+        };
+        let log = [
+            line("a", "m1", 200, 10),
+            line("b", "m1", 200, 5),
+            r#"{"type":"proxy_log","app_id":"a"}"#.to_owned(),
+            line("a", "m1", 500, 0),
+            "{cut off".to_owned(),
+            line("a", "m2", 200, 3),
+        ];
+        std::fs::write(&path, log.join("\n")).unwrap();
+        let logger: UsageLogger = MockHost::new().init(&json!({ "path": path, "events": false }).to_string()).unwrap();
+        let run = |call: CommandCall| plugin_abi::testing::block_on(logger.run_command(call)).unwrap();
+        let table = run(CommandCall::new("summary"));
+        let rows: Vec<Vec<&str>> = table.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(
+            rows[0],
+            ["app", "model", "requests", "errors", "prompt_tokens", "completion_tokens", "total_tokens"]
+        );
+        assert_eq!(rows[1], ["a", "m1", "2", "1", "10", "2", "12"]);
+        assert_eq!(rows[2], ["b", "m1", "1", "0", "5", "1", "6"]);
+        assert_eq!(rows[3], ["a", "m2", "1", "0", "3", "1", "4"]);
+        assert_eq!(rows[4], ["total", "4", "1", "18", "4", "22"]);
+        assert_eq!((table.status, table.stderr.as_str()), (0, "skipped 1 line(s) that are not JSON\n"));
+        let only = run(CommandCall::new("summary").with("app", "a").with("model", "m2").with("json", "true"));
+        let parsed: serde_json::Value = serde_json::from_str(only.stdout.trim()).unwrap();
+        assert_eq!(parsed["total_tokens"], 4);
+        assert_eq!(only.stdout.lines().count(), 1);
         let _ = std::fs::remove_dir_all(dir);
     }
 
