@@ -171,3 +171,25 @@ fn a_swap_changes_the_routes_at_once_and_a_call_in_flight_finishes_on_its_versio
     assert_eq!(gw.get("/plugins/swapper/new").status, 200);
     assert_eq!(slow.join().unwrap(), "v1\n".repeat(5), "the call in flight changed version");
 }
+
+#[test]
+fn plugin_log_fields_reach_the_gateways_log_as_fields() {
+    let gw = Gateway::start_with_env(&webhook_config(""), &[("GATEWAY_LOG_FORMAT", "json")]);
+    assert_eq!(send_webhook(&gw, "/plugins/webhook-receiver/hooks/gitlab", "{}", None).status, 401);
+    assert_eq!(send_webhook(&gw, "/plugins/webhook-receiver/hooks/gitlab", "{\"a\":1}", Some(SECRET)).status, 202);
+    let lines = |message: &str| -> Vec<serde_json::Value> {
+        let logs = gw.logs();
+        let all = logs.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        all.filter(|l| l["fields"]["message"] == message).collect()
+    };
+    assert!(gw.wait_for_log("webhook received"), "{}", gw.logs());
+    let rejected = lines("webhook rejected: bad or missing signature");
+    assert_eq!(rejected.len(), 1, "{}", gw.logs());
+    let fields = &rejected[0]["fields"];
+    assert_eq!((fields["plugin"].as_str(), fields["source"].as_str()), (Some("webhook-receiver"), Some("gitlab")));
+    assert_eq!(fields["client_ip"], "127.0.0.1", "{fields}");
+    assert!(fields["request_id"].as_str().is_some_and(|id| id.starts_with("req-")), "{fields}");
+    assert_eq!((rejected[0]["level"].as_str(), rejected[0]["target"].as_str()), (Some("WARN"), Some("plugin")));
+    let received = lines("webhook received");
+    assert_eq!(received[0]["fields"]["bytes"], "7", "{}", gw.logs());
+}

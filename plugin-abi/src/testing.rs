@@ -75,7 +75,13 @@ impl MockHost {
     /// Every line logged so far.
     pub fn logs(&self) -> Vec<(Level, String)> {
         let logs = self.services.logs.lock().unwrap_or_else(|e| e.into_inner());
-        logs.iter().map(|(l, m)| (Level::from_u8(*l).unwrap_or(Level::Trace), m.clone())).collect()
+        logs.iter().map(|(l, m, _)| (Level::from_u8(*l).unwrap_or(Level::Trace), m.clone())).collect()
+    }
+
+    /// Every line logged so far with its fields ([`Host::log_with`](crate::Host::log_with)).
+    pub fn logs_with_fields(&self) -> Vec<(Level, String, Vec<(String, String)>)> {
+        let logs = self.services.logs.lock().unwrap_or_else(|e| e.into_inner());
+        logs.iter().map(|(l, m, f)| (Level::from_u8(*l).unwrap_or(Level::Trace), m.clone(), f.clone())).collect()
     }
 }
 

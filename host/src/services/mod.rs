@@ -5,6 +5,7 @@
 pub mod events;
 pub mod http;
 pub mod kv;
+pub mod log_fields;
 pub mod lookup;
 
 use std::sync::Arc;
@@ -105,6 +106,21 @@ impl PluginServices {
         })
     }
 
+    /// Whether a line at `lvl` is logged: within the configured level and the plugin's rate.
+    fn admit(&self, lvl: u8) -> bool {
+        if lvl > max_level(&self.shared.logging) {
+            return false;
+        }
+        if !self.admit_log() {
+            let dropped = self.log_dropped.fetch_add(1, Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(plugin = %self.name, dropped, "plugin log rate limit reached: lines dropped");
+            }
+            return false;
+        }
+        true
+    }
+
     fn admit_log(&self) -> bool {
         let logging = &self.shared.logging;
         let mut b = self.bucket.lock();
@@ -134,14 +150,7 @@ fn ttl(ms: u64) -> Option<Duration> {
 
 impl HostServices for PluginServices {
     fn log(&self, lvl: u8, message: &str) {
-        if lvl > max_level(&self.shared.logging) {
-            return;
-        }
-        if !self.admit_log() {
-            let dropped = self.log_dropped.fetch_add(1, Relaxed) + 1;
-            if dropped.is_power_of_two() {
-                tracing::warn!(plugin = %self.name, dropped, "plugin log rate limit reached: lines dropped");
-            }
+        if !self.admit(lvl) {
             return;
         }
         let (plugin, version) = (self.name.as_str(), self.version.as_str());
@@ -152,6 +161,20 @@ impl HostServices for PluginServices {
             level::DEBUG => tracing::debug!(target: "plugin", plugin, version, "{message}"),
             _ => tracing::trace!(target: "plugin", plugin, version, "{message}"),
         }
+    }
+
+    fn log_fields(&self, lvl: u8, message: &str, fields: &[(&str, &str)]) {
+        if !self.admit(lvl) {
+            return;
+        }
+        let level = match lvl {
+            level::ERROR => tracing::Level::ERROR,
+            level::WARN => tracing::Level::WARN,
+            level::INFO => tracing::Level::INFO,
+            level::DEBUG => tracing::Level::DEBUG,
+            _ => tracing::Level::TRACE,
+        };
+        log_fields::emit(level, &self.name, &self.version, message, fields);
     }
 
     fn kv_get(&self, key: &str, read: &mut dyn FnMut(&[u8])) -> ServiceResult<bool> {

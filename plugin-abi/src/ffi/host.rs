@@ -86,6 +86,10 @@ pub type HttpFuture = std::pin::Pin<Box<dyn std::future::Future<Output = Service
 pub trait HostServices: Send + Sync + 'static {
     /// A log line; `level` is one of [`level`] (others are treated as trace).
     fn log(&self, level: u8, message: &str);
+    /// A log line with key-value fields. Default: the fields appended to the message.
+    fn log_fields(&self, level: u8, message: &str, fields: &[(&str, &str)]) {
+        self.log(level, &with_fields(message, fields))
+    }
     /// Calls `read` with the value of `key` in place; false if there is none.
     fn kv_get(&self, key: &str, read: &mut dyn FnMut(&[u8])) -> ServiceResult<bool>;
     fn kv_set(&self, key: &str, value: &[u8], ttl_ms: u64) -> ServiceResult<()>;
@@ -111,6 +115,19 @@ pub trait HostServices: Send + Sync + 'static {
     /// new subscriptions. No callback into the plugin may start once this returns; one already
     /// running may finish (its `Subscriber` keeps the library loaded). Default: nothing to end.
     fn end(&self) {}
+}
+
+/// `message k=v k="v w"`: fields appended to a line, for hosts that log text only.
+pub fn with_fields(message: &str, fields: &[(&str, &str)]) -> String {
+    let mut line = message.to_owned();
+    for (key, value) in fields {
+        if value.is_empty() || value.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') {
+            line.push_str(&format!(" {key}={value:?}"));
+        } else {
+            line.push_str(&format!(" {key}={value}"));
+        }
+    }
+    line
 }
 
 /// What a plugin's [`HostHandle`] points to: the services, whether the instance is shut down,
@@ -149,6 +166,7 @@ pub(crate) fn host_handle<S: HostServices>(ctx: &Arc<HostCtx<S>>) -> HostHandle 
 extern "C" fn service<S: HostServices>(_ctx: *const c_void, id: u32, version: u32) -> ROption<TableEntry> {
     match (id, version) {
         (service::LOG, 1) => RSome(TableEntry::new(const { &LogV1 { log: log::<S> } })),
+        (service::LOG, 2) => RSome(TableEntry::new(const { &LogV2 { log: log_fields::<S> } })),
         (service::KV, 1) => RSome(TableEntry::new(
             const {
                 &KvV1 {
@@ -240,6 +258,22 @@ fn refused<T>(closed: bool) -> RResult<T, PluginError> {
 
 extern "C" fn log<S: HostServices>(ctx: *const c_void, level: u8, message: RStr<'_>) {
     with::<S, _>(ctx, |_| (), |c| c.services.log(level, message.as_str()))
+}
+
+extern "C" fn log_fields<S: HostServices>(
+    ctx: *const c_void,
+    level: u8,
+    message: RStr<'_>,
+    fields: RSlice<'_, RawKeyValue<'_>>,
+) {
+    with::<S, _>(
+        ctx,
+        |_| (),
+        |c| {
+            let fields: Vec<(&str, &str)> = fields.iter().map(|kv| (kv.key.as_str(), kv.value.as_str())).collect();
+            c.services.log_fields(level, message.as_str(), &fields)
+        },
+    )
 }
 
 extern "C" fn kv_get<S: HostServices>(

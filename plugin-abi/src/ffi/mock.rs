@@ -12,7 +12,8 @@ use super::*;
 /// The mock host's state: an in-memory KV, synchronous events, and lookups set by the test.
 #[derive(Default)]
 pub(crate) struct MockServices {
-    pub(crate) logs: Mutex<Vec<(u8, String)>>,
+    /// (level, message, fields).
+    pub(crate) logs: Mutex<Vec<LogLine>>,
     pub(crate) kv: Mutex<BTreeMap<String, (Vec<u8>, Option<Instant>)>>,
     pub(crate) subscribers: Mutex<Vec<(u64, String, Arc<Subscriber>)>>,
     pub(crate) published: Mutex<Vec<(String, Vec<u8>, u8)>>,
@@ -33,9 +34,16 @@ fn live(entry: &(Vec<u8>, Option<Instant>)) -> bool {
     entry.1.is_none_or(|at| at > Instant::now())
 }
 
+pub(crate) type LogLine = (u8, String, Vec<(String, String)>);
+
 impl HostServices for MockServices {
     fn log(&self, level: u8, message: &str) {
-        lock(&self.logs).push((level, message.to_owned()));
+        lock(&self.logs).push((level, message.to_owned(), Vec::new()));
+    }
+
+    fn log_fields(&self, level: u8, message: &str, fields: &[(&str, &str)]) {
+        let fields = fields.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        lock(&self.logs).push((level, message.to_owned(), fields));
     }
 
     fn kv_get(&self, key: &str, read: &mut dyn FnMut(&[u8])) -> ServiceResult<bool> {

@@ -219,6 +219,14 @@ pub struct LogV1 {
     pub log: extern "C" fn(ctx: *const c_void, level: u8, message: RStr<'_>),
 }
 
+/// Service [`service::LOG`], version 2: a line with key-value fields, which the gateway logs as
+/// fields of its own (added in ABI 1.7; a host without it gets the fields in the message).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct LogV2 {
+    pub log: extern "C" fn(ctx: *const c_void, level: u8, message: RStr<'_>, fields: RSlice<'_, RawKeyValue<'_>>),
+}
+
 /// An error that crosses the boundary: a code from [`code`] (or a plugin's own) and a message.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, PartialEq)]
@@ -643,6 +651,7 @@ macro_rules! tables {
 
 tables! {
     LogV1 => service::LOG, 1, "Log";
+    LogV2 => service::LOG, 2, "Log";
     KvV1 => service::KV, 1, "Kv";
     EventsV1 => service::EVENTS, 1, "Events";
     LookupV1 => service::LOOKUP, 1, "Lookup";
@@ -755,7 +764,9 @@ pub use define::{InstanceFuture, InstanceStream};
 pub use future::{DropReport, FromPanic, ItemSource, RFuture, RPoll, RStream, RWaker, RWakerVTable};
 pub use handle::{Cap, Capabilities, Capability, MissingCapability, Stream, StreamStarted};
 pub(crate) use host::{EventClosure, HostCtx, host_handle, raw_subscriber, read_trampoline};
-pub use host::{HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, KeepAlive, ServiceResult, Subscriber};
+pub use host::{
+    HostServices, HttpBody, HttpCall, HttpFuture, HttpResponse, KeepAlive, ServiceResult, Subscriber, with_fields,
+};
 pub use loader::{Instance, Library, Metadata, OpenError, host_abi_version};
 pub(crate) use mock::MockServices;
 #[cfg(feature = "testing")]

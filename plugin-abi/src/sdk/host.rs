@@ -19,6 +19,7 @@ use crate::sdk::PluginError;
 pub struct Host {
     raw: ffi::HostHandle,
     log: Option<&'static ffi::LogV1>,
+    log_fields: Option<&'static ffi::LogV2>,
     kv: Option<&'static ffi::KvV1>,
     events: Option<&'static ffi::EventsV1>,
     lookup: Option<&'static ffi::LookupV1>,
@@ -38,6 +39,7 @@ impl Clone for Host {
         Host {
             raw: self.raw,
             log: self.log,
+            log_fields: self.log_fields,
             kv: self.kv,
             events: self.events,
             lookup: self.lookup,
@@ -183,6 +185,7 @@ impl Host {
         Host {
             raw,
             log: lookup(&raw),
+            log_fields: lookup(&raw),
             kv: lookup(&raw),
             events: lookup(&raw),
             lookup: lookup(&raw),
@@ -231,6 +234,26 @@ impl Host {
     pub fn log(&self, level: Level, message: &str) {
         if let Some(log) = self.log {
             (log.log)(self.raw.ctx, level as u8, RStr::from_str(message));
+        }
+    }
+
+    /// A line with key-value fields (`("upstream", "openai"), ("attempt", "2")`), which the
+    /// gateway logs as fields of its own next to `plugin` and `version` (in JSON logs, keys of
+    /// the line). A name that is not made of ASCII letters, digits, `_` and `.` has the others
+    /// replaced by `_`; names the gateway uses itself (`message`, `plugin`, `version`) get a
+    /// `field.` prefix; fields past the 16th are dropped and counted in `fields_dropped`. A
+    /// gateway older than ABI 1.7 gets the fields appended to the message as `key=value`.
+    pub fn log_with(&self, level: Level, message: &str, fields: &[(&str, &str)]) {
+        if let Some(log) = self.log_fields {
+            let raw: Vec<ffi::RawKeyValue<'_>> = fields
+                .iter()
+                .map(|(k, v)| ffi::RawKeyValue { key: RStr::from_str(k), value: RStr::from_str(v) })
+                .collect();
+            (log.log)(self.raw.ctx, level as u8, RStr::from_str(message), raw.as_slice().into());
+        } else if !fields.is_empty() {
+            self.log(level, &ffi::with_fields(message, fields));
+        } else {
+            self.log(level, message);
         }
     }
 

@@ -16,8 +16,8 @@ use std::task::{Poll, Waker};
 
 use hmac::{Hmac, Mac};
 use plugin_abi::{
-    BodyStream, Config, ConfigProvider, Direction, Host, Plugin, PluginError, Route, RouteRequest, RouteResponse,
-    Routes, Ui, UiAsset, UiManifest,
+    BodyStream, Config, ConfigProvider, Direction, Host, Level, Plugin, PluginError, Route, RouteRequest,
+    RouteResponse, Routes, Ui, UiAsset, UiManifest,
 };
 use serde_json::json;
 use sha2::Sha256;
@@ -120,6 +120,9 @@ impl WebhookReceiver {
         let source = req.param("source").unwrap_or("unknown");
         if !self.signed(&req.body, req.header("x-signature-256")) {
             lock(&self.feed).rejected += 1;
+            let fields =
+                [("source", source), ("request_id", req.request_id.as_str()), ("client_ip", req.client_ip.as_str())];
+            self.host.log_with(Level::Warn, "webhook rejected: bad or missing signature", &fields);
             return error(
                 401,
                 "expected `x-signature-256: sha256=<hex HMAC-SHA256 of the body>` under the shared secret",
@@ -129,7 +132,9 @@ impl WebhookReceiver {
         if let Err(e) = self.host.publish(&format!("webhook.{source}"), body.as_bytes(), Direction::Local) {
             self.host.warn(&format!("webhook from {source} received but not published: {}", e.message));
         }
+        let bytes = body.len().to_string();
         lock(&self.feed).push(source, body);
+        self.host.log_with(Level::Info, "webhook received", &[("source", source), ("bytes", &bytes)]);
         RouteResponse::json(202, &json!({ "accepted": true, "source": source }))
     }
 
