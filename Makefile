@@ -14,19 +14,20 @@ ABI_FIXTURES := tests/fixtures/abi-1.0 tests/fixtures/abi-1.3 tests/fixtures/abi
 VENV := target/e2e-venv
 OPENAI_VERSION := 3.51.0
 SELENIUM_VERSION := 4.40.0
+OTLP_PROTO_VERSION := 1.45.2
 
 # The test runner; installed (pinned) when missing, so that `make test` works on a fresh machine.
 NEXTEST_VERSION := 0.9.143
 
 .PHONY: build build-release run test bench bench-e2e bench-peers soak nextest test-packages
 
-build: $(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION)
+build: $(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION)-$(OTLP_PROTO_VERSION)
 	$(CARGO) build --workspace --all-targets
 	for f in $(ABI_FIXTURES); do $(CARGO) build --manifest-path $$f/Cargo.toml || exit 1; done
 
-$(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION):
+$(VENV)/.clients-$(OPENAI_VERSION)-$(SELENIUM_VERSION)-$(OTLP_PROTO_VERSION):
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==$(OPENAI_VERSION) selenium==$(SELENIUM_VERSION)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check openai==$(OPENAI_VERSION) selenium==$(SELENIUM_VERSION) opentelemetry-proto==$(OTLP_PROTO_VERSION)
 	touch $@
 
 build-release:
@@ -65,13 +66,14 @@ $(OHA):
 
 # End-to-end load runs with oha: direct, bare hyper proxy, gateway with 0, 6 and 8 plugins (and
 # peers), each closed loop and at fixed rates, 3 runs a cell; instructions per request under
-# callgrind; an executor plugin against the built-in upstream; hot swap.
+# callgrind; an executor plugin against the built-in upstream; hot swap; trace export off and on.
 bench-e2e: $(OHA) test-packages
 	$(CARGO) build --release --workspace --bins --lib
 	./target/release/loadrun proxy --secs 5 --runs 3 --rates 1000,5000 --peers
 	./target/release/loadrun instructions --requests 2000
 	./target/release/loadrun executor --secs 10 --rate 1000
 	./target/release/loadrun swap --secs 10 --swaps 200
+	./target/release/loadrun telemetry --secs 5 --runs 3 --rate 1000
 
 # The bounded soak run (10 minutes): mixed load, reloads, a panicking plugin, stalling clients.
 soak: build

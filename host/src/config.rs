@@ -44,6 +44,38 @@ pub struct GatewayConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Trace export to an OpenTelemetry collector; off unless `otlp_endpoint` is set.
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// The collector's OTLP/HTTP traces URL (`http://127.0.0.1:4318/v1/traces`); spans are
+    /// sent as protobuf, in batches, off the request path.
+    pub otlp_endpoint: Option<String>,
+    /// The `service.name` resource attribute.
+    pub service_name: String,
+    /// Headers sent with every export (a hosted collector's key).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// How long spans wait before they are sent in a batch.
+    pub export_interval_ms: u64,
+    /// The share of requests traced, from 0 to 1 (by trace id; a request's spans are all kept
+    /// or all dropped).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            service_name: "llm-gateway".into(),
+            headers: Default::default(),
+            export_interval_ms: 1000,
+            sample_ratio: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -483,6 +515,19 @@ impl GatewayConfig {
     }
 
     fn validate(&self) -> Result<(), String> {
+        let ratio = self.telemetry.sample_ratio;
+        if !(0.0..=1.0).contains(&ratio) {
+            return Err(format!("telemetry.sample_ratio: expected a share from 0 to 1, found {ratio}"));
+        }
+        if let Some(endpoint) = &self.telemetry.otlp_endpoint {
+            let uri: Option<http::Uri> = endpoint.parse().ok();
+            if !uri.is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
+                return Err(format!(
+                    "telemetry.otlp_endpoint: expected an http:// or https:// URL such as \
+                     \"http://127.0.0.1:4318/v1/traces\", found {endpoint:?}"
+                ));
+            }
+        }
         for model in &self.models {
             match (&model.upstream, &model.executor) {
                 (Some(upstream), None) => {

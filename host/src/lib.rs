@@ -20,5 +20,6 @@ pub mod run;
 pub mod scaffold;
 pub mod server;
 pub mod services;
+pub mod telemetry;
 pub mod ui;
 pub mod upstream;

@@ -249,9 +249,14 @@ fn check(path: &std::path::Path, plugin_config: Option<&std::path::Path>) -> Exi
 }
 
 fn run(config: Option<PathBuf>) -> ExitCode {
-    gateway::logging::init();
     let Some(settings) = settings(config.as_deref()) else { return ExitCode::FAILURE };
-    match gateway::run::run(settings, config) {
+    let telemetry = gateway::logging::init_with("info", &settings.telemetry);
+    let result = gateway::run::run(settings, config);
+    // Spans still queued are sent before the process ends.
+    if let Some(telemetry) = telemetry {
+        telemetry.shutdown();
+    }
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

@@ -148,6 +148,7 @@ fn restart_only(old: &GatewayConfig, new: &GatewayConfig) -> Vec<&'static str> {
     check(old.kv != new.kv, "kv");
     check(old.event_queue != new.event_queue, "event_queue");
     check(old.admin != new.admin, "admin");
+    check(old.telemetry != new.telemetry, "telemetry");
     fields
 }
 

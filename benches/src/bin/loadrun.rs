@@ -19,6 +19,10 @@
 //! `loadrun swap [--secs N] [--swaps N]`: p50/p99 at a fixed rate in steady state, then during
 //! repeated hot swaps of one plugin; reload latency; RSS growth over the swaps.
 //!
+//! `loadrun telemetry [--secs N] [--runs N] [--rate R]`: the gateway with 0 and with the six
+//! example plugins, each with trace export off and on (to an OTLP/HTTP sink that answers every
+//! export): max throughput, p50/p99 at a fixed rate and CPU per request, on against off.
+//!
 //! `loadrun soak [--secs 600] [--rate 200] [--reload-every 3]`: a bounded soak run: mixed
 //! streaming and non-streaming load, a reload every few seconds, a plugin that panics on 1 % of
 //! requests, and now and then a client that stops reading. Reports requests served, unexpected
@@ -579,6 +583,158 @@ fn executor(args: &[String]) {
     }
 }
 
+/// An OTLP/HTTP collector that accepts everything: every POST is answered 200 with an empty
+/// `ExportTraceServiceResponse` (an empty protobuf message). Counts exports and their bytes.
+struct OtlpSink {
+    addr: SocketAddr,
+    exports: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    bytes: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl OtlpSink {
+    fn start() -> OtlpSink {
+        use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the OTLP sink");
+        listener.set_nonblocking(true).expect("a non-blocking listener");
+        let addr = listener.local_addr().expect("its address");
+        let (exports, bytes) = (std::sync::Arc::new(AtomicU64::new(0)), std::sync::Arc::new(AtomicU64::new(0)));
+        let (e, b) = (exports.clone(), bytes.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a tokio listener");
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (e, b) = (e.clone(), b.clone());
+                    tokio::spawn(async move {
+                        let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                            let (e, b) = (e.clone(), b.clone());
+                            async move {
+                                let body = http_body_util::BodyExt::collect(req.into_body()).await?.to_bytes();
+                                e.fetch_add(1, Relaxed);
+                                b.fetch_add(body.len() as u64, Relaxed);
+                                let mut resp = http::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                                resp.headers_mut().insert("content-type", "application/x-protobuf".parse().unwrap());
+                                Ok::<_, hyper::Error>(resp)
+                            }
+                        });
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                    });
+                }
+            });
+        });
+        OtlpSink { addr, exports, bytes }
+    }
+
+    /// Exports and bytes received so far.
+    fn received(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.exports.load(Relaxed), self.bytes.load(Relaxed))
+    }
+}
+
+/// `loadrun telemetry`: the cost of trace export. The gateway with 0 and with the six example
+/// plugins, each twice, export off and on (to an [`OtlpSink`]), the same mock: max throughput
+/// (closed loop), p50/p99 at a fixed rate, CPU per request; each row the median of `--runs`.
+fn telemetry(args: &[String]) {
+    let secs: u64 = arg(args, "--secs", 5);
+    let runs: usize = arg(args, "--runs", 3);
+    let rate: u32 = arg(args, "--rate", 1000);
+    let connections = 32;
+    let work = tempfile::tempdir().expect("temp dir");
+    let mock = Proc::listening("mock", Command::new(bin("mock-server")));
+    let sink = OtlpSink::start();
+    let export =
+        format!("[telemetry]\notlp_endpoint = \"http://{}/v1/traces\"\nservice_name = \"loadrun\"\n", sink.addr);
+    let six = format!("{}{SIX_EXAMPLES}", upstream_config(&mock));
+    let gateways = [
+        ("0 plugins", "off", gateway("0 plugins, off", &work.path().join("0-off"), &upstream_config(&mock))),
+        (
+            "0 plugins",
+            "on",
+            gateway("0 plugins, on", &work.path().join("0-on"), &format!("{export}{}", upstream_config(&mock))),
+        ),
+        ("6 example plugins", "off", gateway("6 plugins, off", &work.path().join("6-off"), &six)),
+        ("6 example plugins", "on", gateway("6 plugins, on", &work.path().join("6-on"), &format!("{export}{six}"))),
+        (
+            "6 example plugins",
+            "on, 10 % sampled",
+            gateway(
+                "6 plugins, sampled",
+                &work.path().join("6-sampled"),
+                &format!("{export}sample_ratio = 0.1\n{six}"),
+            ),
+        ),
+    ];
+    let targets: Vec<Target> = gateways
+        .iter()
+        .map(|(plugins, _, gw)| {
+            let t = Target::to(gw, "/v1/chat/completions");
+            if plugins.starts_with('6') { t.header("authorization", "Bearer sk-bench") } else { t }
+        })
+        .collect();
+    for (t, (plugins, export, _)) in targets.iter().zip(&gateways) {
+        for stream in [false, true] {
+            t.check(stream).unwrap_or_else(|e| panic!("{plugins}, export {export}: {e}"));
+            load_closed(t, stream, connections, 2);
+        }
+    }
+    println!(
+        "Trace export off and on (OTLP/HTTP protobuf to a local sink that answers every export), one mock, one run. \
+         Closed loop: oha, {connections} connections, {secs} s; open loop: {rate} req/s, 64 connections, latency \
+         corrected; ms. CPU: the gateway's utime + stime over the row, per response. Each cell the median of {runs} \
+         runs (± the spread); ratios: on ÷ off, same plugins.\n"
+    );
+    println!(
+        "| mode | gateway | export | max req/s | ratio | CPU µs/req | ratio | p50 @{rate} | p99 @{rate} | ratio | CPU µs/req @{rate} | ratio |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let (exports0, bytes0) = sink.received();
+    let mut served_on = 0.0;
+    for stream in [false, true] {
+        let mode = if stream { "streaming" } else { "non-streaming" };
+        let mut off: Option<(Row, Row)> = None;
+        for (t, (plugins, export, _)) in targets.iter().zip(&gateways) {
+            let closed = row(t, stream, Load::Closed, secs, runs, connections);
+            let fixed = row(t, stream, Load::Rate(rate), secs, runs, connections);
+            if export.starts_with("on") {
+                served_on += (closed.rps.0 + fixed.rps.0) * secs as f64 * runs as f64;
+            }
+            let base = if *export == "off" { None } else { off };
+            let ratio = |ours: f64, of: fn(&(Row, Row)) -> f64| {
+                base.as_ref().map_or(String::new(), |b| format!("{:.2}", ours / of(b)))
+            };
+            let spread = |(m, s): (f64, f64), f: fn(f64) -> String| format!("{} (±{})", f(m), f(s));
+            println!(
+                "| {mode} | {plugins} | {export} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                spread(closed.rps, |v| format!("{v:.0}")),
+                ratio(closed.rps.0, |b| b.0.rps.0),
+                spread(closed.cpu, |v| format!("{v:.1}")),
+                ratio(closed.cpu.0, |b| b.0.cpu.0),
+                spread(fixed.p50, fmt_ms),
+                spread(fixed.p99, fmt_ms),
+                ratio(fixed.p99.0, |b| b.1.p99.0),
+                spread(fixed.cpu, |v| format!("{v:.1}")),
+                ratio(fixed.cpu.0, |b| b.1.cpu.0),
+            );
+            if *export == "off" {
+                off = Some((closed, fixed));
+            }
+        }
+    }
+    // Stopping the gateways flushes what they still hold.
+    let gateways: Vec<Proc> = gateways.into_iter().map(|(_, _, gw)| gw).collect();
+    drop(gateways);
+    let (exports, bytes) = sink.received();
+    let (exports, bytes) = (exports - exports0, bytes - bytes0);
+    println!(
+        "\nThe sink received {exports} exports, {:.1} MiB, about {:.0} bytes per request served with export on.\n",
+        bytes as f64 / (1 << 20) as f64,
+        bytes as f64 / served_on.max(1.0),
+    );
+    drop(mock);
+}
+
 /// LiteLLM and Portkey on the same mock, where `make bench-peers` installed them.
 fn start_peers(mock: &Proc, work: &Path, targets: &mut Vec<(String, Target)>) -> Vec<Proc> {
     let peers = target_dir().parent().expect("target").join("peers");
@@ -1123,11 +1279,13 @@ fn main() {
         Some("instructions") => instructions(&args[2..]),
         Some("swap") => swap(&args[2..]),
         Some("soak") => soak(&args[2..]),
+        Some("telemetry") => telemetry(&args[2..]),
         _ => {
             eprintln!(
                 "usage: loadrun proxy [--secs N] [--runs N] [--rates R,R] [--connections N] [--peers] \
                  | loadrun executor [--secs N] [--rate R] | loadrun instructions [--requests N] \
                  | loadrun swap [--secs N] [--swaps N] [--rate R] \
+                 | loadrun telemetry [--secs N] [--runs N] [--rate R] \
                  | loadrun soak [--secs N] [--rate R] [--reload-every S] [--sample-every S] [--stall-every S]"
             );
             std::process::exit(2);

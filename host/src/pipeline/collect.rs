@@ -29,14 +29,14 @@ impl Pipeline {
             let mut failed = None;
             if !hook.unwritten(D::on_proxy_log) {
                 let log = rec.raw_proxy_log();
-                failed = real(hook.invoke(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)));
+                failed = real(hook.invoke_untraced(D::on_proxy_log, false, |cap| cap.on_proxy_log(&log)));
             }
             if let Some(analytics) = rec.raw_analytics().filter(|_| !hook.unwritten(D::on_analytics)) {
-                let r = hook.invoke(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
+                let r = hook.invoke_untraced(D::on_analytics, false, |cap| cap.on_analytics(&analytics));
                 failed = failed.or(real(r));
             }
             if let Some(budget) = rec.raw_budget().filter(|_| !hook.unwritten(D::on_budget)) {
-                let r = hook.invoke(D::on_budget, false, |cap| cap.on_budget(&budget));
+                let r = hook.invoke_untraced(D::on_budget, false, |cap| cap.on_budget(&budget));
                 failed = failed.or(real(r));
             }
             if let Some(e) = failed {

@@ -243,6 +243,34 @@ pub async fn chat(
     peer: SocketAddr,
     started: Instant,
 ) -> Response<GatewayBody> {
+    // The request's span (see `crate::telemetry`): its hooks' and upstream call's spans are
+    // children; a stream carries it until the stream ends. Disabled, it costs a check.
+    let span = tracing::trace_span!(
+        "chat",
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+        gen_ai.operation.name = "chat",
+        gen_ai.request.model = tracing::field::Empty,
+        gen_ai.provider.name = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+        gateway.request_id = %request_id,
+        gateway.streamed = tracing::field::Empty,
+    );
+    let traced = span.clone();
+    tracing::Instrument::instrument(chat_in(env, pipeline, request_id, req, peer, started, traced), span).await
+}
+
+async fn chat_in(
+    env: &Env<'_>,
+    pipeline: Arc<Pipeline>,
+    request_id: String,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    started: Instant,
+    span: tracing::Span,
+) -> Response<GatewayBody> {
     let upstreams = &*pipeline.upstreams;
     let (mut record, req, phases) = match begin(env, &pipeline, request_id, req, peer, started).await {
         Ok(begun) => begun,
@@ -262,11 +290,30 @@ pub async fn chat(
         }
     };
     record.upstream = upstreams.owner(route).to_owned();
+    let provider = match &route.target {
+        Target::Upstream(i) => upstreams.upstreams[*i].kind(),
+        Target::Executor(name) => name.as_str(),
+    };
+    span.record("gen_ai.provider.name", provider);
+    // Until the response head arrives (a stream's events are the `chat` span's).
+    let call_span = tracing::trace_span!(
+        "upstream",
+        otel.name = format!("chat {}", route.upstream_model),
+        otel.kind = "client",
+        gen_ai.operation.name = "chat",
+        gen_ai.provider.name = provider,
+        gen_ai.request.model = %route.upstream_model,
+        gateway.upstream = %record.upstream,
+    );
     let reply = match &route.target {
-        Target::Upstream(i) => upstreams.upstreams[*i].call(req.body.clone(), route, stream).await,
+        Target::Upstream(i) => {
+            let call = upstreams.upstreams[*i].call(req.body.clone(), route, stream);
+            tracing::Instrument::instrument(call, call_span).await
+        }
         Target::Executor(name) => {
             let timeout = Duration::from_millis(env.limits.executor_timeout_ms);
-            pipeline.execute(name, &req, &route.upstream_model, stream, timeout).await
+            let call = pipeline.execute(name, &req, &route.upstream_model, stream, timeout);
+            tracing::Instrument::instrument(call, call_span).await
         }
     };
     let reply = match reply {
@@ -303,7 +350,9 @@ pub async fn chat(
                 }
             };
             let request_id = req.ctx.request_id.clone();
+            span.record("gateway.streamed", true);
             let task = StreamTask {
+                span,
                 sink: env.sink.clone(),
                 pipeline,
                 filters: Some(filters),
@@ -348,8 +397,27 @@ fn finish(
     record.status = resp.status.as_u16();
     record.response_bytes = resp.body.len() as u64;
     record.latency_us = started.elapsed().as_micros() as u64;
+    trace_outcome(&tracing::Span::current(), &record);
     sink.submit(pipeline, record);
     into_response(resp, &ctx.request_id)
+}
+
+/// The request's model, tokens and status on its span (if it is traced).
+fn trace_outcome(span: &tracing::Span, record: &Record) {
+    if span.is_disabled() || span.metadata().is_none_or(|m| m.name() != "chat") {
+        return;
+    }
+    crate::telemetry::rename(span, format!("chat {}", record.model));
+    span.record("gen_ai.request.model", record.model.as_str());
+    // As i64: OpenTelemetry has no unsigned integers (a u64 would arrive as a string).
+    if let Some(usage) = &record.usage {
+        span.record("gen_ai.usage.input_tokens", i64::try_from(usage.prompt_tokens).unwrap_or(i64::MAX));
+        span.record("gen_ai.usage.output_tokens", i64::try_from(usage.completion_tokens).unwrap_or(i64::MAX));
+    }
+    span.record("http.response.status_code", i64::from(record.status));
+    if record.status >= 500 {
+        span.record("otel.status_code", "ERROR");
+    }
 }
 
 /// One stream: upstream events through the chunk plugins to the client, then the
@@ -357,6 +425,8 @@ fn finish(
 /// the client takes them (see `next_frame`); whatever ends it (the upstream, an error, the client
 /// leaving) ends in `finish`, exactly once.
 struct StreamTask {
+    /// The request's span, which ends with the stream.
+    span: tracing::Span,
     sink: Arc<dyn RecordSink>,
     pipeline: Arc<Pipeline>,
     /// Dropped (ending the plugins' stream states) before the stream-complete hooks run.
@@ -481,10 +551,13 @@ impl StreamTask {
             duration_us: duration.as_micros() as u64,
             completed: self.ended == Some(true),
         };
-        self.pipeline.stream_complete(&self.ctx, &summary);
+        // The stream-complete hooks' spans are the request's (its frames are not entered: a
+        // span entered at every poll costs more than the chunk).
+        self.span.in_scope(|| self.pipeline.stream_complete(&self.ctx, &summary));
         record.status = self.status.as_u16();
         record.response_bytes = self.bytes;
         record.latency_us = duration.as_micros() as u64;
+        trace_outcome(&self.span, &record);
         self.sink.submit(&self.pipeline, record);
     }
 }

@@ -269,10 +269,22 @@ impl<T> Hook<T> {
     /// trace span, panic counting.
     /// `probe`: this call is the quarantine probe ([`Hook::quarantine_check`]).
     fn invoke<R: Outcome>(&self, which: usize, probe: bool, f: impl FnOnce(&Cap<T>) -> R) -> R {
-        let (name, m) = &self.metrics[which];
+        let name = self.metrics[which].0;
         let span =
-            tracing::trace_span!("hook", plugin = self.slot.name(), hook = *name, outcome = tracing::field::Empty);
+            tracing::trace_span!("hook", plugin = self.slot.name(), hook = name, outcome = tracing::field::Empty);
         let _entered = span.enter();
+        self.call(which, probe, &span, f)
+    }
+
+    /// [`Hook::invoke`] without a span, for calls that are no part of a request's trace (data
+    /// collectors, on the collector thread) or come once per stream chunk (a span each would
+    /// dwarf the trace). Their calls, errors and latency are in the metrics all the same.
+    fn invoke_untraced<R: Outcome>(&self, which: usize, probe: bool, f: impl FnOnce(&Cap<T>) -> R) -> R {
+        self.call(which, probe, &tracing::Span::none(), f)
+    }
+
+    fn call<R: Outcome>(&self, which: usize, probe: bool, span: &tracing::Span, f: impl FnOnce(&Cap<T>) -> R) -> R {
+        let m = &self.metrics[which].1;
         m.calls.fetch_add(1, Relaxed);
         let started = quanta::Instant::now();
         let r = if self.slot.isolate && can_block_in_place() {
@@ -280,7 +292,7 @@ impl<T> Hook<T> {
         } else {
             f(&self.cap)
         };
-        self.finished(which, &span, started, &r, probe);
+        self.finished(which, span, started, &r, probe);
         r
     }
 

@@ -100,7 +100,7 @@ impl StreamFilters {
             }
             let (stream, history) = (&mut active.stream, active.history.as_ref());
             let which = ffi::StreamChunkV1::on_chunk;
-            match hook.invoke(which, false, |_| stream.on_chunk(index, &current, history)) {
+            match hook.invoke_untraced(which, false, |_| stream.on_chunk(index, &current, history)) {
                 ChunkOutcome::Pass => {}
                 ChunkOutcome::Replace(bytes) => current = ChunkData::Replaced(bytes),
                 ChunkOutcome::Drop => return Ok(None),

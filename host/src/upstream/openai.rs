@@ -44,7 +44,7 @@ pub struct OpenAiUpstream {
 }
 
 /// TLS with the `ring` provider, trusting Mozilla's roots (compiled in) and `extra`.
-fn tls_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
+pub(crate) fn tls_config(extra: &[CertificateDer<'static>]) -> rustls::ClientConfig {
     let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     // Each one was checked when the config was loaded.
     roots.add_parsable_certificates(extra.iter().cloned());
