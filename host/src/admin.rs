@@ -182,6 +182,90 @@ pub(crate) async fn executor_http(app: &Arc<App>, req: Request<Incoming>) -> Res
     }
 }
 
+/// `GET /admin/upstreams/{name}/credentials`: the pool's keys (ids, state, counts; never a
+/// key); `PUT /admin/upstreams/{name}/credentials/{id}` with `{"api_key": "...", "priority": 0}`
+/// stores a key (in the host's KV store: it outlives restarts) and adds it to the running pool,
+/// or replaces it, its state afresh; `DELETE` of the same path removes a stored key.
+pub(crate) async fn credentials(app: &Arc<App>, req: Request<Incoming>) -> Response<GatewayBody> {
+    use crate::upstream::credentials::{Stored, valid_id};
+    if let Err(denied) = admin_check(app, req.method(), req.headers()) {
+        return denied;
+    }
+    let json = |status, value: serde_json::Value| json_response(status, Bytes::from(value.to_string()));
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches("/admin/upstreams/").split('/').collect();
+    let (name, id) = match segments.as_slice() {
+        [name, "credentials"] => (*name, None),
+        [name, "credentials", id] => (*name, Some(*id)),
+        _ => return error_response(&ApiError::not_found(&path)),
+    };
+    let pipeline = app.pipeline.load_full();
+    let Some(upstream) = pipeline.upstreams.upstreams.iter().find(|u| u.name() == name) else {
+        return error_response(&ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            "unknown_upstream",
+            format!(
+                "no upstream `{name}`; expected one of {:?}",
+                pipeline.upstreams.upstreams.iter().map(|u| u.name()).collect::<Vec<_>>()
+            ),
+        ));
+    };
+    let Some(pool) = upstream.pool() else {
+        return error_response(&ApiError::invalid_request(
+            "no_credentials",
+            format!(
+                "upstream `{name}` is of kind `{}`, which takes no credentials; expected an `openai` upstream",
+                upstream.kind()
+            ),
+        ));
+    };
+    let refused =
+        |status, code, message: String| error_response(&ApiError::new(status, "invalid_request_error", code, message));
+    let kv = &*app.services.kv;
+    match (req.method().clone(), id) {
+        (Method::GET, None) => json(StatusCode::OK, pool.status()),
+        (Method::PUT, Some(id)) => {
+            if !valid_id(id) {
+                return refused(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_credential",
+                    format!("credential id {id:?}: expected 1 to 64 ASCII letters, digits, `-`, `_` or `.`"),
+                );
+            }
+            let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(_) => return error_response(&ApiError::too_large(64 << 10, None)),
+            };
+            let stored: Stored = match serde_json::from_slice(&body) {
+                Ok(s) => s,
+                Err(e) => {
+                    return refused(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_credential",
+                        format!("expected {{\"api_key\": \"...\", \"priority\": 0}}, found: {e}"),
+                    );
+                }
+            };
+            match pool.store(kv, id, &stored) {
+                Ok(()) => json(StatusCode::OK, pool.status()),
+                Err(e) => refused(StatusCode::CONFLICT, "credential_refused", e),
+            }
+        }
+        (Method::DELETE, Some(id)) => match pool.remove(kv, id) {
+            Ok(true) => json(StatusCode::OK, pool.status()),
+            Ok(false) => refused(
+                StatusCode::NOT_FOUND,
+                "unknown_credential",
+                format!("upstream `{name}` has no credential `{id}`"),
+            ),
+            Err(e) => refused(StatusCode::CONFLICT, "credential_refused", e),
+        },
+        (m, None) => error_response(&ApiError::method_not_allowed(&m, &path, "GET")),
+        (m, Some(_)) => error_response(&ApiError::method_not_allowed(&m, &path, "PUT or DELETE")),
+    }
+}
+
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -193,7 +277,13 @@ fn upstreams(app: &App) -> serde_json::Value {
     let upstreams: Vec<serde_json::Value> = u
         .upstreams
         .iter()
-        .map(|up| serde_json::json!({ "name": up.name(), "kind": up.kind(), "base_url": up.base_url() }))
+        .map(|up| {
+            let mut entry = serde_json::json!({ "name": up.name(), "kind": up.kind(), "base_url": up.base_url() });
+            if let Some(pool) = up.pool() {
+                entry["credentials"] = pool.status();
+            }
+            entry
+        })
         .collect();
     let models: Vec<serde_json::Value> = u
         .models

@@ -86,9 +86,9 @@ impl App {
     /// the plugins they are ready.
     pub fn new(config: GatewayConfig, config_path: Option<PathBuf>) -> Result<Arc<App>, GatewayError> {
         let metrics = Arc::new(Metrics::default());
-        let upstreams = Upstreams::from_config(&config);
         let limits = KvLimits { max_key_bytes: config.kv.max_key_bytes, max_value_bytes: config.kv.max_value_bytes };
         let kv = EmbeddedKv::open(&config.data_dir.join("kv.redb"), limits).map_err(GatewayError::Kv)?;
+        let upstreams = Upstreams::from_config(&config, Some(&*kv));
         let http = Arc::new(HttpClient::new(HttpTarget::all(&upstreams), metrics.clone()));
         let services = Services::new(
             kv,

@@ -57,7 +57,9 @@ pub fn json_response(status: StatusCode, body: Bytes) -> Response<GatewayBody> {
 
 /// An error response in OpenAI's shape.
 pub fn error_response(e: &ApiError) -> Response<GatewayBody> {
-    json_response(e.status, e.body())
+    let mut resp = json_response(e.status, e.body());
+    e.add_headers(resp.headers_mut());
+    resp
 }
 
 /// `body` with its `model` field set to `model`, the rest byte for byte as it was (no parse

@@ -241,10 +241,55 @@ pub enum UpstreamKind {
         /// an error (a 502 if it is the first event).
         #[serde(default = "default_max_event_bytes")]
         max_event_bytes: usize,
+        /// More keys for this upstream: a pool that calls are spread over, failing over to the
+        /// next key when one is refused (429, 401, 403). `api_key_env` is the key `default`.
+        #[serde(default)]
+        credentials: Vec<CredentialConfig>,
+        /// How calls pick among the available keys of the best priority.
+        #[serde(default)]
+        scheduling: Scheduling,
+        /// How long a key rests after a 429 whose `Retry-After` does not say.
+        #[serde(default = "default_rate_limit_cooldown")]
+        rate_limit_cooldown_secs: u64,
+        /// How long a key rests after a 401 or 403 (revoked, wrong, out of quota).
+        #[serde(default = "default_auth_failure_cooldown")]
+        auth_failure_cooldown_secs: u64,
         /// The certificates of `ca_file`, read when the config is loaded.
         #[serde(skip)]
         ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
     },
+}
+
+/// One key of an upstream's pool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// Its name in metrics, logs and the admin API (never the key).
+    pub id: String,
+    /// The environment variable that holds the key.
+    pub api_key_env: String,
+    /// Lower is preferred: keys of a higher number serve only while every better one is cooling.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// How a pool spreads calls over its keys.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduling {
+    /// Each call takes the next key in turn.
+    #[default]
+    RoundRobin,
+    /// Every call takes the first available key: the others wait until it is refused.
+    FillFirst,
+}
+
+fn default_rate_limit_cooldown() -> u64 {
+    60
+}
+
+fn default_auth_failure_cooldown() -> u64 {
+    300
 }
 
 fn default_max_response_bytes() -> usize {
@@ -253,6 +298,32 @@ fn default_max_response_bytes() -> usize {
 
 fn default_max_event_bytes() -> usize {
     8 << 20
+}
+
+/// Credential ids are valid and distinct (`api_key_env` is `default`), and fit in a pool.
+fn check_credentials(upstream: &str, has_default: bool, credentials: &[CredentialConfig]) -> Result<(), String> {
+    use crate::upstream::credentials::{MAX_CREDENTIALS, valid_id};
+    for (i, c) in credentials.iter().enumerate() {
+        if !valid_id(&c.id) {
+            return Err(format!(
+                "upstream `{upstream}`: credential id {:?}: expected 1 to 64 ASCII letters, digits, `-`, `_` or `.`",
+                c.id
+            ));
+        }
+        if credentials[..i].iter().any(|o| o.id == c.id) || (has_default && c.id == "default") {
+            return Err(format!(
+                "upstream `{upstream}`: credential `{}` is listed twice (`api_key_env` is the credential `default`)",
+                c.id
+            ));
+        }
+    }
+    if credentials.len() + usize::from(has_default) > MAX_CREDENTIALS {
+        return Err(format!(
+            "upstream `{upstream}`: expected at most {MAX_CREDENTIALS} credentials, found {}",
+            credentials.len()
+        ));
+    }
+    Ok(())
 }
 
 /// Whether `host` (as in a URL: IPv6 in brackets) is `localhost` or a loopback address.
@@ -566,10 +637,18 @@ impl GatewayConfig {
             }
         }
         for up in &self.upstreams {
-            if let UpstreamKind::Openai { base_url, allow_insecure_http, max_response_bytes, max_event_bytes, .. } =
-                &up.kind
+            if let UpstreamKind::Openai {
+                base_url,
+                allow_insecure_http,
+                max_response_bytes,
+                max_event_bytes,
+                credentials,
+                api_key_env,
+                ..
+            } = &up.kind
             {
                 check_base_url(&up.name, base_url, *allow_insecure_http)?;
+                check_credentials(&up.name, api_key_env.is_some(), credentials)?;
                 if *max_response_bytes == 0 || *max_event_bytes == 0 {
                     return Err(format!(
                         "upstream `{}`: max_response_bytes and max_event_bytes must be at least 1, found {} and {}",

@@ -10,11 +10,36 @@ pub struct ApiError {
     pub kind: &'static str,
     pub code: &'static str,
     pub message: String,
+    /// Sent as `Retry-After` (seconds).
+    pub retry_after_secs: Option<u64>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, code: &'static str, message: impl Into<String>) -> Self {
-        ApiError { status, kind, code, message: message.into() }
+        ApiError { status, kind, code, message: message.into(), retry_after_secs: None }
+    }
+
+    /// Every key of `upstream`'s pool is cooling down: a 429 saying when the first is back.
+    pub fn credentials_cooling(upstream: &str, cooling: &crate::upstream::credentials::AllCooling) -> Self {
+        let secs = cooling.retry_after.as_secs_f64().ceil() as u64;
+        let mut e = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limit_error",
+            "credentials_cooling",
+            format!(
+                "upstream `{upstream}`: every credential is cooling down after a refusal ({}); the first is available again in {secs} s",
+                cooling.keys
+            ),
+        );
+        e.retry_after_secs = Some(secs.max(1));
+        e
+    }
+
+    /// The response headers this error adds besides its content type.
+    pub fn add_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(secs) = self.retry_after_secs {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
     }
 
     pub fn invalid_request(code: &'static str, message: impl Into<String>) -> Self {

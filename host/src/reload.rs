@@ -405,7 +405,7 @@ impl Registry {
                 }
             }
         }
-        let upstreams = Upstreams::rebuild(&new, Some((&running, &pipeline.upstreams)));
+        let upstreams = Upstreams::rebuild(&new, Some((&running, &pipeline.upstreams)), Some(&*app.services.kv));
         let lookup = Lookup::from_config(&new, &upstreams);
         let targets = HttpTarget::all(&upstreams);
         let next = Pipeline::new(slots, Arc::new(upstreams));

@@ -30,7 +30,13 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
         (&Method::GET, "/v1/models") => models(app),
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         (&Method::GET, "/metrics") => {
-            let mut resp = Response::new(GatewayBody::full(app.metrics.render()));
+            let mut text = app.metrics.render();
+            for upstream in &app.pipeline.load().upstreams.upstreams {
+                if let Some(pool) = upstream.pool() {
+                    pool.render(&mut text);
+                }
+            }
+            let mut resp = Response::new(GatewayBody::full(text));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp
         }
@@ -38,6 +44,7 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
             error_response(&ApiError::method_not_allowed(m, path, "POST"))
         }
         (_, p) if p.starts_with("/admin/executors/") && p.contains("/http/") => executor_http(app, req).await,
+        (_, p) if p.starts_with("/admin/upstreams/") => crate::admin::credentials(app, req).await,
         (_, p) if p == "/ui" || p.starts_with("/ui/") => crate::ui::serve(app, req).await,
         (_, p) if p.starts_with("/plugins/") => plugin_route(app, Prefix::Plugins, req, peer).await,
         (_, p) if is_management_route(p) => match admin_check(app, req.method(), req.headers()) {

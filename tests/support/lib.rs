@@ -70,6 +70,11 @@ impl Gateway {
         Self::spawn(dir, config, &[])
     }
 
+    /// [`Gateway::start_in`] (a restart on the same data) with extra environment variables.
+    pub fn start_in_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn(dir, config, env)
+    }
+
     /// Like [`Gateway::start`], run under `wrapper` (a program and its arguments, such as
     /// valgrind); `{dir}` in the wrapper's arguments is replaced by the test's temp dir.
     pub fn start_under(wrapper: &[&str], config: &str) -> Gateway {

@@ -180,6 +180,7 @@ pub(crate) fn into_response(resp: ResponseState, request_id: &str) -> Response<G
 fn error_state(e: &ApiError) -> ResponseState {
     let mut headers = HeaderMap::new();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    e.add_headers(&mut headers);
     ResponseState { status: e.status, headers, body: e.body() }
 }
 

@@ -3,7 +3,9 @@
 //!
 //! The gateway calls it in-process ([`MockUpstream::reply`]); [`MockUpstream::http`] answers
 //! whole HTTP requests, for servers that put the mock on a socket: OpenAI's chat completions
-//! and Anthropic's Messages API, streaming or not.
+//! and Anthropic's Messages API, streaming or not. Over HTTP, two OpenAI keys stand for a
+//! provider's refusals, for credential pool tests: `Bearer mock-429` is rate limited (429),
+//! `Bearer mock-401` is revoked (401); as Anthropic `x-api-key`s, `mock-429` and `mock-401`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -110,8 +112,39 @@ impl MockUpstream {
     /// Errors come in the shape of the API the path belongs to and say what was expected and
     /// what was found.
     pub fn http(&self, method: &Method, path: &str, headers: &HeaderMap, body: &[u8]) -> MockHttpReply {
+        let key = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
+            match key("x-api-key") {
+                Some("mock-429") => {
+                    return anthropic_error(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "rate_limit_error",
+                        "Number of requests has exceeded your rate limit (mock key mock-429)".into(),
+                    );
+                }
+                Some("mock-401") => {
+                    return anthropic_error(
+                        StatusCode::UNAUTHORIZED,
+                        "authentication_error",
+                        "invalid x-api-key (mock key mock-401 is revoked)".into(),
+                    );
+                }
+                _ => {}
+            }
+        }
         if path.ends_with("/chat/completions") {
-            self.openai_http(method, path, body)
+            match key("authorization") {
+                Some("Bearer mock-429") => openai_error(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "requests",
+                    "rate_limit_exceeded",
+                    "Rate limit reached for requests (mock key mock-429)",
+                )),
+                Some("Bearer mock-401") => {
+                    openai_error(ApiError::unauthorized("Incorrect API key provided (mock key mock-401 is revoked)"))
+                }
+                _ => self.openai_http(method, path, body),
+            }
         } else if path.ends_with("/messages") || path.ends_with("/messages/count_tokens") {
             self.anthropic_http(method, path, headers, body)
         } else if path.split('/').any(|segment| segment == "messages") {

@@ -1,5 +1,6 @@
 //! Upstreams that models route to: the embedded mock, or an OpenAI-compatible HTTP API.
 
+pub mod credentials;
 pub mod mock;
 pub mod openai;
 pub mod sse;
@@ -15,6 +16,7 @@ use serde::Deserialize;
 use crate::config::{GatewayConfig, UpstreamKind};
 use crate::error::ApiError;
 use crate::record::Usage;
+use crate::services::kv::KvStore;
 use mock::MockUpstream;
 use openai::{OpenAiUpstream, SseEvents};
 
@@ -50,20 +52,26 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn from_config(config: &GatewayConfig) -> Self {
-        Self::rebuild(config, None)
+    /// The upstreams of `config`; credentials stored in `kv` join their pools.
+    pub fn from_config(config: &GatewayConfig, kv: Option<&dyn KvStore>) -> Self {
+        Self::rebuild(config, None, kv)
     }
 
     /// The upstreams and routes of `config`, keeping from `previous` (the running config and
-    /// its upstreams) every upstream whose config is unchanged, with its connections.
-    pub fn rebuild(config: &GatewayConfig, previous: Option<(&GatewayConfig, &Upstreams)>) -> Self {
+    /// its upstreams) every upstream whose config is unchanged, with its connections and its
+    /// keys' state.
+    pub fn rebuild(
+        config: &GatewayConfig,
+        previous: Option<(&GatewayConfig, &Upstreams)>,
+        kv: Option<&dyn KvStore>,
+    ) -> Self {
         let kept = |u: &crate::config::UpstreamConfig| {
             let (old_config, old) = previous?;
             let i = old_config.upstreams.iter().position(|o| o == u)?;
             old.upstreams.get(i).cloned()
         };
         let upstreams: Vec<Upstream> =
-            config.upstreams.iter().map(|u| kept(u).unwrap_or_else(|| Self::build(u))).collect();
+            config.upstreams.iter().map(|u| kept(u).unwrap_or_else(|| Self::build(u, kv))).collect();
         let mut routes = HashMap::new();
         for m in &config.models {
             let target = match (&m.upstream, &m.executor) {
@@ -79,7 +87,7 @@ impl Upstreams {
         Upstreams { upstreams, routes, models: config.models.iter().map(|m| m.name.clone()).collect() }
     }
 
-    fn build(u: &crate::config::UpstreamConfig) -> Upstream {
+    fn build(u: &crate::config::UpstreamConfig, kv: Option<&dyn KvStore>) -> Upstream {
         match &u.kind {
             UpstreamKind::Mock { chunks, chunk_delay_ms } => Upstream::Mock {
                 name: u.name.clone(),
@@ -94,14 +102,32 @@ impl Upstreams {
                 ca_certs,
                 max_response_bytes,
                 max_event_bytes,
+                credentials,
+                scheduling,
+                rate_limit_cooldown_secs,
+                auth_failure_cooldown_secs,
                 ca_file: _,
                 allow_insecure_http: _,
             } => Upstream::OpenAi(Arc::new(OpenAiUpstream::new(
                 &u.name,
                 openai::Settings {
                     base_url,
-                    api_key_env: api_key_env.as_deref(),
                     auth_header: auth_header.as_deref(),
+                    pool: credentials::PoolConfig {
+                        upstream: &u.name,
+                        header: http::header::AUTHORIZATION,
+                        policy: *scheduling,
+                        cooldowns: credentials::Cooldowns {
+                            rate_limited: Duration::from_secs(*rate_limit_cooldown_secs),
+                            refused: Duration::from_secs(*auth_failure_cooldown_secs),
+                        },
+                        keys: api_key_env
+                            .iter()
+                            .map(|var| ("default", var.as_str(), 0))
+                            .chain(credentials.iter().map(|c| (c.id.as_str(), c.api_key_env.as_str(), c.priority)))
+                            .collect(),
+                    },
+                    kv,
                     connect_timeout: Duration::from_millis(*connect_timeout_ms),
                     timeout: Duration::from_millis(*timeout_ms),
                     ca_certs,
@@ -148,6 +174,14 @@ impl Upstream {
         match self {
             Upstream::Mock { .. } => "mock",
             Upstream::OpenAi(_) => "openai",
+        }
+    }
+
+    /// The key pool of an `openai` upstream.
+    pub fn pool(&self) -> Option<&credentials::Pool> {
+        match self {
+            Upstream::Mock { .. } => None,
+            Upstream::OpenAi(o) => Some(&o.pool),
         }
     }
 

@@ -17,15 +17,19 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 
 use super::Event;
+use super::credentials::{Pool, PoolConfig};
 use super::sse::{SseEvent, SseParser};
 use crate::error::ApiError;
+use crate::services::kv::KvStore;
 
 /// What an `openai` upstream is built from (its config, with `ca_file` already read).
 pub struct Settings<'a> {
     pub base_url: &'a str,
-    pub api_key_env: Option<&'a str>,
     /// `None` or `authorization`: `Bearer <key>`; another header: the key as it is.
     pub auth_header: Option<&'a str>,
+    /// The keys (`header` is set from `auth_header`) and where stored ones are kept.
+    pub pool: PoolConfig<'a>,
+    pub kv: Option<&'a dyn KvStore>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
     pub ca_certs: &'a [CertificateDer<'static>],
@@ -36,7 +40,8 @@ pub struct Settings<'a> {
 pub struct OpenAiUpstream {
     pub name: String,
     pub base_url: String,
-    api_key: Option<(HeaderName, HeaderValue)>,
+    /// The keys calls are made with.
+    pub pool: Pool,
     pub timeout: Duration,
     pub max_response_bytes: usize,
     max_event_bytes: usize,
@@ -68,21 +73,16 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl OpenAiUpstream {
-    pub fn new(name: &str, s: Settings<'_>) -> Self {
-        let header = match s.auth_header.map(str::to_ascii_lowercase) {
+    pub fn new(name: &str, mut s: Settings<'_>) -> Self {
+        s.pool.header = match s.auth_header.map(str::to_ascii_lowercase) {
             None => http::header::AUTHORIZATION,
             Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or(http::header::AUTHORIZATION),
         };
-        let api_key = s.api_key_env.and_then(|var| match std::env::var(var) {
-            Ok(key) if header == http::header::AUTHORIZATION => {
-                HeaderValue::from_str(&format!("Bearer {key}")).ok().map(|v| (header.clone(), v))
-            }
-            Ok(key) => HeaderValue::from_str(&key).ok().map(|v| (header.clone(), v)),
-            Err(_) => {
-                tracing::warn!(upstream = name, var, "API key variable is not set: calling the upstream without a key");
-                None
-            }
-        });
+        let configured = !s.pool.keys.is_empty();
+        let pool = Pool::new(s.pool, s.kv);
+        if configured && pool.snapshot().is_empty() {
+            tracing::warn!(upstream = name, "no API key is set: calling the upstream without a key");
+        }
         let mut http = HttpConnector::new();
         http.set_connect_timeout(Some(s.connect_timeout));
         http.set_nodelay(true);
@@ -96,7 +96,7 @@ impl OpenAiUpstream {
         OpenAiUpstream {
             name: name.to_owned(),
             base_url: s.base_url.trim_end_matches('/').to_owned(),
-            api_key,
+            pool,
             timeout: s.timeout,
             max_response_bytes: s.max_response_bytes,
             max_event_bytes: s.max_event_bytes,
@@ -110,8 +110,11 @@ impl OpenAiUpstream {
         self.request(Method::POST, "/chat/completions", headers, body, self.timeout).await
     }
 
-    /// Sends `method path` (path and query, appended to the base URL) with `headers` and the
-    /// upstream's key; waits at most `timeout` for the response head.
+    /// Sends `method path` (path and query, appended to the base URL) with `headers` and a key
+    /// from the upstream's pool; waits at most `timeout` for the response head. A key the
+    /// upstream refuses (429, 401, 403) cools down and the call goes again with the next
+    /// available one (see [`super::credentials`]); the last refusal is the answer when none is
+    /// left.
     pub async fn request(
         &self,
         method: Method,
@@ -121,7 +124,43 @@ impl OpenAiUpstream {
         timeout: Duration,
     ) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
         let url = format!("{}{path}", self.base_url);
-        let mut req = Request::builder().method(method).uri(&url).body(Full::new(body)).map_err(|e| {
+        let keys = self.pool.snapshot();
+        let mut tried = 0u128;
+        let mut picked = self.pool.pick(&keys, tried).map_err(|c| ApiError::credentials_cooling(&self.name, &c))?;
+        let mut original = Some(headers);
+        loop {
+            // Another attempt needs the headers again; a pool of one key makes one attempt and
+            // never copies them.
+            let mut headers = if keys.len() > 1 { original.clone() } else { original.take() }.unwrap_or_default();
+            if let Some(i) = picked {
+                self.pool.apply(&keys, i, &mut headers);
+            }
+            let (status, resp_headers, incoming) =
+                self.send_once(method.clone(), &url, headers, body.clone(), timeout).await?;
+            let Some(i) = picked else { return Ok((status, resp_headers, incoming)) };
+            if !self.pool.answered(&keys, i, status, &resp_headers) {
+                return Ok((status, resp_headers, incoming));
+            }
+            tried |= 1 << i;
+            match self.pool.pick(&keys, tried) {
+                Ok(Some(next)) => {
+                    self.pool.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    picked = Some(next);
+                }
+                _ => return Ok((status, resp_headers, incoming)),
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        method: Method,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+        timeout: Duration,
+    ) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
+        let mut req = Request::builder().method(method).uri(url).body(Full::new(body)).map_err(|e| {
             tracing::warn!(upstream = %self.name, %url, "cannot build the upstream request: {e}");
             ApiError::upstream(format!(
                 "upstream `{}`: its configured URL and this path do not form a valid URL",
@@ -129,9 +168,6 @@ impl OpenAiUpstream {
             ))
         })?;
         *req.headers_mut() = headers;
-        if let Some((name, key)) = &self.api_key {
-            req.headers_mut().insert(name.clone(), key.clone());
-        }
         let resp = tokio::time::timeout(timeout, self.client.request(req))
             .await
             .map_err(|_| ApiError::upstream_timeout(&self.name))?
