@@ -74,6 +74,7 @@ x-collector-key = "collector-secret"
 name = "mock"
 kind = "mock"
 chunks = 3
+chunk_delay_ms = 40
 
 [[models]]
 name = "m"
@@ -108,7 +109,8 @@ fn each_request_is_a_span_with_genai_attributes_and_hook_and_upstream_children()
     assert!(status.success(), "{logs}");
     let chats =
         |lines: &[Value]| lines.iter().filter(|s| s["name"].as_str().is_some_and(|n| n.starts_with("chat "))).count();
-    let spans = receiver.wait_for(|lines| chats(lines) >= 4);
+    // Three server spans and two upstream calls, all named `chat ...`.
+    let spans = receiver.wait_for(|lines| chats(lines) >= 5);
     assert!(spans.iter().all(|s| s.get("error").is_none()), "the receiver refused an export: {spans:#?}");
 
     let request = |id: &str| {
@@ -149,7 +151,11 @@ fn each_request_is_a_span_with_genai_attributes_and_hook_and_upstream_children()
     let streamed = request(&stream_id);
     assert_eq!(attr(streamed, "gateway.streamed"), true, "{streamed:#}");
     assert_eq!(attr(streamed, "http.response.status_code"), 200);
-    assert_eq!(children(streamed).iter().filter(|s| s["kind"] == CLIENT).count(), 1);
+    let calls: Vec<_> = children(streamed).into_iter().filter(|s| s["kind"] == CLIENT).collect();
+    assert_eq!(calls.len(), 1);
+    // It lasted the stream (two 40 ms gaps between chunks); the upstream call, only its head.
+    let (whole, head) = (streamed["duration_ns"].as_u64().unwrap(), calls[0]["duration_ns"].as_u64().unwrap());
+    assert!(whole >= 80_000_000 && head < whole, "span {whole} ns, upstream call {head} ns");
 
     // A refused request is traced too, with its status.
     let refused = spans

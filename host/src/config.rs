@@ -590,6 +590,13 @@ impl GatewayConfig {
         if !(0.0..=1.0).contains(&ratio) {
             return Err(format!("telemetry.sample_ratio: expected a share from 0 to 1, found {ratio}"));
         }
+        for (name, value) in &self.telemetry.headers {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || http::HeaderValue::from_str(value).is_err() {
+                return Err(format!(
+                    "telemetry.headers: expected HTTP header names and visible ASCII values, found {name:?}"
+                ));
+            }
+        }
         if let Some(endpoint) = &self.telemetry.otlp_endpoint {
             let uri: Option<http::Uri> = endpoint.parse().ok();
             if !uri.is_some_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {

@@ -5,7 +5,7 @@
 //! (see [`crate::telemetry`]), whatever `RUST_LOG` says: the log's filter is the log's only.
 
 use tracing_subscriber::Layer;
-use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::filter::dynamic_filter_fn;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -36,7 +36,13 @@ pub fn init_with(level: &str, telemetry: &TelemetryConfig) -> Option<Telemetry> 
     let (export, guard, failed) = match telemetry::tracer(telemetry) {
         Ok(Some((tracer, guard))) => {
             // The gateway's own spans; events and plugins' lines stay in the log.
-            let spans = filter_fn(|meta| meta.is_span() && meta.target().starts_with("gateway"));
+            // A hook span outside a request's span (count_tokens, plugin routes, an
+            // executor's describe) would be a trace of its own: only requests' hooks go.
+            let spans = dynamic_filter_fn(|meta, cx| {
+                meta.is_span()
+                    && meta.target().starts_with("gateway")
+                    && (meta.name() != "hook" || cx.lookup_current().is_some())
+            });
             // Without each span's source location and thread (static, and bytes in every
             // export), and without busy/idle times (two clock reads at every poll of a request).
             let layer = tracing_opentelemetry::layer()
