@@ -29,6 +29,18 @@ api_key_env = "POOL_KEY_REVOKED"
 id = "good"
 api_key_env = "POOL_KEY_GOOD"
 
+# Two keys, both refused.
+[[upstreams]]
+name = "bad-pair"
+kind = "openai"
+base_url = "http://{addr}/v1"
+[[upstreams.credentials]]
+id = "limited"
+api_key_env = "POOL_KEY_LIMITED"
+[[upstreams.credentials]]
+id = "revoked"
+api_key_env = "POOL_KEY_REVOKED"
+
 # One key, rate limited.
 [[upstreams]]
 name = "lone"
@@ -58,6 +70,10 @@ upstream = "pool"
 [[models]]
 name = "lone-gpt"
 upstream = "lone"
+
+[[models]]
+name = "bad-gpt"
+upstream = "bad-pair"
 
 [[models]]
 name = "claude"
@@ -120,6 +136,15 @@ fn refused_keys_cool_down_and_every_request_succeeds_on_the_next() {
     assert_eq!(gw.metric("gateway_credential_cooling{upstream=\"pool\",credential=\"revoked\"}"), Some(1.0));
     assert!(gw.logs().contains("credential refused: cooling down"), "{}", gw.logs());
 
+    // Every key refused: the client gets the provider's last answer, after one failover.
+    let r = gw.chat(None, &chat_body("bad-gpt", "nobody takes me", false));
+    assert!(r.status == 429 || r.status == 401, "{}", r.body);
+    assert!(["rate_limit_exceeded", "invalid_api_key"].contains(&r.error()["code"].as_str().unwrap()), "{}", r.body);
+    assert_eq!(gw.metric("gateway_upstream_failovers_total{upstream=\"bad-pair\"}"), Some(1.0));
+    assert_eq!(gw.chat(None, &chat_body("bad-gpt", "again", false)).error()["code"], "credentials_cooling");
+    let metrics = gw.get("/metrics").body;
+    assert_eq!(metrics.matches("# TYPE gateway_credential_calls_total counter").count(), 1, "{metrics}");
+
     // The executor's calls through the host HTTP client fail over the same way.
     for stream in [false, true] {
         let r = gw.chat(None, &chat_body("claude", "through the executor", stream));
@@ -143,7 +168,12 @@ fn a_pool_with_every_key_cooling_answers_429_with_retry_after_until_a_key_is_add
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.error()["code"], "credentials_cooling", "{}", r.body);
     let message = r.error()["message"].as_str().unwrap().to_owned();
-    assert!(message.contains("upstream `lone`") && message.contains("default: 429"), "{message}");
+    assert!(message.contains("upstream `lone`: all 1 of its credentials are cooling down"), "{message}");
+    assert!(
+        gw.logs().contains("every credential is cooling down") && gw.logs().contains("default: 429"),
+        "{}",
+        gw.logs()
+    );
     let retry: u64 = r.header("retry-after").expect("a Retry-After header").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(gw.metric("gateway_upstream_credentials_exhausted_total{upstream=\"lone\"}"), Some(1.0));
@@ -173,4 +203,80 @@ fn a_pool_with_every_key_cooling_answers_429_with_retry_after_until_a_key_is_add
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(gw.admin("DELETE", "/admin/upstreams/lone/credentials/added", Some(ADMIN)).status, 404);
     assert_eq!(gw.admin("DELETE", "/admin/upstreams/lone/credentials/default", Some(ADMIN)).status, 409);
+}
+
+fn scheduled(mock: &MockServer, scheduler: &str) -> String {
+    format!(
+        r#"
+[admin]
+token = "{ADMIN}"
+
+[[upstreams]]
+name = "quota"
+kind = "openai"
+base_url = "http://{addr}/v1"
+scheduler = "{scheduler}"
+[[upstreams.credentials]]
+id = "a"
+api_key_env = "POOL_KEY_GOOD"
+[[upstreams.credentials]]
+id = "b"
+api_key_env = "POOL_KEY_GOOD"
+[[upstreams.credentials]]
+id = "c"
+api_key_env = "POOL_KEY_GOOD"
+
+[[models]]
+name = "gpt"
+upstream = "quota"
+
+[[plugins]]
+path = "{{target}}/libquota_scheduler.so"
+[plugins.config.quotas]
+a = 3
+b = 1
+c = 2
+"#,
+        addr = mock.addr
+    )
+}
+
+/// A `Scheduler` plugin picks each call's key; past every quota it hands the pick back to the
+/// gateway's round-robin, and requests keep succeeding.
+#[test]
+fn a_scheduler_plugin_picks_the_keys_by_quota_then_hands_back_to_round_robin() {
+    let mock = MockServer::start();
+    let gw = Gateway::start_with_env(&scheduled(&mock, "quota-scheduler"), ENV);
+    for i in 0..6 {
+        let r = gw.chat(None, &chat_body("gpt", "schedule me", i == 3));
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+    }
+    let pool = credentials(&gw, "quota");
+    let calls: Vec<u64> = ["a", "b", "c"].iter().map(|id| key(&pool, id)["calls"].as_u64().unwrap()).collect();
+    assert_eq!(calls, [3, 1, 2], "each key took its quota: {pool:#}");
+    for _ in 0..3 {
+        assert_eq!(gw.chat(None, &chat_body("gpt", "past the quotas", false)).status, 200);
+    }
+    let pool = credentials(&gw, "quota");
+    let calls: Vec<u64> = ["a", "b", "c"].iter().map(|id| key(&pool, id)["calls"].as_u64().unwrap()).collect();
+    assert_eq!(calls, [4, 2, 3], "round-robin took over: {pool:#}");
+    assert_eq!(gw.metric("gateway_plugin_hook_calls_total{plugin=\"quota-scheduler\",hook=\"pick\"}"), Some(9.0));
+}
+
+#[test]
+fn a_scheduler_that_is_not_loaded_is_refused_at_start() {
+    let mock = MockServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = scheduled(&mock, "nobody").replace("{target}", &gateway_tests::target_dir().display().to_string());
+    let path = dir.path().join("gateway.toml");
+    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{config}", dir.path().display()))
+        .unwrap();
+    let out = std::process::Command::new(gateway_tests::gateway_bin()).arg("--config").arg(&path).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upstream `quota`: scheduler `nobody` is not a loaded plugin with the Scheduler capability")
+            && stderr.contains("[\"quota-scheduler\"]"),
+        "{stderr}"
+    );
 }

@@ -108,6 +108,7 @@ impl App {
         for slot in &pipeline.slots {
             slot.plugin.ready();
         }
+        pipeline.bind_schedulers();
         let registry = Registry::new(&pipeline, &config, config_path);
         let collector = Arc::new(Collector::start(config.collector_queue, metrics.clone()));
         let boot = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() ^ d.as_secs() as u32);
@@ -154,6 +155,7 @@ impl App {
             tracing::warn!("a reload still runs after {} s: shutting down without it", RELOAD_WAIT.as_secs());
         }
         self.collector.shutdown();
+        self.pipeline.load().unbind_schedulers();
         self.pipeline.store(Arc::new(Pipeline::default()));
         self.registry.reap();
         self.services.events.shutdown();

@@ -197,6 +197,8 @@ impl Default for Limits {
     }
 }
 
+// Read once per config load; the mock's variant being small costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, tag = "kind", rename_all = "lowercase")]
 pub enum UpstreamKind {
@@ -248,12 +250,20 @@ pub enum UpstreamKind {
         /// How calls pick among the available keys of the best priority.
         #[serde(default)]
         scheduling: Scheduling,
+        /// A plugin (instance name) with the `Scheduler` capability that picks the key instead;
+        /// `scheduling` is its fallback.
+        #[serde(default)]
+        scheduler: Option<String>,
         /// How long a key rests after a 429 whose `Retry-After` does not say.
         #[serde(default = "default_rate_limit_cooldown")]
         rate_limit_cooldown_secs: u64,
         /// How long a key rests after a 401 or 403 (revoked, wrong, out of quota).
         #[serde(default = "default_auth_failure_cooldown")]
         auth_failure_cooldown_secs: u64,
+        /// Keys one call tries at most, the first included: a refusal that is the request's
+        /// own (a prompt over a tokens-per-minute limit) cools this many keys, not the pool.
+        #[serde(default = "default_max_attempts")]
+        max_attempts: u32,
         /// The certificates of `ca_file`, read when the config is loaded.
         #[serde(skip)]
         ca_certs: Vec<rustls::pki_types::CertificateDer<'static>>,
@@ -290,6 +300,10 @@ fn default_rate_limit_cooldown() -> u64 {
 
 fn default_auth_failure_cooldown() -> u64 {
     300
+}
+
+fn default_max_attempts() -> u32 {
+    3
 }
 
 fn default_max_response_bytes() -> usize {
@@ -651,11 +665,22 @@ impl GatewayConfig {
                 max_event_bytes,
                 credentials,
                 api_key_env,
+                rate_limit_cooldown_secs,
+                auth_failure_cooldown_secs,
+                max_attempts,
                 ..
             } = &up.kind
             {
                 check_base_url(&up.name, base_url, *allow_insecure_http)?;
                 check_credentials(&up.name, api_key_env.is_some(), credentials)?;
+                const WEEK: u64 = 7 * 86_400;
+                if *rate_limit_cooldown_secs > WEEK || *auth_failure_cooldown_secs > WEEK || *max_attempts == 0 {
+                    return Err(format!(
+                        "upstream `{}`: expected cooldowns of at most {WEEK} s and max_attempts of at least 1, found \
+                         {rate_limit_cooldown_secs}, {auth_failure_cooldown_secs} and {max_attempts}",
+                        up.name
+                    ));
+                }
                 if *max_response_bytes == 0 || *max_event_bytes == 0 {
                     return Err(format!(
                         "upstream `{}`: max_response_bytes and max_event_bytes must be at least 1, found {} and {}",

@@ -27,8 +27,8 @@ impl ApiError {
             "rate_limit_error",
             "credentials_cooling",
             format!(
-                "upstream `{upstream}`: every credential is cooling down after a refusal ({}); the first is available again in {secs} s",
-                cooling.keys
+                "upstream `{upstream}`: all {} of its credentials are cooling down after refusals; the first is available again in {secs} s",
+                cooling.count
             ),
         );
         e.retry_after_secs = Some(secs.max(1));

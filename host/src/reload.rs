@@ -425,6 +425,7 @@ impl Registry {
             }
             app.services.lookup.store(Arc::new(lookup));
             app.services.http.set_targets(targets);
+            next.bind_schedulers();
             app.pipeline.store(Arc::new(next));
         }
         *self.entries.lock() = wanted
@@ -550,6 +551,7 @@ impl Registry {
                 // shut down, instead of being swapped into a pipeline nobody will retire.
                 return Err(ReloadError::ShuttingDown);
             }
+            next.bind_schedulers();
             app.pipeline.store(Arc::new(next));
         }
         if let Some(entry) = self.entries.lock().iter_mut().find(|e| e.name == name) {

@@ -31,11 +31,9 @@ pub async fn handle(app: &Arc<App>, req: Request<Incoming>, peer: SocketAddr) ->
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}")),
         (&Method::GET, "/metrics") => {
             let mut text = app.metrics.render();
-            for upstream in &app.pipeline.load().upstreams.upstreams {
-                if let Some(pool) = upstream.pool() {
-                    pool.render(&mut text);
-                }
-            }
+            let pipeline = app.pipeline.load();
+            let pools: Vec<_> = pipeline.upstreams.upstreams.iter().filter_map(|u| u.pool()).collect();
+            crate::upstream::credentials::render(&pools, &mut text);
             let mut resp = Response::new(GatewayBody::full(text));
             resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
             resp

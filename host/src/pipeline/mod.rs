@@ -10,6 +10,7 @@ mod executor;
 pub mod flow;
 mod request;
 mod routes;
+mod scheduler;
 mod stream;
 mod ui;
 
@@ -486,6 +487,8 @@ pub struct Pipeline {
     collectors: Vec<Hook<ffi::DataCollectorV1>>,
     executors: Vec<Hook<ffi::ExecutorV1>>,
     routes: Vec<Hook<ffi::RoutesV1>>,
+    /// Shared with the credential pools they are bound to.
+    schedulers: Vec<Arc<Hook<ffi::SchedulerV1>>>,
     /// Every plugin's routes, asked for once when this pipeline was made.
     route_table: RouteTable,
     /// Every plugin's UI files, copied when this pipeline was made.
@@ -532,6 +535,9 @@ impl Pipeline {
             if let Some(c) = plugin.cap() {
                 p.routes.push(Hook::new(c, slot));
             }
+            if let Some(c) = plugin.cap() {
+                p.schedulers.push(Arc::new(Hook::new(c, slot)));
+            }
             if let Some(c) = plugin.cap::<ffi::UiV1>() {
                 ui.push(Hook::new(c, slot));
             }
@@ -550,6 +556,7 @@ impl Pipeline {
             Target::Upstream(_) => None,
         });
         check_executors(self, routed)?;
+        self.check_schedulers()?;
         let errors: Vec<&str> = self.route_table.errors().iter().chain(self.ui.errors()).map(String::as_str).collect();
         match errors.as_slice() {
             [] => Ok(()),

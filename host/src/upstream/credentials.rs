@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -71,17 +71,45 @@ pub struct Cooldowns {
 #[derive(Debug)]
 pub struct AllCooling {
     pub retry_after: Duration,
-    /// `id: status` of each key, for the message.
-    pub keys: String,
+    /// How many keys (their ids and refusals go to the log, not to clients).
+    pub count: usize,
+}
+
+/// A plugin that picks keys (the `Scheduler` capability, bound by the pipeline).
+pub trait PickPlugin: Send + Sync {
+    /// An index into `candidates`, a built-in policy, or `None` (the plugin failed: the pool's
+    /// own policy picks).
+    fn pick(&self, upstream: &str, attempt: u32, candidates: &[Candidate<'_>]) -> Option<PluginPick>;
+}
+
+/// A key offered to a scheduler plugin: what the pool knows of it, never the key.
+pub struct Candidate<'a> {
+    pub id: &'a str,
+    pub priority: i32,
+    pub calls: u64,
+    pub refusals: u64,
+    /// 0: never refused.
+    pub last_refusal: u16,
+}
+
+/// What a scheduler plugin chose.
+pub enum PluginPick {
+    Candidate(usize),
+    Builtin(Scheduling),
 }
 
 pub struct Pool {
     upstream: String,
+    /// The scheduler plugin's instance name, if the config names one.
+    pub scheduler: Option<String>,
+    plugin: ArcSwapOption<Box<dyn PickPlugin>>,
     header: HeaderName,
     /// `Authorization: Bearer <key>`, or the key as it is in `header`.
     bearer: bool,
     policy: Scheduling,
     cooldowns: Cooldowns,
+    /// Keys one call tries at most (the first and its failovers).
+    pub max_attempts: u32,
     credentials: ArcSwap<Vec<Arc<Credential>>>,
     next: AtomicUsize,
     epoch: Instant,
@@ -96,7 +124,9 @@ pub struct PoolConfig<'a> {
     pub upstream: &'a str,
     pub header: HeaderName,
     pub policy: Scheduling,
+    pub scheduler: Option<String>,
     pub cooldowns: Cooldowns,
+    pub max_attempts: u32,
     /// `(id, environment variable, priority)`.
     pub keys: Vec<(&'a str, &'a str, i32)>,
 }
@@ -108,10 +138,13 @@ impl Pool {
         let bearer = config.header == http::header::AUTHORIZATION;
         let mut pool = Pool {
             upstream: config.upstream.to_owned(),
+            scheduler: config.scheduler,
+            plugin: ArcSwapOption::empty(),
             header: config.header,
             bearer,
             policy: config.policy,
             cooldowns: config.cooldowns,
+            max_attempts: config.max_attempts.max(1),
             credentials: ArcSwap::from_pointee(Vec::new()),
             next: AtomicUsize::new(0),
             epoch: Instant::now(),
@@ -134,7 +167,24 @@ impl Pool {
             }
         }
         if let Some(kv) = kv {
-            keys.extend(pool.load_stored(kv));
+            for stored in pool.load_stored(kv) {
+                if keys.len() >= MAX_CREDENTIALS {
+                    tracing::warn!(
+                        upstream = config.upstream,
+                        "more than {MAX_CREDENTIALS} credentials: the rest are left out"
+                    );
+                    break;
+                }
+                if keys.iter().any(|k: &Arc<Credential>| k.id == stored.id) {
+                    tracing::warn!(
+                        upstream = config.upstream,
+                        credential = %stored.id,
+                        "a stored credential has the id of one in the config file: the config's is used"
+                    );
+                    continue;
+                }
+                keys.push(stored);
+            }
         }
         pool.credentials = ArcSwap::from_pointee(sorted(keys));
         pool
@@ -143,7 +193,9 @@ impl Pool {
     /// A pool of literal `(id, priority, key)`s (benchmarks and tests; configs name variables).
     pub fn from_keys(upstream: &str, policy: Scheduling, keys: &[(&str, i32, &str)]) -> Pool {
         let cooldowns = Cooldowns { rate_limited: Duration::from_secs(60), refused: Duration::from_secs(300) };
-        let config = PoolConfig { upstream, header: http::header::AUTHORIZATION, policy, cooldowns, keys: Vec::new() };
+        let header = http::header::AUTHORIZATION;
+        let config =
+            PoolConfig { upstream, header, policy, scheduler: None, cooldowns, max_attempts: 3, keys: Vec::new() };
         let pool = Pool::new(config, None);
         let creds = keys.iter().filter_map(|(id, prio, key)| pool.credential(id, Source::Config, *prio, key).ok());
         pool.credentials.store(Arc::new(sorted(creds.map(Arc::new).collect())));
@@ -204,40 +256,103 @@ impl Pool {
     /// `Ok(None)` when the pool has no keys or all were tried.
     pub fn pick(&self, keys: &[Arc<Credential>], tried: u128) -> Result<Option<usize>, AllCooling> {
         let n = keys.len().min(MAX_CREDENTIALS);
-        // The clock is read only while some key has cooled; one whose rest is over is marked
-        // available again, so a pool with nothing cooling never reads it.
-        let cooled = keys[..n].iter().any(|k| k.cooling_until_ms.load(Relaxed) != 0);
-        let now = if cooled { self.now_ms() } else { 0 };
-        if cooled {
-            for k in &keys[..n] {
-                let until = k.cooling_until_ms.load(Relaxed);
-                if until != 0 && until <= now {
-                    let _ = k.cooling_until_ms.compare_exchange(until, 0, Relaxed, Relaxed);
-                }
+        // One read of every key's cooldown, so that the passes below agree while other calls
+        // cool keys meanwhile. The clock is read only while some key has cooled; one whose
+        // rest is over is marked available again, so a pool with nothing cooling never reads it.
+        let mut until = [0u64; MAX_CREDENTIALS];
+        for (u, k) in until.iter_mut().zip(&keys[..n]) {
+            *u = k.cooling_until_ms.load(Relaxed);
+        }
+        let now = if until[..n].iter().any(|&u| u != 0) { self.now_ms() } else { 0 };
+        for (u, k) in until[..n].iter_mut().zip(keys) {
+            if *u != 0 && *u <= now {
+                let _ = k.cooling_until_ms.compare_exchange(*u, 0, Relaxed, Relaxed);
+                *u = 0;
             }
         }
-        let open = |i: usize| tried & (1 << i) == 0 && keys[i].cooling_until_ms.load(Relaxed) <= now;
+        let open = |i: usize| tried & (1 << i) == 0 && until[i] == 0;
         let Some(best) = (0..n).filter(|&i| open(i)).map(|i| keys[i].priority).min() else {
             if n == 0 || tried != 0 {
                 return Ok(None);
             }
-            return Err(self.all_cooling(keys, now));
+            return Err(self.all_cooling(keys, &until[..n], now));
         };
+        let mut policy = self.policy;
+        if let Some(plugin) = &*self.plugin.load() {
+            match self.ask(plugin.as_ref().as_ref(), keys, n, tried, open) {
+                Some(PluginPick::Candidate(i)) => return Ok(Some(i)),
+                Some(PluginPick::Builtin(p)) => policy = p,
+                None => {}
+            }
+        }
         let eligible = |i: &usize| open(*i) && keys[*i].priority == best;
-        let turn = match self.policy {
+        let turn = match policy {
             Scheduling::FillFirst => 0,
-            // The next of the eligible keys in turn, fair however many others are skipped.
-            Scheduling::RoundRobin => self.next.fetch_add(1, Relaxed) % (0..n).filter(eligible).count(),
+            // The next of the eligible keys in turn, fair however many others are skipped (at
+            // least one is eligible: `best` is one's priority).
+            Scheduling::RoundRobin => self.next.fetch_add(1, Relaxed) % (0..n).filter(eligible).count().max(1),
         };
         Ok((0..n).filter(eligible).nth(turn))
     }
 
-    fn all_cooling(&self, keys: &[Arc<Credential>], now: u64) -> AllCooling {
+    /// The scheduler plugin's pick among the open keys (`None`: it failed or chose a key it
+    /// was not offered; the built-in policy picks).
+    fn ask(
+        &self,
+        plugin: &dyn PickPlugin,
+        keys: &[Arc<Credential>],
+        n: usize,
+        tried: u128,
+        open: impl Fn(usize) -> bool,
+    ) -> Option<PluginPick> {
+        let offered: Vec<usize> = (0..n).filter(|&i| open(i)).collect();
+        let candidates: Vec<Candidate<'_>> = offered
+            .iter()
+            .map(|&i| {
+                let k = &keys[i];
+                Candidate {
+                    id: &k.id,
+                    priority: k.priority,
+                    calls: k.calls.load(Relaxed),
+                    refusals: k.refusals.load(Relaxed),
+                    last_refusal: k.last_refusal.load(Relaxed),
+                }
+            })
+            .collect();
+        match plugin.pick(&self.upstream, tried.count_ones(), &candidates)? {
+            PluginPick::Candidate(j) => match offered.get(j) {
+                Some(&i) => Some(PluginPick::Candidate(i)),
+                None => {
+                    tracing::warn!(
+                        upstream = %self.upstream,
+                        picked = j,
+                        offered = offered.len(),
+                        "the scheduler picked a candidate it was not offered: the built-in policy picks"
+                    );
+                    None
+                }
+            },
+            builtin => Some(builtin),
+        }
+    }
+
+    /// Binds (or unbinds) the scheduler plugin; the pipeline that owns the plugin does, when it
+    /// starts serving.
+    pub fn bind(&self, plugin: Option<Box<dyn PickPlugin>>) {
+        self.plugin.store(plugin.map(Arc::new));
+    }
+
+    fn all_cooling(&self, keys: &[Arc<Credential>], until: &[u64], now: u64) -> AllCooling {
         self.exhausted.fetch_add(1, Relaxed);
-        let first = keys.iter().map(|k| k.cooling_until_ms.load(Relaxed)).min().unwrap_or(now);
-        let keys =
-            keys.iter().map(|k| format!("{}: {}", k.id, k.last_refusal.load(Relaxed))).collect::<Vec<_>>().join(", ");
-        AllCooling { retry_after: Duration::from_millis(first.saturating_sub(now)), keys }
+        let first = until.iter().copied().min().unwrap_or(now);
+        let keys = keys
+            .iter()
+            .zip(until)
+            .map(|(k, _)| format!("{}: {}", k.id, k.last_refusal.load(Relaxed)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        tracing::warn!(upstream = %self.upstream, keys, "every credential is cooling down");
+        AllCooling { retry_after: Duration::from_millis(first.saturating_sub(now)), count: until.len() }
     }
 
     /// Puts key `i`'s header on `headers` and counts the call.
@@ -256,7 +371,9 @@ impl Pool {
         let key = &keys[i];
         key.refusals.fetch_add(1, Relaxed);
         key.last_refusal.store(status.as_u16(), Relaxed);
-        key.cooling_until_ms.store(self.now_ms() + cooldown.as_millis() as u64, Relaxed);
+        // A longer rest already running (a 401's, say) is not cut short by a later 429's.
+        let until = self.now_ms().saturating_add(u64::try_from(cooldown.as_millis()).unwrap_or(u64::MAX));
+        key.cooling_until_ms.fetch_max(until, Relaxed);
         tracing::warn!(
             upstream = %self.upstream,
             credential = %key.id,
@@ -279,30 +396,33 @@ impl Pool {
                 self.upstream
             ));
         }
-        let credential = self.credential(id, Source::Store, stored.priority, &stored.api_key)?;
+        let credential = Arc::new(self.credential(id, Source::Store, stored.priority, &stored.api_key)?);
         let value = serde_json::to_vec(stored).map_err(|e| e.to_string())?;
         kv.set(KV_NAMESPACE, &format!("{}/{id}", self.upstream), &value, None).map_err(|e| e.to_string())?;
-        let mut next: Vec<Arc<Credential>> = keys.iter().filter(|k| k.id != id).cloned().collect();
-        next.push(Arc::new(credential));
-        self.credentials.store(Arc::new(sorted(next)));
+        // `rcu`: two writes at once both land.
+        self.credentials.rcu(|keys| {
+            let mut next: Vec<Arc<Credential>> =
+                keys.iter().filter(|k| !(k.id == id && k.source == Source::Store)).cloned().collect();
+            next.push(credential.clone());
+            sorted(next)
+        });
         Ok(())
     }
 
     /// Removes stored credential `id`; `Ok(false)` if there is none.
     pub fn remove(&self, kv: &dyn KvStore, id: &str) -> Result<bool, String> {
         let keys = self.snapshot();
-        match keys.iter().find(|k| k.id == id) {
-            None => Ok(false),
-            Some(k) if k.source == Source::Config => {
-                Err(format!("credential `{id}` is defined in the config file; remove it there"))
-            }
-            Some(_) => {
-                kv.delete(KV_NAMESPACE, &format!("{}/{id}", self.upstream)).map_err(|e| e.to_string())?;
-                let next = keys.iter().filter(|k| k.id != id).cloned().collect();
-                self.credentials.store(Arc::new(next));
-                Ok(true)
-            }
+        if keys.iter().any(|k| k.id == id && k.source == Source::Config) {
+            return Err(format!("credential `{id}` is defined in the config file; remove it there"));
         }
+        if !keys.iter().any(|k| k.id == id) {
+            return Ok(false);
+        }
+        kv.delete(KV_NAMESPACE, &format!("{}/{id}", self.upstream)).map_err(|e| e.to_string())?;
+        self.credentials.rcu(|keys| {
+            keys.iter().filter(|k| !(k.id == id && k.source == Source::Store)).cloned().collect::<Vec<_>>()
+        });
+        Ok(true)
     }
 
     /// Each key's id, source, priority, state and counts (never the key).
@@ -333,32 +453,39 @@ impl Pool {
             "exhausted": self.exhausted.load(Relaxed),
         })
     }
+}
 
-    /// Prometheus lines for this pool.
-    pub fn render(&self, out: &mut String) {
-        use std::fmt::Write;
-        let u = &self.upstream;
-        let _ = writeln!(out, "gateway_upstream_failovers_total{{upstream=\"{u}\"}} {}", self.failovers.load(Relaxed));
-        let _ = writeln!(
-            out,
-            "gateway_upstream_credentials_exhausted_total{{upstream=\"{u}\"}} {}",
-            self.exhausted.load(Relaxed)
-        );
-        let now = self.now_ms();
-        for k in self.snapshot().iter() {
-            let id = &k.id;
-            let _ = writeln!(
-                out,
-                "gateway_credential_calls_total{{upstream=\"{u}\",credential=\"{id}\"}} {}",
-                k.calls.load(Relaxed)
-            );
-            let _ = writeln!(
-                out,
-                "gateway_credential_refusals_total{{upstream=\"{u}\",credential=\"{id}\"}} {}",
-                k.refusals.load(Relaxed)
-            );
-            let cooling = u8::from(k.cooling_until_ms.load(Relaxed) > now);
-            let _ = writeln!(out, "gateway_credential_cooling{{upstream=\"{u}\",credential=\"{id}\"}} {cooling}");
+/// The pools' metrics in Prometheus text, each metric's lines together under its `# TYPE`.
+pub fn render(pools: &[&Pool], out: &mut String) {
+    use std::fmt::Write;
+    if pools.is_empty() {
+        return;
+    }
+    type PerPool = (&'static str, &'static str, fn(&Pool) -> u64);
+    type PerKey = (&'static str, &'static str, fn(&Credential, u64) -> u64);
+    let per_pool: [PerPool; 2] = [
+        ("gateway_upstream_failovers_total", "counter", |p| p.failovers.load(Relaxed)),
+        ("gateway_upstream_credentials_exhausted_total", "counter", |p| p.exhausted.load(Relaxed)),
+    ];
+    for (name, kind, value) in per_pool {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for p in pools {
+            let _ = writeln!(out, "{name}{{upstream=\"{}\"}} {}", p.upstream, value(p));
+        }
+    }
+    let per_key: [PerKey; 3] = [
+        ("gateway_credential_calls_total", "counter", |k, _| k.calls.load(Relaxed)),
+        ("gateway_credential_refusals_total", "counter", |k, _| k.refusals.load(Relaxed)),
+        ("gateway_credential_cooling", "gauge", |k, now| u64::from(k.cooling_until_ms.load(Relaxed) > now)),
+    ];
+    for (name, kind, value) in per_key {
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for p in pools {
+            let now = p.now_ms();
+            for k in p.snapshot().iter() {
+                let _ =
+                    writeln!(out, "{name}{{upstream=\"{}\",credential=\"{}\"}} {}", p.upstream, k.id, value(k, now));
+            }
         }
     }
 }
@@ -419,7 +546,7 @@ mod tests {
         assert!(p.answered(&keys, 2, StatusCode::FORBIDDEN, &HeaderMap::new()));
         let cooling = p.pick(&keys, 0).unwrap_err();
         assert!((29..=30).contains(&cooling.retry_after.as_secs()), "{cooling:?}");
-        assert_eq!(cooling.keys, "a: 429, b: 401, spare: 403");
+        assert_eq!(cooling.count, 3);
         assert_eq!(p.exhausted.load(Relaxed), 1);
     }
 

@@ -104,8 +104,10 @@ impl Upstreams {
                 max_event_bytes,
                 credentials,
                 scheduling,
+                scheduler,
                 rate_limit_cooldown_secs,
                 auth_failure_cooldown_secs,
+                max_attempts,
                 ca_file: _,
                 allow_insecure_http: _,
             } => Upstream::OpenAi(Arc::new(OpenAiUpstream::new(
@@ -117,6 +119,8 @@ impl Upstreams {
                         upstream: &u.name,
                         header: http::header::AUTHORIZATION,
                         policy: *scheduling,
+                        scheduler: scheduler.clone(),
+                        max_attempts: *max_attempts,
                         cooldowns: credentials::Cooldowns {
                             rate_limited: Duration::from_secs(*rate_limit_cooldown_secs),
                             refused: Duration::from_secs(*auth_failure_cooldown_secs),

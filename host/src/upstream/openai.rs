@@ -142,6 +142,9 @@ impl OpenAiUpstream {
                 return Ok((status, resp_headers, incoming));
             }
             tried |= 1 << i;
+            if tried.count_ones() >= self.pool.max_attempts {
+                return Ok((status, resp_headers, incoming));
+            }
             match self.pool.pick(&keys, tried) {
                 Ok(Some(next)) => {
                     self.pool.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -12,7 +12,7 @@ use super::*;
 use crate::sdk::executor::{self, ExecRequest, HttpPassthrough};
 use crate::sdk::{
     self, Auth, Chunk, Commands, ConfigProvider, Context, DataCollector, Executor, Lifecycle, Plugin, PostAuth,
-    PreAuth, Request, RequestInterceptor, Response, Routes, StreamChunk, StreamComplete, Ui, Upstream,
+    PreAuth, Request, RequestInterceptor, Response, Routes, Scheduler, StreamChunk, StreamComplete, Ui, Upstream,
     UpstreamResponse,
 };
 
@@ -217,6 +217,48 @@ pub struct CommandOutput {
     pub status: i32,
     pub stdout: RString,
     pub stderr: RString,
+}
+
+/// A key a credential scheduler may pick: available (not cooling, not yet tried by this call).
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawCandidate<'a> {
+    pub id: RStr<'a>,
+    pub priority: i32,
+    /// Calls made with it since it joined the pool.
+    pub calls: u64,
+    /// Times the provider refused it (429, 401, 403).
+    pub refusals: u64,
+    /// The status of its last refusal; 0: none.
+    pub last_refusal: u16,
+}
+
+/// One pick: the upstream, which attempt of the call (0 first; more after failovers), and the
+/// available keys.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy, Debug)]
+pub struct RawPickRequest<'a> {
+    pub upstream: RStr<'a>,
+    pub attempt: u32,
+    pub candidates: RSlice<'a, RawCandidate<'a>>,
+}
+
+/// A scheduler's answer: a candidate by index, or one of the gateway's own policies.
+#[repr(u8)]
+#[derive(StableAbi, Clone, Debug, PartialEq)]
+pub enum RawPick {
+    Candidate(u32),
+    RoundRobin,
+    FillFirst,
+    Fail(PluginError),
+}
+
+super::define::returned_as_is!(RawPick);
+
+impl super::glue::Guarded for RawPick {
+    fn panicked(_: &crate::Host, _: &str, message: String) -> Self {
+        RawPick::Fail(PluginError { code: code::PANIC, message: format!("plugin panicked: {message}").into() })
+    }
 }
 
 /// Where a declared route is served ([`RawRoute::kind`]).
@@ -465,6 +507,13 @@ capabilities! {
         /// Runs `call.command` with its flags.
         pub fn run(call: &RawCommandCall<'_>) -> RFuture<RResult<CommandOutput, PluginError>> as "command"
             => |p| sdk::commands::output_future(p.run_command(sdk::CommandCall::from_raw(call)));
+    }
+
+    /// Capability [`cap::SCHEDULER`], version 1: picks the key of an upstream's credential
+    /// pool each call uses (the upstreams whose config names this plugin as `scheduler`).
+    SchedulerV1 = (cap::SCHEDULER, 1) Scheduler: Scheduler {
+        pub fn pick(req: &RawPickRequest<'_>) -> RawPick as "pick"
+            => |p| sdk::scheduler::pick_to_raw(p.pick(&sdk::PickRequest::new(req)));
     }
 
     /// Capability [`cap::REQUIREMENTS`], version 1: the capabilities the plugin cannot work

@@ -54,6 +54,8 @@ pub mod cap {
     pub const UI: u32 = 15;
     /// Added in ABI 1.7.
     pub const COMMANDS: u32 = 16;
+    /// Added in ABI 1.8.
+    pub const SCHEDULER: u32 = 17;
 }
 
 /// Service ids (host → plugin tables). Ids are never reused.

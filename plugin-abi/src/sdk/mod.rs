@@ -9,6 +9,7 @@ pub(crate) mod executor;
 mod host;
 mod http;
 pub(crate) mod routes;
+pub(crate) mod scheduler;
 mod stream;
 mod view;
 
@@ -24,6 +25,7 @@ pub use executor::{
 pub use host::{App, Config, Direction, Event, Host, Level, Model, StopSignal};
 pub use http::{HttpRequest, HttpResponse};
 pub use routes::{BodyStream, Route, RouteKind, RouteRequest, RouteResponse, Routes};
+pub use scheduler::{Candidate, Pick, PickRequest, Scheduler};
 pub use view::{Chunk, Context, Headers, History, Request, Upstream, UpstreamResponse};
 
 /// Runs `f`, turning a panic into its message. The payload is dropped inside a guard of its own:
