@@ -256,27 +256,39 @@ impl Pool {
     /// `Ok(None)` when the pool has no keys or all were tried.
     pub fn pick(&self, keys: &[Arc<Credential>], tried: u128) -> Result<Option<usize>, AllCooling> {
         let n = keys.len().min(MAX_CREDENTIALS);
-        // One read of every key's cooldown, so that the passes below agree while other calls
-        // cool keys meanwhile. The clock is read only while some key has cooled; one whose
-        // rest is over is marked available again, so a pool with nothing cooling never reads it.
-        let mut until = [0u64; MAX_CREDENTIALS];
-        for (u, k) in until.iter_mut().zip(&keys[..n]) {
-            *u = k.cooling_until_ms.load(Relaxed);
-        }
-        let now = if until[..n].iter().any(|&u| u != 0) { self.now_ms() } else { 0 };
-        for (u, k) in until[..n].iter_mut().zip(keys) {
-            if *u != 0 && *u <= now {
-                let _ = k.cooling_until_ms.compare_exchange(*u, 0, Relaxed, Relaxed);
-                *u = 0;
+        // One pass reads each key's cooldown once: the best open priority, how many keys share
+        // it, the first of them. Other calls may cool keys meanwhile; what a later pass reads
+        // differently falls back on this one. The clock is read only once a key has cooled,
+        // and a key whose rest is over is marked available again, so a pool with nothing
+        // cooling never reads it.
+        let mut now = 0;
+        let (mut best, mut count, mut first) = (i32::MAX, 0usize, None);
+        for (i, k) in keys[..n].iter().enumerate() {
+            let mut until = k.cooling_until_ms.load(Relaxed);
+            if until != 0 {
+                if now == 0 {
+                    now = self.now_ms();
+                }
+                if until <= now {
+                    let _ = k.cooling_until_ms.compare_exchange(until, 0, Relaxed, Relaxed);
+                    until = 0;
+                }
             }
+            if until != 0 || tried & (1 << i) != 0 {
+                continue;
+            }
+            if k.priority < best {
+                (best, count, first) = (k.priority, 0, Some(i));
+            }
+            count += usize::from(k.priority == best);
         }
-        let open = |i: usize| tried & (1 << i) == 0 && until[i] == 0;
-        let Some(best) = (0..n).filter(|&i| open(i)).map(|i| keys[i].priority).min() else {
+        let Some(first) = first else {
             if n == 0 || tried != 0 {
                 return Ok(None);
             }
-            return Err(self.all_cooling(keys, &until[..n], now));
+            return Err(self.all_cooling(&keys[..n], now));
         };
+        let open = |i: usize| tried & (1 << i) == 0 && keys[i].cooling_until_ms.load(Relaxed) <= now;
         let mut policy = self.policy;
         if let Some(plugin) = &*self.plugin.load() {
             match self.ask(plugin.as_ref().as_ref(), keys, n, tried, open) {
@@ -285,14 +297,15 @@ impl Pool {
                 None => {}
             }
         }
-        let eligible = |i: &usize| open(*i) && keys[*i].priority == best;
-        let turn = match policy {
-            Scheduling::FillFirst => 0,
-            // The next of the eligible keys in turn, fair however many others are skipped (at
-            // least one is eligible: `best` is one's priority).
-            Scheduling::RoundRobin => self.next.fetch_add(1, Relaxed) % (0..n).filter(eligible).count().max(1),
-        };
-        Ok((0..n).filter(eligible).nth(turn))
+        match policy {
+            Scheduling::FillFirst => Ok(Some(first)),
+            // The next of the eligible keys in turn, fair however many others are skipped.
+            Scheduling::RoundRobin => {
+                let turn = self.next.fetch_add(1, Relaxed) % count;
+                let eligible = |i: &usize| open(*i) && keys[*i].priority == best;
+                Ok(Some((first..n).filter(eligible).nth(turn).unwrap_or(first)))
+            }
+        }
     }
 
     /// The scheduler plugin's pick among the open keys (`None`: it failed or chose a key it
@@ -342,17 +355,13 @@ impl Pool {
         self.plugin.store(plugin.map(Arc::new));
     }
 
-    fn all_cooling(&self, keys: &[Arc<Credential>], until: &[u64], now: u64) -> AllCooling {
+    fn all_cooling(&self, keys: &[Arc<Credential>], now: u64) -> AllCooling {
         self.exhausted.fetch_add(1, Relaxed);
-        let first = until.iter().copied().min().unwrap_or(now);
-        let keys = keys
-            .iter()
-            .zip(until)
-            .map(|(k, _)| format!("{}: {}", k.id, k.last_refusal.load(Relaxed)))
-            .collect::<Vec<_>>()
-            .join(", ");
-        tracing::warn!(upstream = %self.upstream, keys, "every credential is cooling down");
-        AllCooling { retry_after: Duration::from_millis(first.saturating_sub(now)), count: until.len() }
+        let first = keys.iter().map(|k| k.cooling_until_ms.load(Relaxed)).filter(|&u| u != 0).min().unwrap_or(now);
+        let ids =
+            keys.iter().map(|k| format!("{}: {}", k.id, k.last_refusal.load(Relaxed))).collect::<Vec<_>>().join(", ");
+        tracing::warn!(upstream = %self.upstream, keys = ids, "every credential is cooling down");
+        AllCooling { retry_after: Duration::from_millis(first.saturating_sub(now)), count: keys.len() }
     }
 
     /// Puts key `i`'s header on `headers` and counts the call.
@@ -548,6 +557,30 @@ mod tests {
         assert!((29..=30).contains(&cooling.retry_after.as_secs()), "{cooling:?}");
         assert_eq!(cooling.count, 3);
         assert_eq!(p.exhausted.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn picks_stay_valid_while_other_calls_cool_keys() {
+        let p = Arc::new(pool(Scheduling::RoundRobin, &[("a", 0), ("b", 0), ("c", 1), ("d", 1)]));
+        let workers: Vec<_> = (0..4)
+            .map(|t| {
+                let p = p.clone();
+                std::thread::spawn(move || {
+                    let keys = p.snapshot();
+                    for i in 0..2000 {
+                        match p.pick(&keys, 0) {
+                            Ok(Some(k)) if (i + t) % 7 == 0 => {
+                                p.answered(&keys, k, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
+                            }
+                            Ok(Some(k)) => assert!(k < keys.len()),
+                            Ok(None) => panic!("keys that were never tried are not `None`"),
+                            Err(cooling) => assert!(cooling.retry_after <= Duration::from_secs(60), "{cooling:?}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        workers.into_iter().for_each(|w| w.join().unwrap());
     }
 
     #[test]
