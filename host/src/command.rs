@@ -106,7 +106,9 @@ fn services(config: &GatewayConfig) -> Result<(Arc<Services>, Option<String>), S
             (memory, Some(format!("warning: {e}; the command runs with an empty KV store whose writes are not kept\n")))
         }
     };
-    let upstreams = Upstreams::from_config(config, None);
+    // Keys stored through the admin API join the pools, as in the gateway (none from the
+    // in-memory stand-in).
+    let upstreams = Upstreams::from_config(config, Some(&*kv));
     let http = Arc::new(HttpClient::new(HttpTarget::all(&upstreams), metrics.clone()));
     let events = EventBus::start(config.event_queue, metrics.events_dropped.clone());
     let lookup = Lookup::from_config(config, &upstreams);
