@@ -134,7 +134,7 @@ fn refused_keys_cool_down_and_every_request_succeeds_on_the_next() {
     assert_eq!(gw.metric("gateway_upstream_failovers_total{upstream=\"pool\"}"), Some(2.0));
     assert_eq!(gw.metric("gateway_credential_refusals_total{upstream=\"pool\",credential=\"limited\"}"), Some(1.0));
     assert_eq!(gw.metric("gateway_credential_cooling{upstream=\"pool\",credential=\"revoked\"}"), Some(1.0));
-    assert!(gw.logs().contains("credential refused: cooling down"), "{}", gw.logs());
+    assert!(gw.wait_for_log("credential refused: cooling down"), "{}", gw.logs());
 
     // Every key refused: the client gets the provider's last answer, after one failover.
     let r = gw.chat(None, &chat_body("bad-gpt", "nobody takes me", false));
@@ -169,11 +169,9 @@ fn a_pool_with_every_key_cooling_answers_429_with_retry_after_until_a_key_is_add
     assert_eq!(r.error()["code"], "credentials_cooling", "{}", r.body);
     let message = r.error()["message"].as_str().unwrap().to_owned();
     assert!(message.contains("upstream `lone`: all 1 of its credentials are cooling down"), "{message}");
-    assert!(
-        gw.logs().contains("every credential is cooling down") && gw.logs().contains("default: 429"),
-        "{}",
-        gw.logs()
-    );
+    // The ids and refusals go to the log (read as it arrives).
+    assert!(gw.wait_for_log("every credential is cooling down"), "{}", gw.logs());
+    assert!(gw.logs().contains("default: 429"), "{}", gw.logs());
     let retry: u64 = r.header("retry-after").expect("a Retry-After header").parse().unwrap();
     assert!((1..=60).contains(&retry), "{retry}");
     assert_eq!(gw.metric("gateway_upstream_credentials_exhausted_total{upstream=\"lone\"}"), Some(1.0));
@@ -261,6 +259,17 @@ fn a_scheduler_plugin_picks_the_keys_by_quota_then_hands_back_to_round_robin() {
     let calls: Vec<u64> = ["a", "b", "c"].iter().map(|id| key(&pool, id)["calls"].as_u64().unwrap()).collect();
     assert_eq!(calls, [4, 2, 3], "round-robin took over: {pool:#}");
     assert_eq!(gw.metric("gateway_plugin_hook_calls_total{plugin=\"quota-scheduler\",hook=\"pick\"}"), Some(9.0));
+
+    // A reload with new quotas: the pool (its upstream unchanged) is bound to the new instance.
+    gw.rewrite_config(&scheduled(&mock, "quota-scheduler").replace("a = 3\nb = 1\nc = 2", "a = 0\nb = 0\nc = 5"));
+    let r = gw.admin("POST", "/admin/reload", Some(ADMIN));
+    assert_eq!(r.status, 200, "{}", r.body);
+    for _ in 0..4 {
+        assert_eq!(gw.chat(None, &chat_body("gpt", "after the reload", false)).status, 200);
+    }
+    let pool = credentials(&gw, "quota");
+    let calls: Vec<u64> = ["a", "b", "c"].iter().map(|id| key(&pool, id)["calls"].as_u64().unwrap()).collect();
+    assert_eq!(calls, [4, 2, 7], "only c has quota left in the new version: {pool:#}");
 }
 
 #[test]
