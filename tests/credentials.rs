@@ -75,14 +75,33 @@ upstream = "lone"
 name = "bad-gpt"
 upstream = "bad-pair"
 
+# Anthropic's API with one rate-limited key, for a second executor instance.
+[[upstreams]]
+name = "anthropic-lone"
+kind = "openai"
+base_url = "http://{addr}"
+auth_header = "x-api-key"
+api_key_env = "POOL_KEY_LIMITED_BARE"
+
 [[models]]
 name = "claude"
 executor = "anthropic-executor"
+
+[[models]]
+name = "claude-lone"
+executor = "claude-lone"
 
 [[plugins]]
 path = "{{target}}/libanthropic_executor.so"
 [plugins.config]
 upstream = "anthropic"
+
+[[plugins]]
+path = "{{target}}/libanthropic_executor.so"
+name = "claude-lone"
+[plugins.config]
+upstream = "anthropic-lone"
+models = ["claude-lone"]
 "#,
         addr = mock.addr
     )
@@ -153,6 +172,14 @@ fn refused_keys_cool_down_and_every_request_succeeds_on_the_next() {
     let anthropic = credentials(&gw, "anthropic");
     assert_eq!(key(&anthropic, "first")["refusals"], 1, "{anthropic:#}");
     assert_eq!(key(&anthropic, "spare")["calls"], 2, "{anthropic:#}");
+
+    // An executor whose only key is cooling gets the gateway's 429 as a response, and its
+    // client a 429 saying why.
+    let r = gw.chat(None, &chat_body("claude-lone", "refused by the provider", false));
+    assert_eq!(r.status, 429, "{}", r.body);
+    let r = gw.chat(None, &chat_body("claude-lone", "refused by the gateway", false));
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert!(r.body.contains("credentials are cooling down"), "{}", r.body);
 }
 
 #[test]

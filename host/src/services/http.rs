@@ -284,6 +284,20 @@ async fn run(
             let (status, resp_headers, mut incoming) =
                 match upstream.request(method, &path, headers, body, timeout).await {
                     Ok(r) => r,
+                    // The gateway answered for the upstream (every key of its pool is cooling):
+                    // the plugin gets that answer as a response, 429 and Retry-After, as it
+                    // would get the provider's own.
+                    Err(e) if e.retry_after_secs.is_some() => {
+                        meter.status(e.status.as_u16());
+                        let mut head = vec![("content-type".to_owned(), "application/json".to_owned())];
+                        head.extend(e.retry_after_secs.map(|s| ("retry-after".to_owned(), s.to_string())));
+                        let body = e.body();
+                        meter.log.response_bytes += body.len() as u64;
+                        if head_tx.send(Ok((e.status.as_u16(), head, rx))).is_ok() {
+                            let _ = tx.send(Ok(body.to_vec())).await;
+                        }
+                        return;
+                    }
                     Err(e) => {
                         meter.fail();
                         let _ = head_tx.send(Err(e.message));
