@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use gateway::config::Scheduling;
-use gateway::upstream::credentials::Pool;
+use gateway::upstream::credentials::{CallFor, Pool};
 use http::{HeaderMap, StatusCode};
 
 fn pool(n: usize, policy: Scheduling) -> Pool {
@@ -25,7 +25,7 @@ fn picks(c: &mut Criterion) {
             let p = pool(n, policy);
             let keys = p.snapshot();
             group.bench_with_input(BenchmarkId::new(name, n), &n, |b, _| {
-                b.iter(|| black_box(p.pick(&keys, 0).unwrap()))
+                b.iter(|| black_box(p.pick(&keys, 0, CallFor::default()).unwrap()))
             });
         }
         // Every other key cooling (refused with a 429): the scan skips them.
@@ -35,7 +35,7 @@ fn picks(c: &mut Criterion) {
             p.answered(&keys, i, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
         }
         group.bench_with_input(BenchmarkId::new("round-robin, half cooling", n), &n, |b, _| {
-            b.iter(|| black_box(p.pick(&keys, 0).unwrap()))
+            b.iter(|| black_box(p.pick(&keys, 0, CallFor::default()).unwrap()))
         });
     }
     group.finish();

@@ -10,7 +10,7 @@ use plugin_abi::ffi::{self, RawCandidate, RawPick, RawPickRequest};
 
 use super::{Hook, Outcome, Pipeline};
 use crate::config::Scheduling;
-use crate::upstream::credentials::{Candidate, PickPlugin, PluginPick};
+use crate::upstream::credentials::{CallFor, Candidate, PickPlugin, PluginPick};
 
 impl Outcome for RawPick {
     fn error(&self) -> Option<&ffi::PluginError> {
@@ -25,7 +25,13 @@ impl Outcome for RawPick {
 struct Bound(Arc<Hook<ffi::SchedulerV1>>);
 
 impl PickPlugin for Bound {
-    fn pick(&self, upstream: &str, attempt: u32, candidates: &[Candidate<'_>]) -> Option<PluginPick> {
+    fn pick(
+        &self,
+        upstream: &str,
+        call: CallFor<'_>,
+        attempt: u32,
+        candidates: &[Candidate<'_>],
+    ) -> Option<PluginPick> {
         let hook = &self.0;
         if hook.slot.is_quarantined() {
             return None;
@@ -40,7 +46,13 @@ impl PickPlugin for Bound {
                 last_refusal: c.last_refusal,
             })
             .collect();
-        let req = RawPickRequest { upstream: upstream.into(), attempt, candidates: RSlice::from_slice(&raw) };
+        let req = RawPickRequest {
+            upstream: upstream.into(),
+            model: call.model.into(),
+            stream: call.stream,
+            attempt,
+            candidates: RSlice::from_slice(&raw),
+        };
         let which = ffi::SchedulerV1::pick;
         match hook.invoke(which, false, |cap| cap.pick(&req)) {
             RawPick::Candidate(i) => Some(PluginPick::Candidate(i as usize)),

@@ -281,8 +281,10 @@ async fn run(
         HttpTarget::Remote(upstream) => {
             // A plugin may shorten the upstream's timeout, not lengthen it.
             let timeout = timeout.map_or(upstream.timeout, |t| t.min(upstream.timeout));
+            // What the plugin's call is for is the plugin's to know: no model, no stream flag.
+            let call = crate::upstream::credentials::CallFor::default();
             let (status, resp_headers, mut incoming) =
-                match upstream.request(method, &path, headers, body, timeout).await {
+                match upstream.request(method, &path, headers, body, timeout, call).await {
                     Ok(r) => r,
                     // The gateway answered for the upstream (every key of its pool is cooling):
                     // the plugin gets that answer as a response, 429 and Retry-After, as it

@@ -79,7 +79,16 @@ pub struct AllCooling {
 pub trait PickPlugin: Send + Sync {
     /// An index into `candidates`, a built-in policy, or `None` (the plugin failed: the pool's
     /// own policy picks).
-    fn pick(&self, upstream: &str, attempt: u32, candidates: &[Candidate<'_>]) -> Option<PluginPick>;
+    fn pick(&self, upstream: &str, call: CallFor<'_>, attempt: u32, candidates: &[Candidate<'_>])
+    -> Option<PluginPick>;
+}
+
+/// What a call is for, as far as the caller knows: the model asked for (empty for a call a
+/// plugin makes through the host HTTP client) and whether it streams.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CallFor<'a> {
+    pub model: &'a str,
+    pub stream: bool,
 }
 
 /// A key offered to a scheduler plugin: what the pool knows of it, never the key.
@@ -254,7 +263,7 @@ impl Pool {
 
     /// The key for the next attempt, skipping those in `tried` (bit `i`: key `i` was tried);
     /// `Ok(None)` when the pool has no keys or all were tried.
-    pub fn pick(&self, keys: &[Arc<Credential>], tried: u128) -> Result<Option<usize>, AllCooling> {
+    pub fn pick(&self, keys: &[Arc<Credential>], tried: u128, call: CallFor<'_>) -> Result<Option<usize>, AllCooling> {
         let n = keys.len().min(MAX_CREDENTIALS);
         // One pass reads each key's cooldown once: the best open priority, how many keys share
         // it, the first of them. Other calls may cool keys meanwhile; what a later pass reads
@@ -291,7 +300,7 @@ impl Pool {
         let open = |i: usize| tried & (1 << i) == 0 && keys[i].cooling_until_ms.load(Relaxed) <= now;
         let mut policy = self.policy;
         if let Some(plugin) = &*self.plugin.load() {
-            match self.ask(plugin.as_ref().as_ref(), keys, n, tried, open) {
+            match self.ask(plugin.as_ref().as_ref(), call, keys, n, tried, open) {
                 Some(PluginPick::Candidate(i)) => return Ok(Some(i)),
                 Some(PluginPick::Builtin(p)) => policy = p,
                 None => {}
@@ -313,6 +322,7 @@ impl Pool {
     fn ask(
         &self,
         plugin: &dyn PickPlugin,
+        call: CallFor<'_>,
         keys: &[Arc<Credential>],
         n: usize,
         tried: u128,
@@ -332,7 +342,7 @@ impl Pool {
                 }
             })
             .collect();
-        match plugin.pick(&self.upstream, tried.count_ones(), &candidates)? {
+        match plugin.pick(&self.upstream, call, tried.count_ones(), &candidates)? {
             PluginPick::Candidate(j) => match offered.get(j) {
                 Some(&i) => Some(PluginPick::Candidate(i)),
                 None => {
@@ -527,7 +537,7 @@ mod tests {
 
     fn ids(p: &Pool, picks: usize) -> Vec<String> {
         let keys = p.snapshot();
-        (0..picks).map(|_| keys[p.pick(&keys, 0).unwrap().unwrap()].id.clone()).collect()
+        (0..picks).map(|_| keys[p.pick(&keys, 0, CallFor::default()).unwrap().unwrap()].id.clone()).collect()
     }
 
     #[test]
@@ -551,9 +561,9 @@ mod tests {
         // Only the lower priority is left.
         assert_eq!(ids(&p, 1), ["spare"]);
         // Within one call, tried keys are skipped; all tried: none.
-        assert_eq!(p.pick(&keys, 0b100).unwrap(), None);
+        assert_eq!(p.pick(&keys, 0b100, CallFor::default()).unwrap(), None);
         assert!(p.answered(&keys, 2, StatusCode::FORBIDDEN, &HeaderMap::new()));
-        let cooling = p.pick(&keys, 0).unwrap_err();
+        let cooling = p.pick(&keys, 0, CallFor::default()).unwrap_err();
         assert!((29..=30).contains(&cooling.retry_after.as_secs()), "{cooling:?}");
         assert_eq!(cooling.count, 3);
         assert_eq!(p.exhausted.load(Relaxed), 1);
@@ -568,7 +578,7 @@ mod tests {
                 std::thread::spawn(move || {
                     let keys = p.snapshot();
                     for i in 0..2000 {
-                        match p.pick(&keys, 0) {
+                        match p.pick(&keys, 0, CallFor::default()) {
                             Ok(Some(k)) if (i + t) % 7 == 0 => {
                                 p.answered(&keys, k, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
                             }
@@ -581,6 +591,37 @@ mod tests {
             })
             .collect();
         workers.into_iter().for_each(|w| w.join().unwrap());
+    }
+
+    /// Picks the last candidate it is offered, and keeps what each pick was for.
+    struct Last(std::sync::Mutex<Vec<(String, bool, u32, usize)>>);
+
+    impl PickPlugin for Last {
+        fn pick(&self, _: &str, call: CallFor<'_>, attempt: u32, candidates: &[Candidate<'_>]) -> Option<PluginPick> {
+            self.0.lock().unwrap().push((call.model.to_owned(), call.stream, attempt, candidates.len()));
+            Some(PluginPick::Candidate(candidates.len() - 1))
+        }
+    }
+
+    #[test]
+    fn a_scheduler_plugin_is_offered_the_open_keys_and_what_the_call_is_for() {
+        let p = pool(Scheduling::RoundRobin, &[("a", 0), ("b", 0), ("c", 1)]);
+        let seen = Arc::new(Last(std::sync::Mutex::default()));
+        struct Shared(Arc<Last>);
+        impl PickPlugin for Shared {
+            fn pick(&self, u: &str, call: CallFor<'_>, attempt: u32, c: &[Candidate<'_>]) -> Option<PluginPick> {
+                self.0.pick(u, call, attempt, c)
+            }
+        }
+        p.bind(Some(Box::new(Shared(seen.clone()))));
+        let keys = p.snapshot();
+        let call = CallFor { model: "gpt-4o", stream: true };
+        assert_eq!(p.pick(&keys, 0, call).unwrap(), Some(2));
+        // The second attempt of the same call: the tried key is not offered.
+        assert_eq!(p.pick(&keys, 0b100, call).unwrap(), Some(1));
+        assert_eq!(*seen.0.lock().unwrap(), [("gpt-4o".to_owned(), true, 0, 3), ("gpt-4o".to_owned(), true, 1, 2)]);
+        p.bind(None);
+        assert_eq!(p.pick(&keys, 0, call).unwrap(), Some(0), "unbound: the pool's own policy");
     }
 
     #[test]

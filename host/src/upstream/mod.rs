@@ -218,7 +218,8 @@ impl Upstream {
                 } else {
                     body
                 };
-                let (status, headers, incoming) = client.send(body).await?;
+                let call = credentials::CallFor { model: &route.upstream_model, stream };
+                let (status, headers, incoming) = client.send(body, call).await?;
                 let is_sse = headers
                     .get(http::header::CONTENT_TYPE)
                     .and_then(|v| v.to_str().ok())

@@ -17,7 +17,7 @@ use hyper_util::rt::TokioExecutor;
 use rustls::pki_types::CertificateDer;
 
 use super::Event;
-use super::credentials::{Pool, PoolConfig};
+use super::credentials::{CallFor, Pool, PoolConfig};
 use super::sse::{SseEvent, SseParser};
 use crate::error::ApiError;
 use crate::services::kv::KvStore;
@@ -104,10 +104,10 @@ impl OpenAiUpstream {
         }
     }
 
-    pub async fn send(&self, body: Bytes) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
+    pub async fn send(&self, body: Bytes, call: CallFor<'_>) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        self.request(Method::POST, "/chat/completions", headers, body, self.timeout).await
+        self.request(Method::POST, "/chat/completions", headers, body, self.timeout, call).await
     }
 
     /// Sends `method path` (path and query, appended to the base URL) with `headers` and a key
@@ -122,11 +122,13 @@ impl OpenAiUpstream {
         headers: HeaderMap,
         body: Bytes,
         timeout: Duration,
+        call: CallFor<'_>,
     ) -> Result<(StatusCode, HeaderMap, Incoming), ApiError> {
         let url = format!("{}{path}", self.base_url);
         let keys = self.pool.snapshot();
         let mut tried = 0u128;
-        let mut picked = self.pool.pick(&keys, tried).map_err(|c| ApiError::credentials_cooling(&self.name, &c))?;
+        let mut picked =
+            self.pool.pick(&keys, tried, call).map_err(|c| ApiError::credentials_cooling(&self.name, &c))?;
         let mut original = Some(headers);
         loop {
             // Another attempt needs the headers again; a pool of one key makes one attempt and
@@ -145,7 +147,7 @@ impl OpenAiUpstream {
             if tried.count_ones() >= self.pool.max_attempts {
                 return Ok((status, resp_headers, incoming));
             }
-            match self.pool.pick(&keys, tried) {
+            match self.pool.pick(&keys, tried, call) {
                 Ok(Some(next)) => {
                     self.pool.failovers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     picked = Some(next);

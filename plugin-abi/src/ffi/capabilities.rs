@@ -233,12 +233,15 @@ pub struct RawCandidate<'a> {
     pub last_refusal: u16,
 }
 
-/// One pick: the upstream, which attempt of the call (0 first; more after failovers), and the
-/// available keys.
+/// One pick: the upstream, what the call is for, which attempt of it (0 first; more after
+/// failovers), and the available keys.
 #[repr(C)]
 #[derive(StableAbi, Clone, Copy, Debug)]
 pub struct RawPickRequest<'a> {
     pub upstream: RStr<'a>,
+    /// The model sent upstream; empty for a call a plugin makes through the host HTTP client.
+    pub model: RStr<'a>,
+    pub stream: bool,
     pub attempt: u32,
     pub candidates: RSlice<'a, RawCandidate<'a>>,
 }

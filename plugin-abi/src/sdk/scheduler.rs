@@ -43,6 +43,17 @@ impl<'a> PickRequest<'a> {
         self.raw.upstream.as_str()
     }
 
+    /// The model sent upstream; empty for a call a plugin makes through the host HTTP client
+    /// (an executor's), which the gateway cannot see into.
+    pub fn model(&self) -> &'a str {
+        self.raw.model.as_str()
+    }
+
+    /// Whether the call streams (false for a plugin's call through the host HTTP client).
+    pub fn stream(&self) -> bool {
+        self.raw.stream
+    }
+
     pub fn attempt(&self) -> u32 {
         self.raw.attempt
     }

@@ -97,7 +97,13 @@ mod tests {
             .iter()
             .map(|id| RawCandidate { id: (*id).into(), priority: 0, calls: 0, refusals: 0, last_refusal: 0 })
             .collect();
-        let raw = RawPickRequest { upstream: "u".into(), attempt: 0, candidates: candidates.as_slice().into() };
+        let raw = RawPickRequest {
+            upstream: "u".into(),
+            model: "m".into(),
+            stream: false,
+            attempt: 0,
+            candidates: candidates.as_slice().into(),
+        };
         plugin.pick(&PickRequest::new(&raw)).unwrap()
     }
 
