@@ -81,6 +81,15 @@ pub struct App {
     next_request: AtomicU64,
 }
 
+/// A gateway dropped without [`App::shutdown`] (it failed to start serving, say) still lets go
+/// of its scheduler plugins: a credential pool's binding to one is a reference cycle through
+/// the host services, which only unbinding breaks.
+impl Drop for App {
+    fn drop(&mut self) {
+        self.pipeline.load().unbind_schedulers();
+    }
+}
+
 impl App {
     /// Opens host services, loads the configured plugins, builds the first pipeline, and tells
     /// the plugins they are ready.

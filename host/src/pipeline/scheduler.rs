@@ -33,9 +33,8 @@ impl PickPlugin for Bound {
         candidates: &[Candidate<'_>],
     ) -> Option<PluginPick> {
         let hook = &self.0;
-        if hook.slot.is_quarantined() {
-            return None;
-        }
+        // Quarantined: the pool's policy picks, until the breaker lets one call probe it.
+        let probe = hook.slot.admit()?;
         let raw: Vec<RawCandidate<'_>> = candidates
             .iter()
             .map(|c| RawCandidate {
@@ -54,7 +53,7 @@ impl PickPlugin for Bound {
             candidates: RSlice::from_slice(&raw),
         };
         let which = ffi::SchedulerV1::pick;
-        match hook.invoke(which, false, |cap| cap.pick(&req)) {
+        match hook.invoke(which, probe, |cap| cap.pick(&req)) {
             RawPick::Candidate(i) => Some(PluginPick::Candidate(i as usize)),
             RawPick::RoundRobin => Some(PluginPick::Builtin(Scheduling::RoundRobin)),
             RawPick::FillFirst => Some(PluginPick::Builtin(Scheduling::FillFirst)),

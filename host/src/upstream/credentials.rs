@@ -11,6 +11,7 @@
 //! cooling before the call, a 429 with `Retry-After` saying when the first is back.
 //!
 //! Picking costs one scan of the keys and no allocation; the common pool of one key, one check.
+//! With a scheduler plugin bound, a pick also builds the list of candidates it is offered.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -286,7 +287,7 @@ impl Pool {
             if until != 0 || tried & (1 << i) != 0 {
                 continue;
             }
-            if k.priority < best {
+            if first.is_none() || k.priority < best {
                 (best, count, first) = (k.priority, 0, Some(i));
             }
             count += usize::from(k.priority == best);
@@ -328,7 +329,13 @@ impl Pool {
         tried: u128,
         open: impl Fn(usize) -> bool,
     ) -> Option<PluginPick> {
-        let offered: Vec<usize> = (0..n).filter(|&i| open(i)).collect();
+        // The open keys of the best priority: priorities stay the pool's (an overflow key
+        // serves only while the better ones cool), the choice among equals is the plugin's.
+        let best = (0..n).filter(|&i| open(i)).map(|i| keys[i].priority).min()?;
+        let offered: Vec<usize> = (0..n).filter(|&i| open(i) && keys[i].priority == best).collect();
+        if offered.is_empty() {
+            return None;
+        }
         let candidates: Vec<Candidate<'_>> = offered
             .iter()
             .map(|&i| {
@@ -467,6 +474,7 @@ impl Pool {
             .collect();
         serde_json::json!({
             "scheduling": self.policy,
+            "scheduler": self.scheduler,
             "credentials": keys,
             "failovers": self.failovers.load(Relaxed),
             "exhausted": self.exhausted.load(Relaxed),
@@ -577,20 +585,32 @@ mod tests {
                 let p = p.clone();
                 std::thread::spawn(move || {
                     let keys = p.snapshot();
-                    for i in 0..2000 {
+                    let mut short = HeaderMap::new();
+                    short.insert(http::header::RETRY_AFTER, HeaderValue::from_static("0.001"));
+                    let (mut picked, mut refused) = (0, 0);
+                    for i in 0..20_000 {
                         match p.pick(&keys, 0, CallFor::default()) {
-                            Ok(Some(k)) if (i + t) % 7 == 0 => {
-                                p.answered(&keys, k, StatusCode::TOO_MANY_REQUESTS, &HeaderMap::new());
+                            // A 1 ms rest: keys cool and come back all the time.
+                            Ok(Some(k)) if (i + t) % 3 == 0 => {
+                                p.answered(&keys, k, StatusCode::TOO_MANY_REQUESTS, &short);
                             }
-                            Ok(Some(k)) => assert!(k < keys.len()),
+                            Ok(Some(_)) => picked += 1,
                             Ok(None) => panic!("keys that were never tried are not `None`"),
-                            Err(cooling) => assert!(cooling.retry_after <= Duration::from_secs(60), "{cooling:?}"),
+                            Err(cooling) => {
+                                // Within the rest (plus however long this thread was descheduled).
+                                assert!(cooling.retry_after <= Duration::from_secs(1), "{cooling:?}");
+                                refused += 1;
+                            }
                         }
                     }
+                    (picked, refused)
                 })
             })
             .collect();
-        workers.into_iter().for_each(|w| w.join().unwrap());
+        let (picked, refused) =
+            workers.into_iter().map(|w| w.join().unwrap()).fold((0, 0), |(a, b), (p, r)| (a + p, b + r));
+        // Both paths ran: keys were picked while others cooled and came back.
+        assert!(picked > 0, "no pick succeeded ({refused} refused)");
     }
 
     /// Picks the last candidate it is offered, and keeps what each pick was for.
@@ -616,10 +636,15 @@ mod tests {
         p.bind(Some(Box::new(Shared(seen.clone()))));
         let keys = p.snapshot();
         let call = CallFor { model: "gpt-4o", stream: true };
-        assert_eq!(p.pick(&keys, 0, call).unwrap(), Some(2));
+        // Offered the best priority's open keys, a and b: it takes the last, b.
+        assert_eq!(p.pick(&keys, 0, call).unwrap(), Some(1));
         // The second attempt of the same call: the tried key is not offered.
-        assert_eq!(p.pick(&keys, 0b100, call).unwrap(), Some(1));
-        assert_eq!(*seen.0.lock().unwrap(), [("gpt-4o".to_owned(), true, 0, 3), ("gpt-4o".to_owned(), true, 1, 2)]);
+        assert_eq!(p.pick(&keys, 0b010, call).unwrap(), Some(0));
+        // Both of the best priority tried: the overflow key c.
+        assert_eq!(p.pick(&keys, 0b011, call).unwrap(), Some(2));
+        let seen = seen.0.lock().unwrap().clone();
+        let m = || "gpt-4o".to_owned();
+        assert_eq!(seen, [(m(), true, 0, 2), (m(), true, 1, 1), (m(), true, 2, 1)]);
         p.bind(None);
         assert_eq!(p.pick(&keys, 0, call).unwrap(), Some(0), "unbound: the pool's own policy");
     }

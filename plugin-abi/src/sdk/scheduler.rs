@@ -1,7 +1,8 @@
 //! The `Scheduler` capability: which key of an upstream's credential pool a call uses
 //! (CLIProxyAPI's `Scheduler`). The gateway keeps the pool: it hands the scheduler only the keys
-//! that are available (not cooling after a refusal, not yet tried by this call), and it fails
-//! over to another pick when the provider refuses the one chosen.
+//! that are available (not cooling after a refusal, not yet tried by this call) and of the best
+//! priority among those, and it fails over to another pick when the provider refuses the one
+//! chosen.
 
 use crate::{Plugin, PluginError, ffi};
 
@@ -58,7 +59,8 @@ impl<'a> PickRequest<'a> {
         self.raw.attempt
     }
 
-    /// The available keys, best priority first; never empty.
+    /// The available keys of the best priority (priorities stay the gateway's: a key of a
+    /// worse one serves only while these cool); never empty.
     pub fn candidates(&self) -> impl ExactSizeIterator<Item = Candidate<'a>> + 'a {
         self.raw.candidates.as_slice().iter().map(|raw| Candidate { raw })
     }
