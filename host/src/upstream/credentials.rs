@@ -113,9 +113,8 @@ pub struct Pool {
     /// The scheduler plugin's instance name, if the config names one.
     pub scheduler: Option<String>,
     plugin: ArcSwapOption<Box<dyn PickPlugin>>,
+    /// `Authorization: Bearer <key>`, or the key as it is in another header.
     header: HeaderName,
-    /// `Authorization: Bearer <key>`, or the key as it is in `header`.
-    bearer: bool,
     policy: Scheduling,
     cooldowns: Cooldowns,
     /// Keys one call tries at most (the first and its failovers).
@@ -145,13 +144,11 @@ impl Pool {
     /// The pool of `config`'s keys (a variable that is not set is skipped, with a warning) and
     /// those stored in `kv` for this upstream.
     pub fn new(config: PoolConfig<'_>, kv: Option<&dyn KvStore>) -> Pool {
-        let bearer = config.header == http::header::AUTHORIZATION;
         let mut pool = Pool {
             upstream: config.upstream.to_owned(),
             scheduler: config.scheduler,
             plugin: ArcSwapOption::empty(),
             header: config.header,
-            bearer,
             policy: config.policy,
             cooldowns: config.cooldowns,
             max_attempts: config.max_attempts.max(1),
@@ -213,7 +210,8 @@ impl Pool {
     }
 
     fn credential(&self, id: &str, source: Source, priority: i32, key: &str) -> Result<Credential, String> {
-        let text = if self.bearer { format!("Bearer {key}") } else { key.to_owned() };
+        let bearer = self.header == http::header::AUTHORIZATION;
+        let text = if bearer { format!("Bearer {key}") } else { key.to_owned() };
         let mut value = HeaderValue::from_str(&text).map_err(|_| "the key is not a valid header value".to_owned())?;
         value.set_sensitive(true);
         Ok(Credential {
@@ -246,10 +244,6 @@ impl Pool {
             }
         }
         out
-    }
-
-    pub fn header(&self) -> &HeaderName {
-        &self.header
     }
 
     /// The keys as they are now; a call holds this for all its attempts.

@@ -114,10 +114,14 @@ impl Upstreams {
                 &u.name,
                 openai::Settings {
                     base_url,
-                    auth_header: auth_header.as_deref(),
                     pool: credentials::PoolConfig {
                         upstream: &u.name,
-                        header: http::header::AUTHORIZATION,
+                        // `authorization` (the default) carries `Bearer <key>`; another header
+                        // the key as it is.
+                        header: auth_header
+                            .as_deref()
+                            .and_then(|h| http::HeaderName::from_bytes(h.to_ascii_lowercase().as_bytes()).ok())
+                            .unwrap_or(http::header::AUTHORIZATION),
                         policy: *scheduling,
                         scheduler: scheduler.clone(),
                         max_attempts: *max_attempts,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
@@ -25,9 +25,7 @@ use crate::services::kv::KvStore;
 /// What an `openai` upstream is built from (its config, with `ca_file` already read).
 pub struct Settings<'a> {
     pub base_url: &'a str,
-    /// `None` or `authorization`: `Bearer <key>`; another header: the key as it is.
-    pub auth_header: Option<&'a str>,
-    /// The keys (`header` is set from `auth_header`) and where stored ones are kept.
+    /// The keys, and where stored ones are kept.
     pub pool: PoolConfig<'a>,
     pub kv: Option<&'a dyn KvStore>,
     pub connect_timeout: Duration,
@@ -73,11 +71,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 impl OpenAiUpstream {
-    pub fn new(name: &str, mut s: Settings<'_>) -> Self {
-        s.pool.header = match s.auth_header.map(str::to_ascii_lowercase) {
-            None => http::header::AUTHORIZATION,
-            Some(h) => HeaderName::from_bytes(h.as_bytes()).unwrap_or(http::header::AUTHORIZATION),
-        };
+    pub fn new(name: &str, s: Settings<'_>) -> Self {
         let configured = !s.pool.keys.is_empty();
         let pool = Pool::new(s.pool, s.kv);
         if configured && pool.snapshot().is_empty() {
