@@ -302,14 +302,7 @@ fn a_scheduler_plugin_picks_the_keys_by_quota_then_hands_back_to_round_robin() {
 #[test]
 fn a_scheduler_that_is_not_loaded_is_refused_at_start() {
     let mock = MockServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = scheduled(&mock, "nobody").replace("{target}", &gateway_tests::target_dir().display().to_string());
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, format!("listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{config}", dir.path().display()))
-        .unwrap();
-    let out = std::process::Command::new(gateway_tests::gateway_bin()).arg("--config").arg(&path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = Gateway::refused(&scheduled(&mock, "nobody"));
     assert!(
         stderr.contains("upstream `quota`: scheduler `nobody` is not a loaded plugin with the Scheduler capability")
             && stderr.contains("[\"quota-scheduler\"]"),

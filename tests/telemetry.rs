@@ -167,12 +167,7 @@ fn each_request_is_a_span_with_genai_attributes_and_hook_and_upstream_children()
 
 #[test]
 fn an_endpoint_that_is_not_an_http_url_is_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("gateway.toml");
-    std::fs::write(&path, "[telemetry]\notlp_endpoint = \"localhost:4318\"\n").unwrap();
-    let out = Command::new(gateway_tests::gateway_bin()).arg("--config").arg(&path).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = Gateway::refused("[telemetry]\notlp_endpoint = \"localhost:4318\"\n");
     assert!(
         stderr.contains("telemetry.otlp_endpoint: expected an http:// or https:// URL")
             && stderr.contains("\"localhost:4318\""),

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gateway_tests::{Gateway, chat_body, gateway_bin};
+use gateway_tests::{Gateway, chat_body};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls;
@@ -213,14 +213,8 @@ fn an_unreachable_upstream_is_named_without_its_address() {
 
 #[test]
 fn cleartext_http_to_a_remote_host_is_refused_at_start_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("gateway.toml");
     let upstream = "[[upstreams]]\nname = \"remote\"\nkind = \"openai\"\nbase_url = \"http://api.example.com/v1\"\n";
-    std::fs::write(&config, format!("listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n{upstream}", dir.path().display()))
-        .unwrap();
-    let out = std::process::Command::new(gateway_bin()).arg("--config").arg(&config).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "started: {stderr}");
+    let stderr = Gateway::refused(upstream);
     for needle in ["upstream `remote`", "host `api.example.com`", "expected https://", "allow_insecure_http = true"] {
         assert!(stderr.contains(needle), "{needle:?} missing from: {stderr}");
     }

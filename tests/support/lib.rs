@@ -66,6 +66,17 @@ impl Gateway {
         Self::spawn(tempfile::tempdir().unwrap(), config, env)
     }
 
+    /// Runs the gateway on `config` (written as [`Gateway::start`] writes it), which it must
+    /// refuse: asserts that it exited with an error and returns what it printed on stderr.
+    pub fn refused(config: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_config(dir.path(), config);
+        let out = std::process::Command::new(gateway_bin()).arg("--config").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the gateway started on a config it should refuse: {stderr}");
+        stderr
+    }
+
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Gateway {
         Self::spawn(dir, config, &[])
     }
