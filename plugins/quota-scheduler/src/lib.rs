@@ -17,8 +17,8 @@ pub struct QuotaScheduler {
     quotas: BTreeMap<String, u64>,
     window: Duration,
     started: Instant,
-    /// By (upstream, key id): the window it was counted in, and the calls in it.
-    used: Mutex<HashMap<(String, String), (u64, u64)>>,
+    /// By upstream, then key id: the window it was counted in, and the calls in it.
+    used: Mutex<HashMap<String, HashMap<String, (u64, u64)>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -61,28 +61,31 @@ impl Scheduler for QuotaScheduler {
     fn pick(&self, req: &PickRequest<'_>) -> Result<Pick, PluginError> {
         let window = self.started.elapsed().as_secs() / self.window.as_secs();
         let mut used = self.used.lock().unwrap_or_else(|e| e.into_inner());
-        let calls = |id: &str| match used.get(&(req.upstream().to_owned(), id.to_owned())) {
-            Some(&(w, n)) if w == window => n,
-            _ => 0,
+        let counts = match used.get_mut(req.upstream()) {
+            Some(counts) => counts,
+            None => used.entry(req.upstream().to_owned()).or_default(),
         };
-        let left = req
-            .candidates()
-            .map(|c| self.quotas.get(c.id()).map_or(u64::MAX, |q| q.saturating_sub(calls(c.id()))))
-            .collect::<Vec<_>>();
-        // The first of the most left: `max_by_key` keeps the last of equals, so compare reversed.
-        let Some((best, &most)) = left.iter().enumerate().rev().max_by_key(|(_, n)| **n) else {
+        let calls = |id: &str| counts.get(id).filter(|(w, _)| *w == window).map_or(0, |(_, n)| *n);
+        // The first of those with the most quota left (a key without a quota: unlimited).
+        let mut best: Option<(usize, &str, u64)> = None;
+        for (i, c) in req.candidates().enumerate() {
+            let left = self.quotas.get(c.id()).map_or(u64::MAX, |q| q.saturating_sub(calls(c.id())));
+            if best.is_none_or(|(_, _, most)| left > most) {
+                best = Some((i, c.id(), left));
+            }
+        }
+        let Some((index, id, _)) = best.filter(|(_, _, left)| *left > 0) else {
             return Ok(Pick::RoundRobin);
         };
-        if most == 0 {
-            return Ok(Pick::RoundRobin);
+        let count = match counts.get_mut(id) {
+            Some(count) => count,
+            None => counts.entry(id.to_owned()).or_insert((window, 0)),
+        };
+        if count.0 != window {
+            *count = (window, 0);
         }
-        let id = req.candidates().nth(best).map(|c| c.id().to_owned()).unwrap_or_default();
-        let entry = used.entry((req.upstream().to_owned(), id)).or_insert((window, 0));
-        if entry.0 != window {
-            *entry = (window, 0);
-        }
-        entry.1 += 1;
-        Ok(Pick::Candidate(best))
+        count.1 += 1;
+        Ok(Pick::Candidate(index))
     }
 }
 
